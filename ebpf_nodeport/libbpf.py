@@ -1,0 +1,198 @@
+"""Thin ctypes bindings to the system libbpf: pin/open objects, map element ops, test-run.
+
+Why not BCC for this: BCC needs a compile (seconds) to get a map handle, while a
+CLI call that only reads or updates a pinned map should take milliseconds. libbpf
+ships with Debian's libbpfcc, so every machine that has BCC has these symbols.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+_LIB_NAMES = ("libbpf.so.1", "libbpf.so")
+
+
+def _load() -> ct.CDLL:
+    for name in _LIB_NAMES + tuple(filter(None, [ctypes.util.find_library("bpf")])):
+        try:
+            return ct.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    raise OSError("libbpf not found: install Debian's libbpf1 (it comes with libbpfcc)")
+
+
+_lib = _load()
+
+_lib.bpf_obj_get.argtypes = [ct.c_char_p]
+_lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
+_lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+_lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+_lib.bpf_map_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
+_lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+_lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+_lib.libbpf_num_possible_cpus.argtypes = []
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+
+class BpfError(OSError):
+    """A libbpf call failed; carries errno and what was being done."""
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = -rc if rc < -1 else (ct.get_errno() or errno.EINVAL)
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned map or program; returns a new fd (caller closes)."""
+    return _check(_lib.bpf_obj_get(path.encode()), f"bpf_obj_get({path})")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin an fd under bpffs so it outlives this process."""
+    _check(_lib.bpf_obj_pin(fd, path.encode()), f"bpf_obj_pin({path})")
+
+
+def num_possible_cpus() -> int:
+    """Per-CPU maps return one value slot per possible CPU."""
+    return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+class _MapInfo(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16), ("ifindex", ct.c_uint32), ("btf_vmlinux_value_type_id", ct.c_uint32),
+        ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64), ("btf_id", ct.c_uint32),
+        ("btf_key_type_id", ct.c_uint32), ("btf_value_type_id", ct.c_uint32),
+        ("_pad", ct.c_uint32), ("map_extra", ct.c_uint64),
+    ]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel says about a map: used to check a view matches the map."""
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+    btf_id: int
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "bpf_obj_get_info_by_fd")
+    return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                   info.name.decode(errors="replace"), info.btf_id)
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    kbuf = ct.create_string_buffer(key, len(key))
+    vbuf = ct.create_string_buffer(value_size)
+    rc = _lib.bpf_map_lookup_elem(fd, kbuf, vbuf)
+    if rc < 0:
+        err = -rc if rc < -1 else ct.get_errno()
+        if err == errno.ENOENT:
+            return None
+        _check(rc, "bpf_map_lookup_elem")
+    return vbuf.raw
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    kbuf = ct.create_string_buffer(key, len(key))
+    vbuf = ct.create_string_buffer(value, len(value))
+    _check(_lib.bpf_map_update_elem(fd, kbuf, vbuf, flags), "bpf_map_update_elem")
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Delete one element; False when it was not there."""
+    kbuf = ct.create_string_buffer(key, len(key))
+    rc = _lib.bpf_map_delete_elem(fd, kbuf)
+    if rc < 0:
+        err = -rc if rc < -1 else ct.get_errno()
+        if err == errno.ENOENT:
+            return False
+        _check(rc, "bpf_map_delete_elem")
+    return True
+
+
+def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
+    """Iterate keys. Keys deleted concurrently may be skipped; that is fine for dumps/GC."""
+    cur = None
+    nxt = ct.create_string_buffer(key_size)
+    while True:
+        cbuf = None if cur is None else ct.create_string_buffer(cur, key_size)
+        rc = _lib.bpf_map_get_next_key(fd, cbuf, nxt)
+        if rc < 0:
+            err = -rc if rc < -1 else ct.get_errno()
+            if err == errno.ENOENT:
+                return
+            _check(rc, "bpf_map_get_next_key")
+        cur = nxt.raw
+        yield cur
+
+
+class TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x)."""
+    _fields_ = [
+        ("sz", ct.c_size_t), ("data_in", ct.c_void_p), ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p), ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32), ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32), ("repeat", ct.c_int), ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32), ("cpu", ct.c_uint32), ("batch_size", ct.c_uint32),
+    ]
+
+
+_lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(TestRunOpts)]
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    """Outcome of one BPF_PROG_TEST_RUN: program return code, packet after, ns per run."""
+    retval: int
+    data: bytes
+    duration_ns: int
+    ctx: bytes | None = None
+
+
+def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, ctx: bytes | None = None,
+                  out_size: int | None = None) -> TestRunResult:
+    """Run a loaded program on one packet in the kernel (BPF_PROG_TEST_RUN).
+
+    `ctx` is an optional struct __sk_buff image (e.g. to set ifindex, mark, gso_size).
+    The output buffer leaves room for encapsulation growth.
+    """
+    size_out = out_size if out_size is not None else len(data) + 512
+    din = ct.create_string_buffer(data, len(data))
+    dout = ct.create_string_buffer(size_out)
+    opts = TestRunOpts()
+    opts.sz = ct.sizeof(TestRunOpts)
+    opts.data_in = ct.cast(din, ct.c_void_p)
+    opts.data_out = ct.cast(dout, ct.c_void_p)
+    opts.data_size_in = len(data)
+    opts.data_size_out = size_out
+    opts.repeat = repeat
+    cin = cout = None
+    if ctx is not None:
+        cin = ct.create_string_buffer(ctx, len(ctx))
+        cout = ct.create_string_buffer(len(ctx))
+        opts.ctx_in = ct.cast(cin, ct.c_void_p)
+        opts.ctx_size_in = len(ctx)
+        opts.ctx_out = ct.cast(cout, ct.c_void_p)
+        opts.ctx_size_out = len(ctx)
+    _check(_lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), "bpf_prog_test_run_opts")
+    return TestRunResult(opts.retval, dout.raw[: opts.data_size_out], opts.duration,
+                         cout.raw[: opts.ctx_size_out] if cout is not None else None)
