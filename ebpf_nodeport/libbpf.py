@@ -196,3 +196,46 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, ctx: bytes | No
     _check(_lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), "bpf_prog_test_run_opts")
     return TestRunResult(opts.retval, dout.raw[: opts.data_size_out], opts.duration,
                          cout.raw[: opts.ctx_size_out] if cout is not None else None)
+
+
+# ---- ring buffer (events) -------------------------------------------------------------
+
+_RB_CB = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
+_lib.ring_buffer__new.argtypes = [ct.c_int, _RB_CB, ct.c_void_p, ct.c_void_p]
+_lib.ring_buffer__new.restype = ct.c_void_p
+_lib.ring_buffer__poll.argtypes = [ct.c_void_p, ct.c_int]
+_lib.ring_buffer__consume.argtypes = [ct.c_void_p]
+_lib.ring_buffer__free.argtypes = [ct.c_void_p]
+
+
+class RingBuffer:
+    """Consume a BPF ring buffer map (by fd) with libbpf; callback gets each record's bytes."""
+
+    def __init__(self, map_fd: int, callback):
+        def _cb(_ctx, data, size):
+            try:
+                callback(ct.string_at(data, size))
+            except Exception:  # an exception must not unwind through C
+                return -1
+            return 0
+
+        self._cb = _RB_CB(_cb)        # keep a reference: libbpf holds the pointer
+        self._rb = _lib.ring_buffer__new(map_fd, self._cb, None, None)
+        if not self._rb:
+            err = ct.get_errno() or errno.EINVAL
+            raise BpfError(err, f"ring_buffer__new: {os.strerror(err)}")
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Wait up to timeout_ms and consume what arrived; returns records consumed."""
+        return _check(_lib.ring_buffer__poll(self._rb, timeout_ms), "ring_buffer__poll")
+
+    def consume(self) -> int:
+        return _check(_lib.ring_buffer__consume(self._rb), "ring_buffer__consume")
+
+    def close(self) -> None:
+        if self._rb:
+            _lib.ring_buffer__free(self._rb)
+            self._rb = None
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,402 @@
+/* from_hep: node eth0 ingress (HEP = host endpoint).
+ *
+ * - NodePort frontends on this node's address: pick a backend, DNAT, and
+ *   either hand the packet to the kernel (local backend) or tunnel it to the
+ *   backend's node (remote backend), in DSR mode flagged so the backend node
+ *   answers the client directly.
+ * - VXLAN from other nodes: accepted only from known nodes with our VNI;
+ *   a request is decapsulated and delivered with the client's address
+ *   intact; a tunnelled reply is reverse-NATed and sent to the client.
+ * - A local pod's address as source from outside is spoofed: dropped.
+ * - ICMP errors about those connections (frag-needed from a router on the
+ *   client's side, port unreachable from a pod) follow them, quote NATed too.
+ * Everything else (node-to-node, routed pod-to-pod) passes untouched.
+ */
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/conntrack.h"
+#include "lib/nat.h"
+#include "lib/tunnel.h"
+#include "lib/icmp.h"
+#include "lib/events.h"
+
+#define HEP_RETRY_NEW -1000   /* stale NAT_FWD removed: handle as a new connection */
+
+/* Too big to encapsulate: tell a DF sender the MTU that fits, else drop. */
+static __always_inline int hep_too_big(struct __sk_buff *skb, const struct node_cfg *conf,
+				       const struct pkt *p, struct run_state *st)
+{
+	if (p->df && icmp_frag_needed(skb, p, conf->fabric_mtu - VXLAN_ENCAP_LEN) == 0) {
+		st->nat_saddr = p->daddr;
+		st->nat_daddr = p->saddr;
+		st->nat_sport = 0;
+		st->nat_dport = 0;
+		return verdict(st, REASON_DROP_FRAG_NEEDED, bpf_redirect(conf->host_ifindex, 0));
+	}
+	return verdict(st, REASON_DROP_FRAG_NEEDED, TC_ACT_SHOT);
+}
+
+/* p is DNATed: forward it in VXLAN to peer and out of eth0. */
+static __always_inline int hep_encap_out(struct __sk_buff *skb, const struct node_cfg *conf,
+					 struct pkt *p, struct run_state *st, __be32 peer,
+					 __u8 np_flags, __be16 fe_port, __u8 reason)
+{
+	__u32 hash;
+	int ret = ttl_decrement(skb, p);
+
+	if (ret == TTL_EXPIRED)
+		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+	if (ret < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	if (tunnel_encap(skb, conf, peer, np_flags, fe_port, hash, p->tos) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st->tun_peer = peer;
+	ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+	if (ret != TC_ACT_REDIRECT)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	return verdict(st, reason, ret);
+}
+
+/* First packet of a connection to frontend fe. */
+static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node_cfg *conf,
+					struct pkt *p, struct run_state *st,
+					const struct fe_value *fe)
+{
+	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	struct be_value *be = be_pick(fe, hash);
+	__be32 be_addr, fe_addr, peer;
+	__be16 be_port, fe_port;
+	__u8 flags, np_flags = 0;
+
+	if (!be)
+		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+	be_addr = be->addr;
+	be_port = be->port;
+	flags = ct_flags_of_fe(fe);
+	peer = remote_node_of(conf, be_addr);
+	if (peer) {
+		/* Checked before any state is created: a dropped packet leaves none. */
+		if (encap_too_big(skb, conf, p))
+			return hep_too_big(skb, conf, p, st);
+		if (p->ttl <= 1)
+			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+		flags |= CT_F_TUNNEL;
+		/* Decided once per connection and recorded on both nodes, so a
+		 * mode switch never changes a live connection. */
+		if (dsr_allowed(conf, p->saddr)) {
+			flags |= CT_F_DSR;
+			np_flags = VXH_F_DSR;
+		}
+	}
+	fe_addr = p->daddr;
+	fe_port = p->dport;
+	/* Creation cannot fail on an LRU map short of ENOMEM; without entries
+	 * the reply would still find none and pass, so carry on regardless. */
+	ct_create(skb, p, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, peer);
+	ct_create(skb, p, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer);
+	st->ct_flags = flags;
+
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	if (!peer) {
+		skb->mark |= SKB_MARK_BYPASS;
+		return verdict(st, REASON_NAT_NEW, TC_ACT_OK);   /* the kernel routes it to the pod */
+	}
+	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_port, REASON_NAT_NEW);
+}
+
+/* Later packet of an external client's connection (NAT_FWD hit). */
+static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_cfg *conf,
+				       struct pkt *p, struct run_state *st,
+				       struct ct_key *fwd_key, struct ct_value *fwd, int fwd_from_a)
+{
+	__be32 be_addr = fwd->nat_addr, peer;
+	__be16 be_port = fwd->nat_port, fe_port = p->dport;
+	struct ct_value *rev;
+	struct ct_key rk;
+	int rev_from_a;
+	__u8 np_flags;
+
+	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
+	rev = ct_lookup(&rk, p);
+	if (!rev) {
+		/* The connection's state (NAT_REV) expired or was evicted, or the
+		 * client reopened the 4-tuple: the FWD leg goes with it. */
+		ct.delete(fwd_key);
+		return HEP_RETRY_NEW;
+	}
+	peer = rev->tun_peer;
+	st->ct_flags = rev->flags;
+	np_flags = (rev->flags & CT_F_DSR) ? VXH_F_DSR : 0;
+	if (peer) {
+		if (encap_too_big(skb, conf, p))
+			return hep_too_big(skb, conf, p, st);
+		if (p->ttl <= 1)
+			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+	}
+	ct_account(skb, fwd, fwd_from_a, p);
+	ct_account(skb, rev, rev_from_a, p);
+
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	if (!peer) {
+		skb->mark |= SKB_MARK_BYPASS;
+		return verdict(st, REASON_NAT_EST, TC_ACT_OK);
+	}
+	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_port, REASON_ENCAP);
+}
+
+/* An ICMP error from outside about a connection we are the frontend of
+ * (e.g. a router on the client's side reporting frag-needed for a reply):
+ * point it at the backend, through the tunnel when the backend is remote. */
+static __always_inline int hep_icmp(struct __sk_buff *skb, const struct node_cfg *conf,
+				    struct pkt *p, struct run_state *st)
+{
+	__be32 be_addr, peer;
+	__be16 be_port, fe_port;
+	struct ct_value *v, *rev;
+	struct icmp_err e;
+	struct ct_key k;
+	int q_from_a;
+
+	if (icmp_err_parse(skb, p, &e) != ICMP_ERR_OK)
+		return verdict(st, REASON_PASS, TC_ACT_OK);   /* echo etc.: the node answers */
+	ct_key_make(&k, e.q_saddr, e.q_sport, e.q_daddr, e.q_dport, e.q_proto, &q_from_a);
+	v = ct_lookup(&k, p);
+	/* The quote is a reply we sent as the frontend: (frontend -> client). */
+	if (!v || v->type != CT_NAT_FWD || (v->flags & CT_F_POD_CLIENT) || ct_from_client(v, q_from_a))
+		return verdict(st, v ? REASON_CT_EST : REASON_PASS, TC_ACT_OK);
+	be_addr = v->nat_addr;
+	be_port = v->nat_port;
+	fe_port = e.q_sport;
+	ct_key_make(&k, e.q_daddr, e.q_dport, be_addr, be_port, e.q_proto, &q_from_a);
+	rev = ct_lookup(&k, p);
+	if (!rev)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	peer = rev->tun_peer;
+	st->ct_flags = rev->flags;
+	if (peer && p->ttl <= 1)
+		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+	if (icmp_err_to_backend(skb, p, &e, be_addr, be_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	if (!peer) {
+		skb->mark |= SKB_MARK_BYPASS;
+		return verdict(st, REASON_NAT_EST, TC_ACT_OK);
+	}
+	/* A non-zero frontend port: the backend node takes it as request-direction. */
+	return hep_encap_out(skb, conf, p, st, peer, 0, fe_port, REASON_ENCAP);
+}
+
+/* An ICMP error inside VXLAN from node `peer`. */
+static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct node_cfg *conf,
+					   struct pkt *in, struct run_state *st, __be32 peer)
+{
+	struct ct_value *v;
+	struct icmp_err e;
+	struct ct_key k;
+	int q_from_a, ret;
+
+	if (icmp_err_parse(skb, in, &e) != ICMP_ERR_OK)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);   /* we tunnel no other ICMP */
+	ct_key_make(&k, e.q_saddr, e.q_sport, e.q_daddr, e.q_dport, e.q_proto, &q_from_a);
+	v = ct_lookup(&k, in);
+
+	/* Ingress node: the backend's side reports on the client's packet: to the client. */
+	if (v && v->type == CT_NAT_REV && !(v->flags & CT_F_POD_CLIENT) &&
+	    v->tun_peer == peer && ct_from_client(v, q_from_a)) {
+		__be32 fe_addr = v->nat_addr;
+		__be16 fe_port = v->nat_port;
+
+		st->ct_flags = v->flags;
+		if (in->ttl <= 1)
+			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+		if (tunnel_decap(skb) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		in->l3_off -= VXLAN_ENCAP_LEN;
+		in->l4_off -= VXLAN_ENCAP_LEN;
+		icmp_err_shift(&e, VXLAN_ENCAP_LEN);
+		if (icmp_err_to_client(skb, in, &e, fe_addr, fe_port) < 0 ||
+		    ttl_decrement(skb, in) != TTL_OK)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, in);
+		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+		if (ret != TC_ACT_REDIRECT)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		return verdict(st, REASON_REV_NAT, ret);
+	}
+	/* Backend node: about the backend's own reply, already translated by
+	 * the ingress node: deliver. */
+	if (v && v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) &&
+	    v->tun_peer == peer && !ct_from_client(v, q_from_a)) {
+		st->ct_flags = v->flags;
+		if (tunnel_decap(skb) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		skb->mark |= SKB_MARK_BYPASS;
+		return verdict(st, REASON_DECAP, TC_ACT_OK);
+	}
+	return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
+}
+
+/* VXLAN to our address: outer is the parsed outer packet. */
+static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_cfg *conf,
+				      const struct pkt *outer, struct run_state *st)
+{
+	__be32 peer = outer->saddr;
+	struct vxlan_np vx;
+	__be16 inner_proto;
+	struct pkt in;
+	struct ct_key k;
+	struct ct_value *v;
+	int from_a;
+
+	if (!is_node(peer))
+		return verdict(st, REASON_DROP_TUN_UNKNOWN_SRC, TC_ACT_SHOT);
+	/* adjust_room(-50) strips exactly outer IP (no options) + UDP + VXLAN + Ethernet. */
+	if (outer->l4_off != ETH_HLEN + sizeof(struct iphdr))
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	if (bpf_skb_load_bytes(skb, outer->l4_off + sizeof(struct udphdr), &vx, sizeof(vx)) < 0)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	if (!(vx.flags & VXLAN_F_VNI) || (bpf_ntohl(vx.vni) >> 8) != conf->vni)
+		return verdict(st, REASON_DROP_TUN_BAD_VNI, TC_ACT_SHOT);
+	if (bpf_skb_load_bytes(skb, outer->l4_off + sizeof(struct udphdr) + sizeof(vx) +
+			       offsetof(struct ethhdr, h_proto), &inner_proto, sizeof(inner_proto)) < 0 ||
+	    inner_proto != bpf_htons(ETH_P_IP))
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	if (parse_ipv4(skb, ETH_HLEN + VXLAN_ENCAP_LEN, &in) != PARSE_OK)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	st_arrived(st, &in);
+	st->tun_peer = peer;
+	if (in.proto == IPPROTO_ICMP)
+		return hep_tunnel_icmp(skb, conf, &in, st, peer);
+	/* We only ever tunnel TCP/UDP with ports and ICMP errors: anything else is bogus. */
+	if (!in.has_ports)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+
+	ct_key_make(&k, in.saddr, in.sport, in.daddr, in.dport, in.proto, &from_a);
+	v = ct_lookup(&k, &in);
+
+	/* Ingress node: the backend node tunnelled the reply back to us. */
+	if (v && v->type == CT_NAT_REV && !(v->flags & CT_F_POD_CLIENT) &&
+	    v->tun_peer == peer && !ct_from_client(v, from_a)) {
+		__be32 fe_addr = v->nat_addr;
+		__be16 fe_port = v->nat_port;
+		int ret;
+
+		st->ct_flags = v->flags;
+		if (in.ttl <= 1)
+			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+		ct_account(skb, v, from_a, &in);
+		if (tunnel_decap(skb) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		in.l3_off -= VXLAN_ENCAP_LEN;
+		in.l4_off -= VXLAN_ENCAP_LEN;
+		if (rewrite_l3l4(skb, &in, 1, fe_addr, fe_port) < 0 ||
+		    ttl_decrement(skb, &in) != TTL_OK)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, &in);
+		/* Redirect, not TC_ACT_OK: a packet from our own address arriving
+		 * from outside is a martian to the kernel. */
+		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+		if (ret != TC_ACT_REDIRECT)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		return verdict(st, REASON_REV_NAT, ret);
+	}
+
+	/* Backend node, later packet of a flow we already know. */
+	if (v && v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) &&
+	    v->tun_peer == peer && v->nat_port == vx.fe_port && ct_from_client(v, from_a)) {
+		st->ct_flags = v->flags;
+		ct_account(skb, v, from_a, &in);
+	} else {
+		__u8 flags = CT_F_FROM_TUNNEL | CT_F_TUNNEL;
+
+		/* Port 0 marks a reply: one for a flow we do not track must not
+		 * be delivered with an un-NATed source. */
+		if (!vx.fe_port)
+			return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
+		if (vx.np_flags & VXH_F_DSR)
+			flags |= CT_F_DSR;
+		/* The frontend is the ingress node (outer source) + the NodePort
+		 * carried in the VXLAN header: a DSR reply needs both. */
+		ct_create(skb, &in, in.daddr, in.dport, CT_NORMAL, flags, peer, vx.fe_port, peer);
+		st->ct_flags = flags;
+	}
+	if (tunnel_decap(skb) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	/* The client's address is intact: the kernel routes it to the pod. */
+	skb->mark |= SKB_MARK_BYPASS;
+	return verdict(st, REASON_DECAP, TC_ACT_OK);
+}
+
+static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_cfg *conf,
+				      struct run_state *st)
+{
+	struct fe_value *fe;
+	struct ct_value *v;
+	struct ct_key k;
+	struct pkt p;
+	int rc, from_a;
+
+	rc = parse_frame(skb, &p);
+	if (rc == PARSE_NOT_IPV4)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	if (rc != PARSE_OK)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	st_arrived(st, &p);
+	/* Non-first fragments carry no ports, so they cannot be matched to a
+	 * flow: passed untouched (a fragmented datagram to a service is not
+	 * supported; PMTU discovery keeps TCP unfragmented). */
+	if (p.frag == FRAG_LATER)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+
+	if (p.proto == IPPROTO_UDP && p.has_ports && p.daddr == conf->node_ip &&
+	    p.dport == bpf_htons(conf->tunnel_port))
+		return hep_tunnel(skb, conf, &p, st);
+
+	if (is_local_pod(p.saddr))
+		return verdict(st, REASON_DROP_SPOOFED, TC_ACT_SHOT);
+	if (p.proto == IPPROTO_ICMP)
+		return hep_icmp(skb, conf, &p, st);
+	if (!p.has_ports)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+
+	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
+	v = ct_lookup(&k, &p);
+	if (v) {
+		if (v->type != CT_NAT_FWD) {
+			/* e.g. the reply of a pod's ClusterIP connection from a
+			 * remote backend: to_wep reverse-NATs it at the pod. */
+			st->ct_flags = v->flags;
+			return verdict(st, REASON_CT_EST, TC_ACT_OK);
+		}
+		if ((v->flags & CT_F_POD_CLIENT) || !ct_from_client(v, from_a))
+			return verdict(st, REASON_PASS, TC_ACT_OK);
+		rc = hep_fwd_hit(skb, conf, &p, st, &k, v, from_a);
+		if (rc != HEP_RETRY_NEW)
+			return rc;
+	}
+
+	fe = fe_lookup(&p, p.daddr == conf->node_ip);
+	if (!fe)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	return hep_new_flow(skb, conf, &p, st, fe);
+}
+
+int from_hep(struct __sk_buff *skb)
+{
+	struct node_cfg *conf = node_conf();
+	struct run_state st;
+	int action;
+
+	__builtin_memset(&st, 0, sizeof(st));
+	if (!conf)
+		action = verdict(&st, REASON_PASS, TC_ACT_OK);
+	else
+		action = hep_handle(skb, conf, &st);
+	return run_finish(skb, conf, HOOK_FROM_HEP, &st, action);
+}

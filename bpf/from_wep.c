@@ -1,0 +1,274 @@
+/* from_wep: pod veth ingress, i.e. packets the pod sends (WEP = workload endpoint).
+ *
+ * - The pod connects to a ClusterIP, or to a NodePort on any node address:
+ *   pick a backend, DNAT, let the kernel route it (never tunnelled, never DSR).
+ * - The pod answers a NodePort connection:
+ *     tunnelled to us (backend node): DSR -> source becomes the frontend and
+ *     the reply leaves eth0 straight for the client; Tunnel -> back in VXLAN
+ *     to the ingress node, which reverse-NATs;
+ *     local backend (we are the ingress node): reverse NAT, out of eth0.
+ * - ICMP errors the pod sends about such connections go the replies' way.
+ * Replies are redirected out of eth0 ourselves: the node's routing could not
+ * do it (the source is not ours to route, and for DSR it is another node's).
+ */
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/conntrack.h"
+#include "lib/nat.h"
+#include "lib/tunnel.h"
+#include "lib/icmp.h"
+#include "lib/events.h"
+
+#define WEP_RETRY_NEW -1000
+
+/* Source rewritten to the frontend, forwarded out of eth0 to the client. */
+static __always_inline int wep_reply_out(struct __sk_buff *skb, const struct node_cfg *conf,
+					 struct pkt *p, struct run_state *st,
+					 __be32 fe_addr, __be16 fe_port, __u8 reason)
+{
+	int ret;
+
+	if (p->ttl <= 1)
+		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+	if (rewrite_l3l4(skb, p, 1, fe_addr, fe_port) < 0 ||
+	    ttl_decrement(skb, p) != TTL_OK)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+	if (ret != TC_ACT_REDIRECT)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	return verdict(st, reason, ret);
+}
+
+/* Backend node: the pod answers a connection that came through the tunnel. */
+static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct node_cfg *conf,
+					    struct pkt *p, struct run_state *st,
+					    struct ct_value *v, int from_a)
+{
+	__be32 peer = v->tun_peer;
+	__u32 hash;
+	int ret;
+
+	st->ct_flags = v->flags;
+	if (v->flags & CT_F_DSR) {
+		__be32 fe_addr = v->nat_addr;
+		__be16 fe_port = v->nat_port;
+
+		ct_account(skb, v, from_a, p);
+		return wep_reply_out(skb, conf, p, st, fe_addr, fe_port, REASON_DSR_REPLY);
+	}
+	/* The pod's MTU (fabric - 50) makes this impossible unless misconfigured:
+	 * no ICMP toward our own pod, just count it. */
+	if (encap_too_big(skb, conf, p))
+		return verdict(st, REASON_DROP_FRAG_NEEDED, TC_ACT_SHOT);
+	if (p->ttl <= 1)
+		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+	ct_account(skb, v, from_a, p);
+	if (ttl_decrement(skb, p) != TTL_OK)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	/* Replies carry no frontend port and no flags. */
+	if (tunnel_encap(skb, conf, peer, 0, 0, hash, p->tos) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	st->tun_peer = peer;
+	ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+	if (ret != TC_ACT_REDIRECT)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	return verdict(st, REASON_ENCAP, ret);
+}
+
+/* Later packet of the pod's own service connection (NAT_FWD hit). */
+static __always_inline int wep_fwd_hit(struct __sk_buff *skb, struct pkt *p,
+				       struct run_state *st, struct ct_key *fwd_key,
+				       struct ct_value *fwd, int fwd_from_a)
+{
+	__be32 be_addr = fwd->nat_addr;
+	__be16 be_port = fwd->nat_port;
+	struct ct_value *rev;
+	struct ct_key rk;
+	int rev_from_a;
+
+	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
+	rev = ct_lookup(&rk, p);
+	if (!rev) {
+		ct.delete(fwd_key);
+		return WEP_RETRY_NEW;
+	}
+	st->ct_flags = rev->flags;
+	ct_account(skb, fwd, fwd_from_a, p);
+	ct_account(skb, rev, rev_from_a, p);
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	return verdict(st, REASON_NAT_EST, TC_ACT_OK);
+}
+
+/* The pod opens a connection to a service frontend. */
+static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
+					struct run_state *st, const struct fe_value *fe)
+{
+	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	struct be_value *be = be_pick(fe, hash);
+	__be32 be_addr, fe_addr = p->daddr;
+	__be16 be_port, fe_port = p->dport;
+	__u8 flags = ct_flags_of_fe(fe) | CT_F_POD_CLIENT;
+
+	if (!be)
+		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+	be_addr = be->addr;
+	be_port = be->port;
+	ct_create(skb, p, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0);
+	ct_create(skb, p, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0);
+	st->ct_flags = flags;
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	return verdict(st, REASON_NAT_NEW, TC_ACT_OK);
+}
+
+/* The pod sends an ICMP error (port unreachable, ...) about a packet of a
+ * service connection: it travels like that connection's packets do. */
+static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg *conf,
+				    struct pkt *p, struct run_state *st)
+{
+	struct ct_value *v;
+	struct icmp_err e;
+	struct ct_key k;
+	int q_from_a, q_from_client, ret;
+
+	if (icmp_err_parse(skb, p, &e) != ICMP_ERR_OK)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	ct_key_make(&k, e.q_saddr, e.q_sport, e.q_daddr, e.q_dport, e.q_proto, &q_from_a);
+	v = ct_lookup(&k, p);
+	if (!v)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	st->ct_flags = v->flags;
+	q_from_client = ct_from_client(v, q_from_a);
+
+	/* Backend node, about the client's request: like a reply. */
+	if (v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && q_from_client) {
+		__be32 peer = v->tun_peer;
+
+		if (v->flags & CT_F_DSR) {
+			__be32 fe_addr = v->nat_addr;
+			__be16 fe_port = v->nat_port;
+
+			if (p->ttl <= 1)
+				return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+			if (icmp_err_to_client(skb, p, &e, fe_addr, fe_port) < 0 ||
+			    ttl_decrement(skb, p) != TTL_OK)
+				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+			st_left(st, p);
+			ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+			if (ret != TC_ACT_REDIRECT)
+				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+			return verdict(st, REASON_DSR_REPLY, ret);
+		}
+		if (p->ttl <= 1)
+			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+		if (ttl_decrement(skb, p) != TTL_OK ||
+		    tunnel_encap(skb, conf, peer, 0, 0,
+				 flow_hash(p->saddr, 0, p->daddr, 0, p->proto), p->tos) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st->tun_peer = peer;
+		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+		if (ret != TC_ACT_REDIRECT)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		return verdict(st, REASON_ENCAP, ret);
+	}
+	/* Ingress node with a local backend, about the external client's request. */
+	if (v->type == CT_NAT_REV && !(v->flags & CT_F_POD_CLIENT) && !v->tun_peer && q_from_client) {
+		__be32 fe_addr = v->nat_addr;
+		__be16 fe_port = v->nat_port;
+
+		if (p->ttl <= 1)
+			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
+		if (icmp_err_to_client(skb, p, &e, fe_addr, fe_port) < 0 ||
+		    ttl_decrement(skb, p) != TTL_OK)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, p);
+		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+		if (ret != TC_ACT_REDIRECT)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		return verdict(st, REASON_REV_NAT, ret);
+	}
+	/* A client pod, about a reply it got from the frontend: to the backend. */
+	if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && !q_from_client) {
+		if (icmp_err_to_backend(skb, p, &e, v->nat_addr, v->nat_port) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, p);
+		return verdict(st, REASON_NAT_EST, TC_ACT_OK);
+	}
+	return verdict(st, REASON_CT_EST, TC_ACT_OK);
+}
+
+static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_cfg *conf,
+				      struct run_state *st)
+{
+	struct fe_value *fe;
+	struct ct_value *v;
+	struct ct_key k;
+	struct pkt p;
+	int rc, from_a;
+
+	rc = parse_frame(skb, &p);
+	if (rc == PARSE_NOT_IPV4)
+		return verdict(st, REASON_PASS, TC_ACT_OK);   /* ARP for the 169.254.1.1 gateway */
+	if (rc != PARSE_OK)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	st_arrived(st, &p);
+	if (p.frag == FRAG_LATER)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	if (p.proto == IPPROTO_ICMP)
+		return wep_icmp(skb, conf, &p, st);
+	if (!p.has_ports)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+
+	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
+	v = ct_lookup(&k, &p);
+	if (v) {
+		int from_client = ct_from_client(v, from_a);
+
+		if (v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && !from_client)
+			return wep_tunnel_reply(skb, conf, &p, st, v, from_a);
+		if (v->type == CT_NAT_REV && !from_client) {
+			st->ct_flags = v->flags;
+			/* A pod client's reply is reverse-NATed at that pod (to_wep). */
+			if ((v->flags & CT_F_POD_CLIENT) || v->tun_peer)
+				return verdict(st, REASON_CT_EST, TC_ACT_OK);
+			ct_account(skb, v, from_a, &p);
+			return wep_reply_out(skb, conf, &p, st, v->nat_addr, v->nat_port,
+					     REASON_REV_NAT);
+		}
+		if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && from_client) {
+			rc = wep_fwd_hit(skb, &p, st, &k, v, from_a);
+			if (rc != WEP_RETRY_NEW)
+				return rc;
+		} else {
+			st->ct_flags = v->flags;
+			return verdict(st, REASON_CT_EST, TC_ACT_OK);
+		}
+	}
+
+	/* NodePorts answer on every node's address, for pods too. */
+	fe = fe_lookup(&p, is_node(p.daddr));
+	if (!fe)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	return wep_new_flow(skb, &p, st, fe);
+}
+
+int from_wep(struct __sk_buff *skb)
+{
+	struct node_cfg *conf = node_conf();
+	struct run_state st;
+	int action;
+
+	__builtin_memset(&st, 0, sizeof(st));
+	if (!conf)
+		action = verdict(&st, REASON_PASS, TC_ACT_OK);
+	else
+		action = wep_handle(skb, conf, &st);
+	return run_finish(skb, conf, HOOK_FROM_WEP, &st, action);
+}

@@ -1,0 +1,195 @@
+/* Conntrack: one normalised entry per connection and NAT leg.
+ *
+ * Timeouts are Calico's defaults. An entry idle longer than its timeout is
+ * treated as absent and deleted on lookup, so correctness never depends on
+ * the user-space GC (which applies the same rules, ebpf_nodeport/datapath.py)
+ * nor on LRU eviction, the last resort.
+ */
+#ifndef NP_CONNTRACK_H
+#define NP_CONNTRACK_H
+
+#include "lib/maps.h"
+#include "lib/parse.h"
+
+#define SEC_NS 1000000000ULL
+
+#ifndef CT_TIMEOUT_TCP_SYN
+#define CT_TIMEOUT_TCP_SYN  (20 * SEC_NS)    /* handshake not complete */
+#endif
+#ifndef CT_TIMEOUT_TCP_EST
+#define CT_TIMEOUT_TCP_EST  (3600 * SEC_NS)  /* SYN from both sides and an ACK */
+#endif
+#ifndef CT_TIMEOUT_TCP_FIN
+#define CT_TIMEOUT_TCP_FIN  (30 * SEC_NS)    /* FIN from both sides */
+#endif
+#ifndef CT_TIMEOUT_TCP_RST
+#define CT_TIMEOUT_TCP_RST  (40 * SEC_NS)    /* RST from either side */
+#endif
+#ifndef CT_TIMEOUT_UDP
+#define CT_TIMEOUT_UDP      (60 * SEC_NS)
+#endif
+#ifndef CT_TIMEOUT_ICMP
+#define CT_TIMEOUT_ICMP     (5 * SEC_NS)
+#endif
+#ifndef CT_TIMEOUT_OTHER
+#define CT_TIMEOUT_OTHER    (600 * SEC_NS)
+#endif
+
+/* Build the normalised key; *from_a tells whether the packet's source is side a. */
+static __always_inline void ct_key_make(struct ct_key *k, __be32 saddr, __be16 sport,
+					__be32 daddr, __be16 dport, __u8 proto, int *from_a)
+{
+	__u32 s = bpf_ntohl(saddr), d = bpf_ntohl(daddr);
+	int a = s < d || (s == d && bpf_ntohs(sport) <= bpf_ntohs(dport));
+
+	__builtin_memset(k, 0, sizeof(*k));
+	k->proto = proto;
+	if (a) {
+		k->addr_a = saddr; k->port_a = sport;
+		k->addr_b = daddr; k->port_b = dport;
+	} else {
+		k->addr_a = daddr; k->port_a = dport;
+		k->addr_b = saddr; k->port_b = sport;
+	}
+	*from_a = a;
+}
+
+/* Did this packet come from the connection's client? */
+static __always_inline int ct_from_client(const struct ct_value *v, int from_a)
+{
+	return (v->flags & CT_F_CLIENT_IS_B) ? !from_a : from_a;
+}
+
+/* The ingress node of a DSR flow sees only the client's half of the
+ * connection: judge the TCP state on that half alone. */
+static __always_inline int ct_one_sided(const struct ct_value *v)
+{
+	return (v->flags & CT_F_DSR) && !(v->flags & CT_F_FROM_TUNNEL);
+}
+
+static __always_inline __u64 ct_timeout(const struct ct_value *v, __u8 proto)
+{
+	__u8 client, server;
+
+	if (proto == IPPROTO_UDP)
+		return CT_TIMEOUT_UDP;
+	if (proto == IPPROTO_ICMP)
+		return CT_TIMEOUT_ICMP;
+	if (proto != IPPROTO_TCP)
+		return CT_TIMEOUT_OTHER;
+
+	if (v->flags & CT_F_CLIENT_IS_B) {
+		client = v->tcp_b; server = v->tcp_a;
+	} else {
+		client = v->tcp_a; server = v->tcp_b;
+	}
+	if ((client | server) & TCPF_RST)
+		return CT_TIMEOUT_TCP_RST;
+	if (ct_one_sided(v)) {
+		if (client & TCPF_FIN)
+			return CT_TIMEOUT_TCP_FIN;
+		if ((client & TCPF_SYN) && (client & TCPF_ACK))
+			return CT_TIMEOUT_TCP_EST;
+		return CT_TIMEOUT_TCP_SYN;
+	}
+	if ((client & TCPF_FIN) && (server & TCPF_FIN))
+		return CT_TIMEOUT_TCP_FIN;
+	if ((client & TCPF_SYN) && (server & TCPF_SYN) && ((client | server) & TCPF_ACK))
+		return CT_TIMEOUT_TCP_EST;
+	return CT_TIMEOUT_TCP_SYN;
+}
+
+/* A closed or closing TCP entry met by a fresh SYN: the client reuses the
+ * 4-tuple for a new connection, which must get a fresh entry (and a fresh
+ * backend choice), not inherit the dying one. */
+static __always_inline int ct_reopened(const struct ct_value *v, const struct pkt *p)
+{
+	__u8 all = v->tcp_a | v->tcp_b;
+
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return 0;
+	return (all & (TCPF_RST | TCPF_FIN)) != 0;
+}
+
+static __always_inline int ct_expired(const struct ct_value *v, __u8 proto, __u64 now)
+{
+	return now > v->last_seen_ns && now - v->last_seen_ns > ct_timeout(v, proto);
+}
+
+/* Look an entry up; expired (or reopened) entries are deleted and reported
+ * absent. A NAT_FWD entry is returned as is: it lives and dies with its
+ * NAT_REV entry, which the caller looks up next (the reply direction only
+ * ever refreshes the NAT_REV entry, so the FWD timestamp alone would lie). */
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k, const struct pkt *p)
+{
+	struct ct_value *v = ct.lookup(k);
+
+	if (!v || v->type == CT_NAT_FWD)
+		return v;
+	if (ct_expired(v, k->proto, bpf_ktime_get_ns()) || ct_reopened(v, p)) {
+		ct.delete(k);
+		return NULL;
+	}
+	return v;
+}
+
+/* Packets a (possibly GSO) skb stands for on the wire. */
+static __always_inline __u64 skb_segs(struct __sk_buff *skb)
+{
+	__u32 segs = skb->gso_segs;
+
+	return segs > 1 ? segs : 1;
+}
+
+/* Account one packet in the direction it travels. The u8 flag ORs race
+ * benignly across CPUs (a lost bit is re-set by the next segment); the
+ * counters use atomic adds. */
+static __always_inline void ct_account(struct __sk_buff *skb, struct ct_value *v,
+				       int from_a, const struct pkt *p)
+{
+	__u64 segs = skb_segs(skb);
+
+	v->last_seen_ns = bpf_ktime_get_ns();
+	if (from_a) {
+		v->tcp_a |= p->tcp_flags;
+		__sync_fetch_and_add(&v->packets_ab, segs);
+		__sync_fetch_and_add(&v->bytes_ab, (__u64)p->ip_len);
+	} else {
+		v->tcp_b |= p->tcp_flags;
+		__sync_fetch_and_add(&v->packets_ba, segs);
+		__sync_fetch_and_add(&v->bytes_ba, (__u64)p->ip_len);
+	}
+}
+
+/* Create an entry for the connection whose client sent packet p to
+ * (daddr, dport); the packet itself is accounted in it. */
+static __always_inline int ct_create(struct __sk_buff *skb, const struct pkt *p,
+				     __be32 daddr, __be16 dport, __u8 type, __u8 flags,
+				     __be32 nat_addr, __be16 nat_port, __be32 tun_peer)
+{
+	struct ct_key k;
+	struct ct_value v;
+	int from_a;
+
+	ct_key_make(&k, p->saddr, p->sport, daddr, dport, p->proto, &from_a);
+	__builtin_memset(&v, 0, sizeof(v));
+	v.created_ns = bpf_ktime_get_ns();
+	v.last_seen_ns = v.created_ns;
+	v.type = type;
+	v.flags = flags | (from_a ? 0 : CT_F_CLIENT_IS_B);
+	v.nat_addr = nat_addr;
+	v.nat_port = nat_port;
+	v.tun_peer = tun_peer;
+	if (from_a) {
+		v.tcp_a = p->tcp_flags;
+		v.packets_ab = skb_segs(skb);
+		v.bytes_ab = p->ip_len;
+	} else {
+		v.tcp_b = p->tcp_flags;
+		v.packets_ba = skb_segs(skb);
+		v.bytes_ba = p->ip_len;
+	}
+	return ct.update(&k, &v);
+}
+
+#endif /* NP_CONNTRACK_H */

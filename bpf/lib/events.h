@@ -1,0 +1,98 @@
+/* The end of every program run: one counter, and an event when tracing.
+ *
+ * Handlers fill a run_state as they go (the packet as it arrived, as it
+ * left, the verdict's reason) and every entry function returns through
+ * run_finish(), which is the only place that touches `counters`: that is
+ * how "exactly one reason per packet" holds by construction.
+ */
+#ifndef NP_EVENTS_H
+#define NP_EVENTS_H
+
+#include "lib/maps.h"
+#include "lib/parse.h"
+
+struct run_state {
+	__be32 saddr, daddr;          /* as arrived */
+	__be16 sport, dport;
+	__be32 nat_saddr, nat_daddr;  /* as left */
+	__be16 nat_sport, nat_dport;
+	__be32 tun_peer;
+	__u8   proto;
+	__u8   ct_flags;
+	__u8   reason;
+	__u8   pad;
+};
+
+static __always_inline void st_arrived(struct run_state *st, const struct pkt *p)
+{
+	st->saddr = st->nat_saddr = p->saddr;
+	st->daddr = st->nat_daddr = p->daddr;
+	st->sport = st->nat_sport = p->sport;
+	st->dport = st->nat_dport = p->dport;
+	st->proto = p->proto;
+}
+
+static __always_inline void st_left(struct run_state *st, const struct pkt *p)
+{
+	st->nat_saddr = p->saddr;
+	st->nat_daddr = p->daddr;
+	st->nat_sport = p->sport;
+	st->nat_dport = p->dport;
+}
+
+/* Record why, return what: handlers end with `return verdict(st, R, TC_ACT_x)`. */
+static __always_inline int verdict(struct run_state *st, __u8 reason, int action)
+{
+	st->reason = reason;
+	return action;
+}
+
+static __always_inline int run_finish(struct __sk_buff *skb, const struct node_cfg *conf,
+				      __u8 hook, const struct run_state *st, int action)
+{
+	__u32 reason = st->reason < MAX_REASONS ? st->reason : REASON_PASS;
+	__u32 idx = hook * MAX_REASONS + reason;
+	__u64 *cnt = counters.lookup(&idx);
+	struct event *e;
+
+	if (cnt)
+		*cnt += 1;   /* per-CPU slot: no atomics needed */
+
+	if (!conf || !(conf->flags & CFG_F_TRACE))
+		return action;
+	e = events.ringbuf_reserve(sizeof(*e));
+	if (!e)
+		return action;   /* ring full: the counter still has it */
+	e->ts_ns = bpf_ktime_get_ns();
+	e->hook = hook;
+	e->reason = st->reason;
+	e->proto = st->proto;
+	e->flags = st->ct_flags;
+	e->saddr = st->saddr;
+	e->daddr = st->daddr;
+	e->sport = st->sport;
+	e->dport = st->dport;
+	e->nat_saddr = st->nat_saddr;
+	e->nat_daddr = st->nat_daddr;
+	e->nat_sport = st->nat_sport;
+	e->nat_dport = st->nat_dport;
+	e->tun_peer = st->tun_peer;
+	e->ifindex = skb->ifindex;
+	e->pad = 0;
+	events.ringbuf_submit(e, 0);
+	return action;
+}
+
+/* cfg entry 0, or NULL when the datapath is not configured/enabled: then
+ * every program passes everything (counted as PASS). */
+static __always_inline struct node_cfg *node_conf(void)
+{
+	__u32 zero = 0;
+	struct node_cfg *conf = cfg.lookup(&zero);
+
+	if (!conf || !(conf->flags & CFG_F_ENABLED) || !conf->node_ip)
+		return NULL;
+	return conf;
+}
+
+#endif /* NP_EVENTS_H */

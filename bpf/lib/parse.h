@@ -1,0 +1,135 @@
+/* Header parsing: Ethernet -> IPv4 (IHL-aware) -> TCP/UDP ports.
+ *
+ * Headers are copied with bpf_skb_load_bytes rather than read in place:
+ * it works whether or not they sit in the linear part of the skb (GSO/GRO
+ * packets), and keeps the verifier's packet-range bookkeeping out of the
+ * NAT code. Everything is validated against skb->len before use, so a
+ * truncated or inconsistent packet is reported, never rewritten.
+ */
+#ifndef NP_PARSE_H
+#define NP_PARSE_H
+
+#include "lib/compat.h"
+
+#define PARSE_OK         0
+#define PARSE_NOT_IPV4   1   /* ARP, IPv6, ...: not ours, pass untouched */
+#define PARSE_MALFORMED -1
+
+#define FRAG_NONE  0
+#define FRAG_FIRST 1   /* MF set, offset 0: carries the L4 header */
+#define FRAG_LATER 2   /* offset > 0: no L4 header, cannot be matched to a flow */
+
+/* TCP flags we track per direction in conntrack. */
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_ACK 0x10
+#define TCPF_TRACKED (TCPF_FIN | TCPF_SYN | TCPF_RST | TCPF_ACK)
+
+struct pkt {
+	__u32  l3_off;     /* offset of the IPv4 header from the MAC header */
+	__u32  l4_off;     /* l3_off + IHL * 4 */
+	__u32  ip_len;     /* IPv4 total length */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;      /* 0 when !has_ports */
+	__be16 dport;
+	__u8   proto;
+	__u8   tcp_flags;  /* TCPF_TRACKED bits of this segment */
+	__u8   ttl;
+	__u8   tos;
+	__u8   frag;       /* FRAG_* */
+	__u8   df;         /* IP DF bit set */
+	__u8   has_ports;  /* TCP or UDP header present and valid */
+	__u8   pad;
+};
+
+/* Parse the IPv4 header at l3_off and the TCP/UDP header after it. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, struct pkt *p)
+{
+	struct iphdr ip;
+	__u32 hlen, tot;
+	__u16 frag_off;
+
+	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	if (ip.version != 4 || ip.ihl < 5)
+		return PARSE_MALFORMED;
+	hlen = ip.ihl * 4;
+	tot = bpf_ntohs(ip.tot_len);
+	/* tot_len may be shorter than the frame (Ethernet padding), never longer. */
+	if (tot < hlen || l3_off + tot > skb->len)
+		return PARSE_MALFORMED;
+
+	p->l3_off = l3_off;
+	p->l4_off = l3_off + hlen;
+	p->ip_len = tot;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->proto = ip.protocol;
+	p->ttl = ip.ttl;
+	p->tos = ip.tos;
+	p->sport = 0;
+	p->dport = 0;
+	p->tcp_flags = 0;
+	p->has_ports = 0;
+	p->pad = 0;
+
+	frag_off = bpf_ntohs(ip.frag_off);
+	p->df = !!(frag_off & IP_DF_BIT);
+	if (frag_off & IP_OFFSET_MASK)
+		p->frag = FRAG_LATER;
+	else if (frag_off & IP_MF_BIT)
+		p->frag = FRAG_FIRST;
+	else
+		p->frag = FRAG_NONE;
+	if (p->frag == FRAG_LATER)
+		return PARSE_OK;
+
+	if (ip.protocol == IPPROTO_TCP) {
+		struct tcphdr th;
+		__u32 thlen;
+
+		if (tot < hlen + sizeof(th))
+			return PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+			return PARSE_MALFORMED;
+		thlen = th.doff * 4;
+		if (thlen < sizeof(th) || hlen + thlen > tot)
+			return PARSE_MALFORMED;
+		p->sport = th.source;
+		p->dport = th.dest;
+		p->tcp_flags = ((__u8 *)&th)[13] & TCPF_TRACKED;
+		p->has_ports = 1;
+	} else if (ip.protocol == IPPROTO_UDP) {
+		struct udphdr uh;
+		__u32 ulen;
+
+		if (tot < hlen + sizeof(uh))
+			return PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &uh, sizeof(uh)) < 0)
+			return PARSE_MALFORMED;
+		ulen = bpf_ntohs(uh.len);
+		/* A first fragment's UDP length covers the whole datagram. */
+		if (p->frag == FRAG_NONE && (ulen < sizeof(uh) || ulen > tot - hlen))
+			return PARSE_MALFORMED;
+		p->sport = uh.source;
+		p->dport = uh.dest;
+		p->has_ports = 1;
+	}
+	return PARSE_OK;
+}
+
+/* Parse the frame from the MAC header: only IPv4 is ours. */
+static __always_inline int parse_frame(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ethhdr eth;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return PARSE_NOT_IPV4;   /* runt frame: nothing we could act on */
+	if (eth.h_proto != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+	return parse_ipv4(skb, ETH_HLEN, p);
+}
+
+#endif /* NP_PARSE_H */

@@ -1,0 +1,408 @@
+"""NodeDatapath: load, program and attach one node's eBPF service datapath.
+
+The lab (or a test) describes the cluster as a ClusterView; sync() turns it
+into map entries, writing only what differs and deleting what is stale, so it
+can run any number of times without recompiling or disturbing live
+connections. Every method after load() works from a fresh process: state
+lives in the pinned maps and programs, not in this object.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from . import loader, tc
+from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_NAT_REV, FE_F_CLUSTERIP,
+                   FE_F_NODEPORT, PROGRAMS, RT_F_LOCAL, TUNNEL_PORT, TUNNEL_VNI, Addr, BeKey,
+                   BeValue, CtKey, CtValue, FeKey, FeValue, MapView, NodeCfg, NodeInfo, NodeMaps,
+                   RouteInfo, RouteKey, SvcMeta, U32, ct_expired, ct_rev_key_of_fwd, ip2int,
+                   ktime_ns, pin_dir, proto_num)
+
+MODES = ("tunnel", "dsr")
+DEFAULT_FABRIC_MTU = 1500
+
+__all__ = ["Backend", "Service", "ClusterView", "NodeDatapath", "SyncStats", "gc_conntrack",
+           "MODES"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One endpoint of a service: pod address and target port."""
+    addr: str
+    port: int
+
+
+@dataclass
+class Service:
+    """One service port: its ClusterIP frontend, optional NodePort, and backends."""
+    name: str
+    proto: str
+    cluster_ip: str | None
+    port: int
+    node_port: int | None = None
+    backends: list[Backend] = field(default_factory=list)
+
+    @property
+    def meta_name(self) -> str:
+        """Name stored in svc_meta; also what keeps a service's id stable across syncs."""
+        return f"{self.name}:{self.port}/{self.proto}"
+
+    def validate(self) -> None:
+        proto_num(self.proto)
+        if self.proto.lower() not in ("tcp", "udp"):
+            raise ValueError(f"service {self.name}: protocol must be tcp or udp, not {self.proto!r}")
+        for what, port in (("port", self.port), ("node_port", self.node_port)):
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"service {self.name}: {what} {port} out of range 1-65535")
+        if self.cluster_ip is None and self.node_port is None:
+            raise ValueError(f"service {self.name}: needs a cluster_ip or a node_port")
+        for b in self.backends:
+            ipaddress.IPv4Address(b.addr)
+            if not 0 < b.port < 65536:
+                raise ValueError(f"service {self.name}: backend port {b.port} out of range")
+
+
+@dataclass
+class ClusterView:
+    """What the datapath must know about the cluster: nodes, pod blocks, services, mode."""
+    nodes: dict[str, str]                 # node name -> fabric address
+    pod_blocks: dict[str, str]            # CIDR -> address of the node hosting it
+    services: list[Service]
+    mode: str = "tunnel"                  # "tunnel" or "dsr"
+    dsr_optout: list[str] = field(default_factory=list)   # client CIDRs kept on Tunnel
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        for addr in self.nodes.values():
+            ipaddress.IPv4Address(addr)
+        for cidr, node_ip in self.pod_blocks.items():
+            ipaddress.IPv4Network(cidr, strict=False)
+            ipaddress.IPv4Address(node_ip)
+        for cidr in self.dsr_optout:
+            ipaddress.IPv4Network(cidr, strict=False)
+        for s in self.services:
+            s.validate()
+
+
+@dataclass
+class SyncStats:
+    """What one sync() changed, per map: entries written and deleted."""
+    written: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+    ct_flushed: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any(self.written.values()) or any(self.deleted.values()) or self.ct_flushed > 0
+
+
+def _reconcile(view: MapView, desired: dict, stats: SyncStats, name: str,
+               delete: bool = True) -> None:
+    """Make the map hold exactly `desired` (write differing entries, delete others)."""
+    current = dict(view.items())
+    written = 0
+    for k, v in desired.items():
+        if current.get(k) != v:
+            view.put(k, v)
+            written += 1
+    deleted = 0
+    if delete:
+        for k in current:
+            if k not in desired:
+                deleted += view.delete(k)
+    stats.written[name] = stats.written.get(name, 0) + written
+    stats.deleted[name] = stats.deleted.get(name, 0) + deleted
+
+
+def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
+                 timeouts: dict[str, int] | None = None) -> int:
+    """Delete expired conntrack entries with the C's rules; returns how many were deleted.
+
+    NORMAL and NAT_REV entries expire on their own timestamps and TCP state
+    (conntrack.h ct_timeout). A NAT_FWD entry lives exactly as long as its
+    NAT_REV entry: the reply direction refreshes only the latter.
+    """
+    now = ktime_ns() if now_ns is None else now_ns
+    entries: dict[CtKey, CtValue] = dict(ct_view.items())
+    dead: set[CtKey] = set()
+    for k, v in entries.items():
+        if v.type != CT_NAT_FWD and ct_expired(k, v, now, timeouts):
+            fresh = ct_view.get(k)          # re-read: a packet may have refreshed it
+            if fresh is None or ct_expired(k, fresh, now, timeouts):
+                dead.add(k)
+    for k, v in entries.items():
+        if v.type != CT_NAT_FWD:
+            continue
+        rk = ct_rev_key_of_fwd(k, v)
+        if rk in dead:
+            dead.add(k)
+            continue
+        rev = entries.get(rk) or ct_view.get(rk)   # the REV may be newer than the snapshot
+        if rev is None or rev.type != CT_NAT_REV:
+            dead.add(k)
+    return sum(ct_view.delete(k) for k in dead)
+
+
+class NodeDatapath:
+    """One node's datapath: compile/pin once (load), then program and attach from anywhere."""
+
+    def __init__(self, lab: str, node: str, netns: str | None, node_ip: str,
+                 host_ifname: str = "eth0", *, host_ifindex: int | None = None,
+                 fabric_mtu: int | None = None, defines: dict[str, object] | None = None):
+        self.lab = lab
+        self.node = node
+        self.netns = netns
+        self.node_ip = str(ipaddress.IPv4Address(node_ip))
+        self.host_ifname = host_ifname
+        self.host_ifindex = host_ifindex
+        self.fabric_mtu = fabric_mtu
+        self.defines = dict(defines or {})
+        self.last_load: loader.LoadResult | None = None
+
+    # -- paths and state ------------------------------------------------------------------
+
+    @property
+    def pin_dir(self) -> str:
+        return pin_dir(self.lab, self.node)
+
+    def prog_path(self, prog: str) -> str:
+        return loader.prog_pin(self.lab, self.node, prog)
+
+    @staticmethod
+    def is_loaded(lab: str, node: str) -> bool:
+        """True when the node's three programs are pinned."""
+        return all(os.path.exists(loader.prog_pin(lab, node, p)) for p in PROGRAMS)
+
+    def maps(self) -> NodeMaps:
+        """Typed views of this node's pinned maps (caller closes, or use `with`)."""
+        return NodeMaps(self.pin_dir)
+
+    def _timeouts(self) -> dict[str, int]:
+        return {k: v for k, v in self.defines.items()
+                if k.startswith("CT_TIMEOUT_") and isinstance(v, int)}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def load(self, attach: bool = True) -> loader.LoadResult:
+        """Compile (BCC), pin maps and programs, write cfg, attach from_hep on the host iface.
+
+        On a node already loaded this is a reload: maps (conntrack, services) are
+        kept, programs replaced, and every interface carrying our filters gets
+        the new programs.
+        """
+        res = loader.load(self.lab, self.node, self.defines)
+        self.last_load = res
+        with self.maps() as m:
+            old = m.read_cfg()
+            keep = old.flags & (CFG_F_DSR | CFG_F_TRACE) if old.node_ip == ip2int(self.node_ip) else 0
+            m.write_cfg(self._cfg(old, keep | CFG_F_ENABLED))
+        if attach:
+            tc.attach(self.netns, self.host_ifname, tc.INGRESS, self.prog_path("from_hep"),
+                      "from_hep")
+            for ifname in self.workloads():
+                self.attach_workload(ifname)
+        return res
+
+    def _cfg(self, old: NodeCfg, flags: int) -> NodeCfg:
+        """Full cfg value: explicit constructor values, else the pinned ones, else the netns."""
+        same_node = old.node_ip == ip2int(self.node_ip)
+        ifindex = self.host_ifindex
+        if ifindex is None:
+            ifindex = old.host_ifindex if same_node and old.host_ifindex else \
+                tc.ifindex(self.netns, self.host_ifname)
+        mtu = self.fabric_mtu
+        if mtu is None:
+            if same_node and old.fabric_mtu:
+                mtu = old.fabric_mtu
+            else:
+                try:
+                    mtu = tc.link_mtu(self.netns, self.host_ifname)
+                except (tc.TcError, OSError):
+                    mtu = DEFAULT_FABRIC_MTU
+        vni = self.defines.get("TUNNEL_VNI", TUNNEL_VNI)
+        port = self.defines.get("TUNNEL_PORT", TUNNEL_PORT)
+        return NodeCfg(node_ip=ip2int(self.node_ip), host_ifindex=ifindex, vni=int(vni),
+                       tunnel_port=int(port), fabric_mtu=mtu, flags=flags)
+
+    def unload(self) -> None:
+        """Detach everything of ours in the netns and remove the pin directory.
+
+        Only filters carrying our program names are removed, so unload() with
+        netns=None (test-run use) never disturbs the current namespace."""
+        if self.netns is None or os.path.exists(f"/run/netns/{self.netns}"):
+            for ifname in self.workloads():
+                self.detach_workload(ifname)
+            try:
+                if tc.detach(self.netns, self.host_ifname, tc.INGRESS, "from_hep") and \
+                        not tc.filters(self.netns, self.host_ifname):
+                    tc.remove_clsact(self.netns, self.host_ifname)
+            except (tc.TcError, FileNotFoundError):
+                pass
+        loader.remove_pins(self.lab, self.node)
+
+    # -- attach points ----------------------------------------------------------------------
+
+    def attach_workload(self, ifname: str) -> None:
+        """from_wep on the pod veth's ingress, to_wep on its egress (from the pins)."""
+        tc.attach(self.netns, ifname, tc.INGRESS, self.prog_path("from_wep"), "from_wep")
+        tc.attach(self.netns, ifname, tc.EGRESS, self.prog_path("to_wep"), "to_wep")
+
+    def detach_workload(self, ifname: str) -> None:
+        """Remove both filters (no error if the veth is already gone)."""
+        removed = tc.detach(self.netns, ifname, tc.INGRESS, "from_wep")
+        removed |= tc.detach(self.netns, ifname, tc.EGRESS, "to_wep")
+        if removed and not tc.filters(self.netns, ifname):
+            tc.remove_clsact(self.netns, ifname)
+
+    def workloads(self) -> list[str]:
+        """Interfaces in the netns that carry our from_wep/to_wep filters."""
+        out = []
+        try:
+            names = tc.links(self.netns)
+        except FileNotFoundError:
+            return out
+        for ifname in names:
+            if ifname == self.host_ifname:
+                continue
+            if any(f.name in ("from_wep", "to_wep") for f in tc.filters(self.netns, ifname)):
+                out.append(ifname)
+        return out
+
+    def attached(self) -> list[tc.AttachedFilter]:
+        """Every bpf filter of ours in the netns (for status)."""
+        out = []
+        for ifname in tc.links(self.netns):
+            out.extend(f for f in tc.filters(self.netns, ifname) if f.name in PROGRAMS)
+        return out
+
+    # -- programming --------------------------------------------------------------------------
+
+    def set_flags(self, dsr: bool | None = None, trace: bool | None = None,
+                  enabled: bool | None = None) -> NodeCfg:
+        """Flip cfg flags live (None leaves a flag as it is); returns the new cfg."""
+        with self.maps() as m:
+            c = m.read_cfg()
+            for bit, want in ((CFG_F_DSR, dsr), (CFG_F_TRACE, trace), (CFG_F_ENABLED, enabled)):
+                if want is True:
+                    c.flags |= bit
+                elif want is False:
+                    c.flags &= ~bit
+            m.write_cfg(c)
+            return c
+
+    def sync(self, view: ClusterView) -> SyncStats:
+        """Make cfg/nodes/routes/dsr_optout/nat_* match the view; idempotent, no recompile."""
+        view.validate()
+        stats = SyncStats()
+        with self.maps() as m:
+            old = m.read_cfg()
+            flags = old.flags if old.node_ip == ip2int(self.node_ip) else CFG_F_ENABLED
+            flags = (flags & ~CFG_F_DSR) | (CFG_F_DSR if view.mode == "dsr" else 0)
+            new_cfg = self._cfg(old, flags)
+            if new_cfg != old:
+                m.write_cfg(new_cfg)
+                stats.written["cfg"] = 1
+
+            _reconcile(m.nodes, {Addr(ip2int(a)): NodeInfo(0) for a in view.nodes.values()},
+                       stats, "nodes")
+            me = ip2int(self.node_ip)
+            routes = {}
+            for cidr, node_ip in view.pod_blocks.items():
+                n = ip2int(node_ip)
+                routes[RouteKey.cidr(cidr)] = RouteInfo(n, RT_F_LOCAL if n == me else 0)
+            _reconcile(m.routes, routes, stats, "routes")
+            _reconcile(m.dsr_optout, {RouteKey.cidr(c): U32(1) for c in view.dsr_optout},
+                       stats, "dsr_optout")
+            self._sync_services(m, view, stats)
+        return stats
+
+    def _is_local(self, addr: str, blocks: list[tuple[ipaddress.IPv4Network, str]]) -> bool:
+        ip = ipaddress.IPv4Address(addr)
+        return any(ip in net and node_ip == self.node_ip for net, node_ip in blocks)
+
+    def _sync_services(self, m: NodeMaps, view: ClusterView, stats: SyncStats) -> None:
+        blocks = sorted(((ipaddress.IPv4Network(c, strict=False), str(ipaddress.IPv4Address(n)))
+                         for c, n in view.pod_blocks.items()),
+                        key=lambda x: x[0].prefixlen, reverse=True)
+        # Stable ids: a service keeps its id as long as its meta name exists.
+        ids = {v.name.decode(errors="replace"): k.value for k, v in m.svc_meta.items()}
+        used = set(ids.values())
+        next_id = 1
+        meta: dict[U32, SvcMeta] = {}
+        seen: set[str] = set()
+        fes: dict[FeKey, FeValue] = {}
+        bes: dict[BeKey, BeValue] = {}
+        for svc in view.services:
+            name = svc.meta_name
+            if name in seen:
+                raise ValueError(f"service {name} listed twice")
+            seen.add(name)
+            if name not in ids:
+                while next_id in used:
+                    next_id += 1
+                ids[name] = next_id
+                used.add(next_id)
+            sid = ids[name]
+            meta[U32(sid)] = SvcMeta.make(name)
+            local = [b for b in svc.backends if self._is_local(b.addr, blocks)]
+            ordered = local + [b for b in svc.backends if b not in local]
+            for i, b in enumerate(ordered):
+                bes[BeKey(sid, i)] = BeValue(addr=ip2int(b.addr), port=b.port)
+            proto = proto_num(svc.proto)
+            frontends = []
+            if svc.cluster_ip:
+                frontends.append((FeKey.make(svc.cluster_ip, svc.port, proto), FE_F_CLUSTERIP))
+            if svc.node_port:
+                frontends.append((FeKey.make(0, svc.node_port, proto), FE_F_NODEPORT))
+            for key, flag in frontends:
+                if key in fes:
+                    raise ValueError(f"frontend {key.to_dict()} claimed by two services "
+                                     f"(second: {name})")
+                fes[key] = FeValue(svc_id=sid, count=len(ordered), local_count=len(local),
+                                   flags=flag)
+
+        old_backends = {(v.addr, v.port) for _, v in m.nat_be.items()}
+        # Order keeps the datapath consistent at every step: names, then new
+        # backends, then frontends (counts), then what became stale.
+        _reconcile(m.svc_meta, meta, stats, "svc_meta", delete=False)
+        _reconcile(m.nat_be, bes, stats, "nat_be", delete=False)
+        _reconcile(m.nat_fe, fes, stats, "nat_fe")
+        _reconcile(m.nat_be, bes, stats, "nat_be")
+        _reconcile(m.svc_meta, meta, stats, "svc_meta")
+        gone = old_backends - {(v.addr, v.port) for v in bes.values()}
+        if gone:
+            stats.ct_flushed = self._flush_backends(m, gone)
+
+    @staticmethod
+    def _flush_backends(m: NodeMaps, gone: set[tuple[int, int]]) -> int:
+        """Forget connections NATed to removed backends, so their clients get a live one."""
+        n = 0
+        for k, v in list(m.ct.items()):
+            if v.type == CT_NAT_FWD and (v.nat_addr, v.nat_port) in gone:
+                n += m.ct.delete(ct_rev_key_of_fwd(k, v))
+                n += m.ct.delete(k)
+        return n
+
+    # -- conntrack ----------------------------------------------------------------------------
+
+    def gc(self, now_ns: int | None = None) -> int:
+        """One conntrack GC pass on this node; returns entries deleted."""
+        with self.maps() as m:
+            return gc_conntrack(m.ct, now_ns, self._timeouts())
+
+    def conntrack(self) -> list[tuple[CtKey, CtValue]]:
+        with self.maps() as m:
+            return list(m.ct.items())
+
+
+def services_from(items: Iterable[dict]) -> list[Service]:
+    """Services from plain dicts (e.g. YAML): backends as {addr, port} dicts."""
+    out = []
+    for d in items:
+        d = dict(d)
+        d["backends"] = [Backend(**b) if isinstance(b, dict) else b for b in d.get("backends", [])]
+        out.append(Service(**d))
+    return out

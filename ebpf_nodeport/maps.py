@@ -1,0 +1,662 @@
+"""Typed views of the datapath's pinned maps: ctypes mirrors of bpf/lib/maps.h.
+
+Every key and value the C programs use has a ctypes Structure here with the
+same fields in the same order; addresses and ports are big-endian fields, so
+`FeKey(addr=ip2int("198.19.32.10"), port=80, proto=6)` is already the bytes
+the kernel compares. Nothing else in the project packs map bytes by hand.
+The module also mirrors the pieces of C logic user space must agree with:
+reason/flag names, the conntrack key normalisation and timeouts, the flow hash.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from . import libbpf
+
+BE32 = ct.c_uint32.__ctype_be__
+BE16 = ct.c_uint16.__ctype_be__
+
+PIN_ROOT = "/sys/fs/bpf/netns-lab"
+PROGRAMS = ("from_hep", "from_wep", "to_wep")
+
+
+def pin_dir(lab: str, node: str) -> str:
+    """Directory holding a node's pinned maps and programs."""
+    return os.path.join(PIN_ROOT, lab, node)
+
+
+# ---- constants (bpf/lib/maps.h, counters.h, tunnel.h, conntrack.h) -------------------
+
+CFG_F_DSR, CFG_F_TRACE, CFG_F_ENABLED = 1, 2, 4
+RT_F_LOCAL = 1
+FE_F_NODEPORT, FE_F_CLUSTERIP = 1, 2
+CT_NORMAL, CT_NAT_FWD, CT_NAT_REV = 0, 1, 2
+CT_F_TUNNEL, CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT = 1, 2, 4, 8
+CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT = 16, 32, 64
+TCPF_FIN, TCPF_SYN, TCPF_RST, TCPF_ACK = 0x01, 0x02, 0x04, 0x10
+
+TUNNEL_VNI = 4096
+TUNNEL_PORT = 4789
+TUNNEL_TTL = 64
+TUNNEL_SPORT_BASE, TUNNEL_SPORT_MASK = 49152, 0x3FFF
+VXLAN_F_VNI = 0x08
+VXH_F_DSR = 0x01
+VXLAN_ENCAP_LEN = 50            # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+SKB_MARK_BYPASS = 0x01000000     # from_hep marks what it NATs/decaps and hands to the kernel (config.h)
+
+HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP = 0, 1, 2
+HOOKS = {HOOK_FROM_HEP: "from_hep", HOOK_FROM_WEP: "from_wep", HOOK_TO_WEP: "to_wep"}
+N_HOOKS = 3
+MAX_REASONS = 32
+
+REASONS: dict[int, str] = {
+    0: "PASS", 1: "NAT_NEW", 2: "NAT_EST", 3: "REV_NAT", 4: "ENCAP", 5: "DECAP",
+    6: "DSR_REPLY", 7: "CT_EST",
+    16: "DROP_MALFORMED", 17: "DROP_TUN_UNKNOWN_SRC", 18: "DROP_TUN_BAD_VNI",
+    19: "DROP_NO_BACKEND", 20: "DROP_FRAG_NEEDED", 21: "DROP_SPOOFED",
+    22: "DROP_ENCAP_FAIL", 23: "DROP_TTL", 24: "DROP_TUN_NO_FLOW",
+}
+REASON_IDS: dict[str, int] = {v: k for k, v in REASONS.items()}
+REASON_DESCRIPTIONS: dict[str, str] = {
+    "PASS": "not ours, passed untouched",
+    "NAT_NEW": "first packet of a new service connection (DNAT, maybe encap)",
+    "NAT_EST": "established service flow, DNAT done, delivered locally",
+    "REV_NAT": "reply, source rewritten to the frontend",
+    "ENCAP": "established flow encapsulated toward a node (request or reply)",
+    "DECAP": "decapsulated, delivered (no NAT on this node)",
+    "DSR_REPLY": "reply rewritten and sent straight to the client",
+    "CT_EST": "tracked flow, no rewrite needed here",
+    "DROP_MALFORMED": "truncated/invalid headers",
+    "DROP_TUN_UNKNOWN_SRC": "VXLAN from an address that is not a node",
+    "DROP_TUN_BAD_VNI": "VXLAN with another VNI",
+    "DROP_NO_BACKEND": "service has no backends",
+    "DROP_FRAG_NEEDED": "too big to encapsulate (ICMP frag-needed sent when DF)",
+    "DROP_SPOOFED": "source is a local pod address arriving from outside",
+    "DROP_ENCAP_FAIL": "a helper failed (adjust_room, store, csum, redirect)",
+    "DROP_TTL": "TTL would reach 0 in a BPF-forwarded packet",
+    "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
+}
+
+CT_TYPES = {CT_NORMAL: "NORMAL", CT_NAT_FWD: "NAT_FWD", CT_NAT_REV: "NAT_REV"}
+CT_FLAG_NAMES = {CT_F_TUNNEL: "TUNNEL", CT_F_DSR: "DSR", CT_F_FROM_TUNNEL: "FROM_TUNNEL",
+                 CT_F_NODEPORT: "NODEPORT", CT_F_CLUSTERIP: "CLUSTERIP",
+                 CT_F_CLIENT_IS_B: "CLIENT_IS_B", CT_F_POD_CLIENT: "POD_CLIENT"}
+CFG_FLAG_NAMES = {CFG_F_DSR: "DSR", CFG_F_TRACE: "TRACE", CFG_F_ENABLED: "ENABLED"}
+FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP"}
+TCP_FLAG_NAMES = {TCPF_SYN: "SYN", TCPF_ACK: "ACK", TCPF_FIN: "FIN", TCPF_RST: "RST"}
+PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
+PROTO_NAMES = {v: k for k, v in PROTOS.items()}
+
+SEC_NS = 1_000_000_000
+CT_TIMEOUTS_NS: dict[str, int] = {   # conntrack.h defaults (Calico's)
+    "CT_TIMEOUT_TCP_SYN": 20 * SEC_NS,
+    "CT_TIMEOUT_TCP_EST": 3600 * SEC_NS,
+    "CT_TIMEOUT_TCP_FIN": 30 * SEC_NS,
+    "CT_TIMEOUT_TCP_RST": 40 * SEC_NS,
+    "CT_TIMEOUT_UDP": 60 * SEC_NS,
+    "CT_TIMEOUT_ICMP": 5 * SEC_NS,
+    "CT_TIMEOUT_OTHER": 600 * SEC_NS,
+}
+
+
+def flag_names(value: int, table: dict[int, str]) -> list[str]:
+    """Names of the bits set in value (unknown bits as hex)."""
+    out = [name for bit, name in table.items() if value & bit]
+    rest = value & ~sum(table)
+    if rest:
+        out.append(hex(rest))
+    return out
+
+
+def reason_name(reason: int) -> str:
+    return REASONS.get(reason, f"REASON_{reason}")
+
+
+def proto_num(proto: str | int) -> int:
+    """'tcp'/'udp'/'icmp' or a number -> IP protocol number."""
+    if isinstance(proto, int):
+        return proto
+    try:
+        return PROTOS[proto.lower()]
+    except KeyError:
+        raise ValueError(f"unknown protocol {proto!r}: use one of {', '.join(PROTOS)}") from None
+
+
+def ip2int(addr: str | int) -> int:
+    """Dotted quad -> the integer stored in a big-endian field."""
+    return addr if isinstance(addr, int) else int(ipaddress.IPv4Address(addr))
+
+
+def int2ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+# ---- structs ---------------------------------------------------------------------------
+
+class _Struct(ct.Structure):
+    """ctypes Structure with dict/bytes helpers; _addr_fields render as dotted quads."""
+    _addr_fields: tuple[str, ...] = ()
+    _hidden_fields: tuple[str, ...] = ("pad",)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, *_ in self._fields_:
+            if name in self._hidden_fields:
+                continue
+            v = getattr(self, name)
+            if name in self._addr_fields:
+                v = int2ip(v)
+            elif isinstance(v, bytes):
+                v = v.decode(errors="replace")
+            elif isinstance(v, ct.Array):
+                v = list(v)
+            out[name] = v
+        return out
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        return cls.from_buffer_copy(data[: ct.sizeof(cls)])
+
+    def __bytes__(self) -> bytes:  # explicit: ctypes' buffer protocol gives the same
+        return ct.string_at(ct.addressof(self), ct.sizeof(self))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and bytes(self) == bytes(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, bytes(self)))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({fields})"
+
+
+class U32(_Struct):
+    """A host-order __u32 key (array index, service id)."""
+    _fields_ = [("value", ct.c_uint32)]
+
+
+class Addr(_Struct):
+    """A __be32 address key (nodes map)."""
+    _fields_ = [("addr", BE32)]
+    _addr_fields = ("addr",)
+
+
+class U64(_Struct):
+    _fields_ = [("value", ct.c_uint64)]
+
+
+class NodeCfg(_Struct):
+    _fields_ = [("node_ip", BE32), ("host_ifindex", ct.c_uint32), ("vni", ct.c_uint32),
+                ("tunnel_port", ct.c_uint16), ("fabric_mtu", ct.c_uint16), ("flags", ct.c_uint32)]
+    _addr_fields = ("node_ip",)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["flag_names"] = flag_names(self.flags, CFG_FLAG_NAMES)
+        return d
+
+
+class NodeInfo(_Struct):
+    _fields_ = [("flags", ct.c_uint32)]
+
+
+class RouteKey(_Struct):
+    _fields_ = [("prefixlen", ct.c_uint32), ("addr", BE32)]
+    _addr_fields = ("addr",)
+
+    @classmethod
+    def cidr(cls, cidr: str) -> "RouteKey":
+        net = ipaddress.IPv4Network(cidr, strict=False)
+        return cls(prefixlen=net.prefixlen, addr=int(net.network_address))
+
+    def to_cidr(self) -> str:
+        return f"{int2ip(self.addr)}/{self.prefixlen}"
+
+
+class RouteInfo(_Struct):
+    _fields_ = [("node_ip", BE32), ("flags", ct.c_uint32)]
+    _addr_fields = ("node_ip",)
+
+
+class FeKey(_Struct):
+    _fields_ = [("addr", BE32), ("port", BE16), ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
+    _addr_fields = ("addr",)
+
+    @classmethod
+    def make(cls, addr: str | int, port: int, proto: str | int) -> "FeKey":
+        return cls(addr=ip2int(addr), port=port, proto=proto_num(proto))
+
+
+class FeValue(_Struct):
+    _fields_ = [("svc_id", ct.c_uint32), ("count", ct.c_uint16), ("local_count", ct.c_uint16),
+                ("flags", ct.c_uint32)]
+
+
+class BeKey(_Struct):
+    _fields_ = [("svc_id", ct.c_uint32), ("ordinal", ct.c_uint32)]
+
+
+class BeValue(_Struct):
+    _fields_ = [("addr", BE32), ("port", BE16), ("pad", ct.c_uint16)]
+    _addr_fields = ("addr",)
+
+
+class SvcMeta(_Struct):
+    _fields_ = [("name", ct.c_char * 64)]
+
+    @classmethod
+    def make(cls, name: str) -> "SvcMeta":
+        raw = name.encode()
+        if len(raw) > 63:
+            raise ValueError(f"service name too long for svc_meta (63 bytes max): {name!r}")
+        return cls(name=raw)
+
+
+class CtKey(_Struct):
+    _fields_ = [("addr_a", BE32), ("addr_b", BE32), ("port_a", BE16), ("port_b", BE16),
+                ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+    _addr_fields = ("addr_a", "addr_b")
+
+
+class CtValue(_Struct):
+    _fields_ = [("created_ns", ct.c_uint64), ("last_seen_ns", ct.c_uint64),
+                ("type", ct.c_uint8), ("flags", ct.c_uint8), ("tcp_a", ct.c_uint8),
+                ("tcp_b", ct.c_uint8), ("nat_addr", BE32), ("nat_port", BE16),
+                ("pad", ct.c_uint16), ("tun_peer", BE32),
+                ("packets_ab", ct.c_uint64), ("packets_ba", ct.c_uint64),
+                ("bytes_ab", ct.c_uint64), ("bytes_ba", ct.c_uint64)]
+    _addr_fields = ("nat_addr", "tun_peer")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["type_name"] = CT_TYPES.get(self.type, str(self.type))
+        d["flag_names"] = flag_names(self.flags, CT_FLAG_NAMES)
+        d["tcp_a_names"] = flag_names(self.tcp_a, TCP_FLAG_NAMES)
+        d["tcp_b_names"] = flag_names(self.tcp_b, TCP_FLAG_NAMES)
+        return d
+
+
+class Event(_Struct):
+    _fields_ = [("ts_ns", ct.c_uint64), ("hook", ct.c_uint8), ("reason", ct.c_uint8),
+                ("proto", ct.c_uint8), ("flags", ct.c_uint8),
+                ("saddr", BE32), ("daddr", BE32), ("sport", BE16), ("dport", BE16),
+                ("nat_saddr", BE32), ("nat_daddr", BE32), ("nat_sport", BE16), ("nat_dport", BE16),
+                ("tun_peer", BE32), ("ifindex", ct.c_uint32), ("pad", ct.c_uint32)]
+    _addr_fields = ("saddr", "daddr", "nat_saddr", "nat_daddr", "tun_peer")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["hook_name"] = HOOKS.get(self.hook, str(self.hook))
+        d["reason_name"] = reason_name(self.reason)
+        d["flag_names"] = flag_names(self.flags, CT_FLAG_NAMES)
+        return d
+
+
+# ---- map specs --------------------------------------------------------------------------
+
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY = 1, 2, 6
+BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_RINGBUF = 9, 11, 27
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One map as the C declares it: used to open views and to detect stale pins."""
+    name: str
+    map_type: int
+    key: type | None
+    value: type | None
+    max_entries: int
+    max_define: str | None = None   # the overridable MAX_* behind max_entries
+
+    @property
+    def key_size(self) -> int:
+        return ct.sizeof(self.key) if self.key else 0
+
+    @property
+    def value_size(self) -> int:
+        return ct.sizeof(self.value) if self.value else 0
+
+
+_SPECS = (
+    MapSpec("cfg", BPF_MAP_TYPE_ARRAY, U32, NodeCfg, 1),
+    MapSpec("nodes", BPF_MAP_TYPE_HASH, Addr, NodeInfo, 256, "MAX_NODES"),
+    MapSpec("routes", BPF_MAP_TYPE_LPM_TRIE, RouteKey, RouteInfo, 1024, "MAX_ROUTES"),
+    MapSpec("dsr_optout", BPF_MAP_TYPE_LPM_TRIE, RouteKey, U32, 64, "MAX_DSR_OPTOUT"),
+    MapSpec("nat_fe", BPF_MAP_TYPE_HASH, FeKey, FeValue, 65536, "MAX_SERVICES"),
+    MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS"),
+    MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES"),
+    MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
+    MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),
+)
+MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _SPECS}
+
+
+def map_specs(defines: dict[str, object] | None = None) -> dict[str, MapSpec]:
+    """MAP_SPECS with MAX_* overrides (integer values) applied, as the loader compiles them."""
+    if not defines:
+        return dict(MAP_SPECS)
+    out = {}
+    for name, spec in MAP_SPECS.items():
+        override = defines.get(spec.max_define) if spec.max_define else None
+        if isinstance(override, int):
+            spec = MapSpec(spec.name, spec.map_type, spec.key, spec.value, override, spec.max_define)
+        out[name] = spec
+    return out
+
+
+# ---- views over pinned maps --------------------------------------------------------------
+
+K = TypeVar("K", bound=_Struct)
+V = TypeVar("V", bound=_Struct)
+
+
+class MapView(Generic[K, V]):
+    """A pinned map opened by path, with typed get/put/delete/items."""
+
+    def __init__(self, path: str, key: type[K], value: type[V]):
+        self.path = path
+        self.key_type = key
+        self.value_type = value
+        self.fd = libbpf.obj_get(path)
+        info = libbpf.map_info(self.fd)
+        if info.key_size != ct.sizeof(key) or info.value_size != ct.sizeof(value):
+            os.close(self.fd)
+            raise ValueError(f"{path}: key/value size {info.key_size}/{info.value_size} does not "
+                             f"match {key.__name__}/{value.__name__} "
+                             f"({ct.sizeof(key)}/{ct.sizeof(value)}): stale pin, reload the datapath")
+        self.info = info
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def get(self, key: K) -> V | None:
+        raw = libbpf.map_lookup(self.fd, bytes(key), ct.sizeof(self.value_type))
+        return None if raw is None else self.value_type.from_bytes(raw)
+
+    def put(self, key: K, value: V, flags: int = libbpf.BPF_ANY) -> None:
+        libbpf.map_update(self.fd, bytes(key), bytes(value), flags)
+
+    def delete(self, key: K) -> bool:
+        return libbpf.map_delete(self.fd, bytes(key))
+
+    def keys(self) -> Iterator[K]:
+        for raw in libbpf.map_keys(self.fd, ct.sizeof(self.key_type)):
+            yield self.key_type.from_bytes(raw)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        """(key, value) pairs; entries deleted while iterating are skipped."""
+        for k in list(self.keys()):
+            v = self.get(k)
+            if v is not None:
+                yield k, v
+
+    def clear(self) -> int:
+        n = 0
+        for k in list(self.keys()):
+            n += self.delete(k)
+        return n
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+
+class PerCpuArrayView:
+    """A pinned per-CPU array of __u64: one slot per possible CPU."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = libbpf.obj_get(path)
+        self.info = libbpf.map_info(self.fd)
+        if self.info.value_size != 8 or self.info.key_size != 4:
+            os.close(self.fd)
+            raise ValueError(f"{path}: not a per-CPU array of u64")
+        self.ncpus = libbpf.num_possible_cpus()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def get_percpu(self, index: int) -> list[int]:
+        raw = libbpf.map_lookup(self.fd, bytes(U32(index)), 8 * self.ncpus)
+        if raw is None:
+            raise IndexError(index)
+        arr = (ct.c_uint64 * self.ncpus).from_buffer_copy(raw)
+        return list(arr)
+
+    def get(self, index: int) -> int:
+        """Sum over CPUs."""
+        return sum(self.get_percpu(index))
+
+    def all(self) -> list[int]:
+        return [self.get(i) for i in range(self.info.max_entries)]
+
+    def zero(self) -> None:
+        blank = bytes(8 * self.ncpus)
+        for i in range(self.info.max_entries):
+            libbpf.map_update(self.fd, bytes(U32(i)), blank)
+
+
+class NodeMaps:
+    """All maps of one node, opened lazily from its pin directory."""
+
+    def __init__(self, directory: str):
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"no datapath pinned at {directory}")
+        self.directory = directory
+        self._open: dict[str, Any] = {}
+
+    @classmethod
+    def for_node(cls, lab: str, node: str) -> "NodeMaps":
+        return cls(pin_dir(lab, node))
+
+    def _view(self, name: str):
+        if name not in self._open:
+            spec = MAP_SPECS[name]
+            path = os.path.join(self.directory, name)
+            if spec.map_type == BPF_MAP_TYPE_PERCPU_ARRAY:
+                self._open[name] = PerCpuArrayView(path)
+            else:
+                self._open[name] = MapView(path, spec.key, spec.value)
+        return self._open[name]
+
+    cfg = property(lambda self: self._view("cfg"))
+    nodes = property(lambda self: self._view("nodes"))
+    routes = property(lambda self: self._view("routes"))
+    dsr_optout = property(lambda self: self._view("dsr_optout"))
+    nat_fe = property(lambda self: self._view("nat_fe"))
+    nat_be = property(lambda self: self._view("nat_be"))
+    svc_meta = property(lambda self: self._view("svc_meta"))
+    ct = property(lambda self: self._view("ct"))
+    counters = property(lambda self: self._view("counters"))
+
+    def close(self) -> None:
+        for v in self._open.values():
+            v.close()
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- convenience reads used by dumps and tests --
+
+    def read_cfg(self) -> NodeCfg:
+        return self.cfg.get(U32(0)) or NodeCfg()
+
+    def write_cfg(self, value: NodeCfg) -> None:
+        self.cfg.put(U32(0), value)
+
+    def counter_table(self, nonzero: bool = True) -> list[dict[str, Any]]:
+        """Rows {hook, reason, packets} summed over CPUs."""
+        rows = []
+        values = self.counters.all()
+        for hook, hname in HOOKS.items():
+            for rid in range(MAX_REASONS):
+                n = values[hook * MAX_REASONS + rid]
+                if n or not nonzero:
+                    rows.append({"hook": hname, "reason": reason_name(rid), "packets": n})
+        return rows
+
+    def counter(self, hook: int | str, reason: int | str) -> int:
+        h = hook if isinstance(hook, int) else {v: k for k, v in HOOKS.items()}[hook]
+        r = reason if isinstance(reason, int) else REASON_IDS[reason]
+        return self.counters.get(h * MAX_REASONS + r)
+
+    def events(self, callback: Callable[[Event], None]) -> "EventReader":
+        return EventReader(os.path.join(self.directory, "events"), callback)
+
+
+class EventReader:
+    """Consume `struct event`s from the pinned ring buffer (needs CFG_F_TRACE set)."""
+
+    def __init__(self, path: str, callback: Callable[[Event], None]):
+        self._fd = libbpf.obj_get(path)
+        size = ct.sizeof(Event)
+
+        def _on_sample(data: bytes) -> None:
+            if len(data) >= size:
+                callback(Event.from_bytes(data))
+
+        self._rb = libbpf.RingBuffer(self._fd, _on_sample)
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        return self._rb.poll(timeout_ms)
+
+    def close(self) -> None:
+        self._rb.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- C logic mirrored -------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def mix32(h: int) -> int:
+    """bpf/lib/nat.h mix32()."""
+    h &= _M32
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & _M32
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & _M32
+    h ^= h >> 16
+    return h
+
+
+def flow_hash(saddr: str | int, sport: int, daddr: str | int, dport: int, proto: str | int) -> int:
+    """bpf/lib/nat.h flow_hash(): picks backends and outer UDP source ports."""
+    ports = ((sport & 0xFFFF) << 16) | (dport & 0xFFFF)
+    return mix32(ip2int(saddr) ^ mix32(ip2int(daddr) ^ mix32(ports ^ proto_num(proto))))
+
+
+def backend_ordinal(count: int, saddr: str | int, sport: int, daddr: str | int, dport: int,
+                    proto: str | int) -> int:
+    """Ordinal a new connection (as the client sent it) gets among count backends."""
+    return flow_hash(saddr, sport, daddr, dport, proto) % count
+
+
+def tunnel_sport(saddr: str | int, sport: int, daddr: str | int, dport: int, proto: str | int) -> int:
+    """Outer UDP source port for an inner packet as encapsulated (after DNAT)."""
+    return TUNNEL_SPORT_BASE | (flow_hash(saddr, sport, daddr, dport, proto) & TUNNEL_SPORT_MASK)
+
+
+def ct_key(saddr: str | int, sport: int, daddr: str | int, dport: int,
+           proto: str | int) -> tuple[CtKey, bool]:
+    """Normalised conntrack key of a packet and whether its source is side a (conntrack.h)."""
+    s, d = ip2int(saddr), ip2int(daddr)
+    from_a = s < d or (s == d and sport <= dport)
+    k = CtKey(proto=proto_num(proto))
+    if from_a:
+        k.addr_a, k.port_a, k.addr_b, k.port_b = s, sport, d, dport
+    else:
+        k.addr_a, k.port_a, k.addr_b, k.port_b = d, dport, s, sport
+    return k, from_a
+
+
+def ct_timeout_ns(key: CtKey, v: CtValue, timeouts: dict[str, int] | None = None) -> int:
+    """conntrack.h ct_timeout(): idle time after which the entry is dead."""
+    t = dict(CT_TIMEOUTS_NS)
+    t.update(timeouts or {})
+    if key.proto == 17:
+        return t["CT_TIMEOUT_UDP"]
+    if key.proto == 1:
+        return t["CT_TIMEOUT_ICMP"]
+    if key.proto != 6:
+        return t["CT_TIMEOUT_OTHER"]
+    client, server = (v.tcp_b, v.tcp_a) if v.flags & CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b)
+    if (client | server) & TCPF_RST:
+        return t["CT_TIMEOUT_TCP_RST"]
+    if (v.flags & CT_F_DSR) and not (v.flags & CT_F_FROM_TUNNEL):
+        # Ingress node of a DSR flow: it sees the client's half only.
+        if client & TCPF_FIN:
+            return t["CT_TIMEOUT_TCP_FIN"]
+        if client & TCPF_SYN and client & TCPF_ACK:
+            return t["CT_TIMEOUT_TCP_EST"]
+        return t["CT_TIMEOUT_TCP_SYN"]
+    if client & TCPF_FIN and server & TCPF_FIN:
+        return t["CT_TIMEOUT_TCP_FIN"]
+    if client & TCPF_SYN and server & TCPF_SYN and (client | server) & TCPF_ACK:
+        return t["CT_TIMEOUT_TCP_EST"]
+    return t["CT_TIMEOUT_TCP_SYN"]
+
+
+def ct_expired(key: CtKey, v: CtValue, now_ns: int, timeouts: dict[str, int] | None = None) -> bool:
+    """conntrack.h ct_expired() (NAT_FWD entries follow their NAT_REV: see gc in datapath.py)."""
+    return now_ns > v.last_seen_ns and now_ns - v.last_seen_ns > ct_timeout_ns(key, v, timeouts)
+
+
+def ktime_ns() -> int:
+    """bpf_ktime_get_ns(): CLOCK_MONOTONIC."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def ct_client_side(v: CtValue) -> str:
+    return "b" if v.flags & CT_F_CLIENT_IS_B else "a"
+
+
+def ct_rev_key_of_fwd(key: CtKey, v: CtValue) -> CtKey:
+    """The NAT_REV key (client, backend) belonging to a NAT_FWD entry (client, frontend)."""
+    if v.flags & CT_F_CLIENT_IS_B:
+        client, cport = key.addr_b, key.port_b
+    else:
+        client, cport = key.addr_a, key.port_a
+    rk, _ = ct_key(client, cport, v.nat_addr, v.nat_port, key.proto)
+    return rk
