@@ -1,0 +1,83 @@
+"""Fixtures for the BPF_PROG_TEST_RUN tests: one compiled datapath per simulated node.
+
+Compiling costs ~1-2 s per node, so the cluster is session-scoped; every test starts
+from the base view (resynced), empty conntrack and the default cfg. Pins live under
+/sys/fs/bpf/netns-lab/ut<random>/ and are removed at the end of the session, also
+when tests fail (and `netns-lab down --all` finds them after a crash). Runs happen in
+a private, empty network namespace (testrun.PrivateNetns).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "tests/bpf need root (BPF_PROG_TEST_RUN, bpffs pins)"
+    try:
+        import bcc  # noqa: F401  (Debian's python3-bpfcc)
+    except ImportError:
+        return "tests/bpf need BCC: install python3-bpfcc and use a venv with --system-site-packages"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.root)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def netns():
+    from ebpf_nodeport.testrun import PrivateNetns
+
+    ns = PrivateNetns()
+    yield ns
+    ns.close()
+
+
+@pytest.fixture(scope="session")
+def _cluster(netns):
+    from ebpf_nodeport.testrun import SimCluster
+
+    from .topo import base_view
+
+    cluster = SimCluster(base_view())
+    try:
+        with netns.inside():
+            cluster.load()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster(_cluster, netns):
+    """The session cluster, reset to the base view with empty conntrack, entered netns."""
+    from .topo import base_view
+
+    with netns.inside():
+        _reset(_cluster, base_view())
+        yield _cluster
+        _reset(_cluster, base_view())
+
+
+def _reset(cluster, view) -> None:
+    cluster.sync(view)
+    for node in cluster.nodes.values():
+        node.set_cfg(fabric_mtu=1500)
+        node.dp.set_flags(trace=False, enabled=True)
+    cluster.clear_ct()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # BCC 0.26 warns on every str it is given (compile text, function names): noise here.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:bcc")
