@@ -1,0 +1,239 @@
+"""kube-proxy's iptables mode, reproduced: topology -> one iptables-restore batch per node, and its removal.
+
+The chain layout, names and comments follow kube-proxy's proxier (nat table only):
+PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-<hash> (cluster IPs) or, last, KUBE-NODEPORTS
+(addrtype LOCAL) -> KUBE-EXT-<hash> (mark for SNAT) -> KUBE-SVC-<hash> -> KUBE-SEP-<hash>
+(picked with `statistic --mode random`) -> DNAT; POSTROUTING -> KUBE-POSTROUTING MASQUERADEs
+packets marked 0x4000 by KUBE-MARK-MASQ. That SNAT is what hides the client's address from the
+pod in the lesson's first section.
+
+Rules are added with `iptables-restore --noflush` so nothing else in the node's tables is
+touched, and removal deletes exactly the chains and hook rules this module generates.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from netns_lab.errors import LabError
+from netns_lab.topology import AddressPlan, Topology
+
+MASQ_MARK = "0x4000"
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+BASE_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
+BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+
+def _hash16(text: str) -> str:
+    """kube-proxy's chain suffix: base32(sha256(text)), first 16 characters."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def svc_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-SVC-<hash> for `ns/name:port` and lowercase protocol (kube-proxy's portProtoHash)."""
+    return "KUBE-SVC-" + _hash16(service_port_name + protocol)
+
+
+def ext_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-EXT-<hash>: the external (NodePort) entry of a service port; same hash as KUBE-SVC."""
+    return "KUBE-EXT-" + _hash16(service_port_name + protocol)
+
+
+def sep_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
+    """KUBE-SEP-<hash> for one endpoint `ip:port` of a service port."""
+    return "KUBE-SEP-" + _hash16(service_port_name + protocol + endpoint)
+
+
+@dataclass
+class Ruleset:
+    """kube-proxy's nat rules for one node: chains it owns, rules in them, hooks from built-in chains."""
+
+    chains: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+
+
+def _probability(n: int) -> str:
+    """kube-proxy's computeProbability: 1/n with ten decimals."""
+    return f"{1.0 / n:0.10f}"
+
+
+def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
+    """The nat rules kube-proxy would program on `node` for the topology's services.
+
+    Every node gets the same rules here (externalTrafficPolicy Cluster everywhere); the node
+    argument keeps the per-node shape of the real thing.
+    """
+    topo.node(node)  # KeyError for an unknown node
+    cluster_cidr = topo.pod_pool
+    rs = Ruleset(chains=list(BASE_CHAINS))
+    services: list[str] = []
+    nodeports: list[str] = []
+    per_port: list[str] = []
+    for svc in topo.services:
+        for sp in svc.ports:
+            name = f"{svc.full_name}:{sp.name}"
+            proto = sp.protocol.lower()
+            backends = plan.backends(svc, sp)
+            if not backends:
+                continue  # kube-proxy sends these to a REJECT in the filter table; we leave them unrouted
+            svc_c = svc_chain(name, proto)
+            match = f"-m {proto} -p {proto}"
+            services.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {match} '
+                f"-d {svc.cluster_ip}/32 --dport {sp.port} -j {svc_c}"
+            )
+            rs.chains.append(svc_c)
+            if sp.node_port is not None:
+                ext_c = ext_chain(name, proto)
+                rs.chains.append(ext_c)
+                nodeports.append(f'-A {KUBE_NODEPORTS} -m comment --comment "{name}" {match} --dport {sp.node_port} -j {ext_c}')
+                per_port.append(
+                    f'-A {ext_c} -m comment --comment "masquerade traffic for {name} external destinations" -j {KUBE_MARK_MASQ}'
+                )
+                per_port.append(f"-A {ext_c} -j {svc_c}")
+            per_port.append(
+                f'-A {svc_c} -m comment --comment "{name} cluster IP" {match} -d {svc.cluster_ip}/32 '
+                f"--dport {sp.port} ! -s {cluster_cidr} -j {KUBE_MARK_MASQ}"
+            )
+            seps: list[tuple[str, str]] = []
+            for i, be in enumerate(backends):
+                endpoint = f"{be.ip}:{be.port}"
+                sep_c = sep_chain(name, proto, endpoint)
+                seps.append((sep_c, endpoint))
+                remaining = len(backends) - i
+                stat = f"-m statistic --mode random --probability {_probability(remaining)} " if remaining > 1 else ""
+                per_port.append(f'-A {svc_c} -m comment --comment "{name} -> {endpoint}" {stat}-j {sep_c}')
+            for sep_c, endpoint in seps:
+                ip = endpoint.split(":")[0]
+                rs.chains.append(sep_c)
+                per_port.append(f'-A {sep_c} -m comment --comment "{name}" -s {ip}/32 -j {KUBE_MARK_MASQ}')
+                per_port.append(f'-A {sep_c} -m comment --comment "{name}" {match} -j DNAT --to-destination {endpoint}')
+    rs.rules = (
+        services
+        + [
+            f'-A {KUBE_SERVICES} -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule '
+            f'in this chain" -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}'
+        ]
+        + nodeports
+        + per_port
+        + [
+            f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {MASQ_MARK}",
+            f"-A {KUBE_POSTROUTING} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+            f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {MASQ_MARK}",
+            f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+        ]
+    )
+    rs.hooks = [
+        f'-A PREROUTING -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
+        f'-A OUTPUT -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
+        f'-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j {KUBE_POSTROUTING}',
+    ]
+    return rs
+
+
+# --------------------------------------------------------------------------- restore text (pure)
+
+_RULE_RE = re.compile(r"^-A (\S+) .*-j (\S+)")
+
+
+def _saved_nat(saved: str) -> tuple[set[str], list[str]]:
+    """Chains declared and rules (`-A ...` lines) of the nat table in iptables-save output."""
+    chains: set[str] = set()
+    rules: list[str] = []
+    in_nat = False
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            in_nat = line.strip() == "*nat"
+        elif in_nat and line.startswith(":"):
+            chains.add(line[1:].split()[0])
+        elif in_nat and line.startswith("-A "):
+            rules.append(line)
+    return chains, rules
+
+
+def _hook_key(rule: str) -> tuple[str, str] | None:
+    """(built-in chain, jump target) of a hook rule, None for other rules."""
+    m = _RULE_RE.match(rule)
+    if not m or m.group(1) not in BUILTIN_CHAINS:
+        return None
+    return m.group(1), m.group(2)
+
+
+def install_text(rs: Ruleset, saved: str = "") -> str:
+    """iptables-restore --noflush input adding the ruleset; hooks already in `saved` are not repeated.
+
+    Declaring a chain (`:NAME - [0:0]`) creates it, or flushes it if it exists, so re-installing
+    replaces the rules instead of duplicating them.
+    """
+    _, saved_rules = _saved_nat(saved)
+    present = {_hook_key(r) for r in saved_rules}
+    lines = ["*nat"]
+    lines += [f":{c} - [0:0]" for c in rs.chains]
+    lines += rs.rules
+    lines += [h for h in rs.hooks if _hook_key(h) not in present]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def removal_text(rs: Ruleset, saved: str) -> str | None:
+    """iptables-restore --noflush input removing the ruleset's hooks and chains found in `saved`.
+
+    Only what this ruleset owns and what is actually present is named, so the batch neither
+    fails on a half-removed state nor touches anyone else's rules. None: nothing to remove.
+    """
+    chains, saved_rules = _saved_nat(saved)
+    owned = set(rs.chains)
+    hooks = [r for r in saved_rules if (k := _hook_key(r)) is not None and k[1] in owned]
+    present = [c for c in rs.chains if c in chains]
+    if not hooks and not present:
+        return None
+    lines = ["*nat"]
+    lines += ["-D" + h[2:] for h in hooks]
+    lines += [f"-F {c}" for c in present]
+    lines += [f"-X {c}" for c in present]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- applying inside a node namespace
+
+
+def _run(ns: str, argv: list[str], stdin: str | None = None) -> str:
+    """Run an iptables tool inside `ns`; LabError with its stderr on failure."""
+    proc = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} in {ns} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout
+
+
+def save(ns: str) -> str:
+    """The nat table of namespace `ns` (iptables-save format)."""
+    return _run(ns, ["iptables-save", "-t", "nat"])
+
+
+def install(ns: str, rs: Ruleset) -> None:
+    """Program the ruleset into `ns` in one iptables-restore batch (idempotent)."""
+    _run(ns, ["iptables-restore", "--noflush"], install_text(rs, save(ns)))
+
+
+def remove(ns: str, rs: Ruleset) -> bool:
+    """Delete exactly the ruleset's hooks and chains from `ns` in one batch; False if none were there."""
+    text = removal_text(rs, save(ns))
+    if text is None:
+        return False
+    _run(ns, ["iptables-restore", "--noflush"], text)
+    return True
+
+
+def installed(ns: str, rs: Ruleset) -> bool:
+    """True when all of the ruleset's chains exist in `ns`."""
+    chains, _ = _saved_nat(save(ns))
+    return set(rs.chains) <= chains

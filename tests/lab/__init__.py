@@ -1,0 +1,1 @@
+"""Whole-lab tests (root): real namespaces, real packets, driven through the CLI."""

@@ -1,0 +1,242 @@
+"""Fixtures for whole-lab tests: labs under unique names, always torn down, plus a private sandbox for `down --all`.
+
+Every lab is driven through the real CLI in a subprocess (`python -m netns_lab ...`), so the
+tests see exactly what a user sees: exit codes, detached apps outliving `up`, state on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from netns_lab import naming
+
+CLI = [sys.executable, "-m", "netns_lab"]
+
+
+def unique_lab(tag: str = "") -> str:
+    """A lab name nobody else uses: `t1` + tag + random hex, at most 12 characters."""
+    name = f"t1{tag}{secrets.token_hex(4)}"[:12]
+    assert naming.LAB_RE.match(name), name
+    return name
+
+
+def cli(*args: str, check: bool = True, timeout: float = 120, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run netns-lab; with check, fail the test (showing its output) on a non-zero exit."""
+    proc = subprocess.run([*(prefix or []), *CLI, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"netns-lab {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class Lab:
+    """A lab brought up for a test, with helpers that go through the CLI."""
+
+    name: str
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`netns-lab <command> --name <lab> <args>`."""
+        return cli(args[0], "--name", self.name, *args[1:], check=check, timeout=timeout)
+
+    def exec(self, member: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a command inside a member's namespace."""
+        return self.run("exec", member, "--", *cmd, check=check, timeout=timeout)
+
+    def curl(self, url: str, member: str = "host1") -> str:
+        """GET a URL from a member (host1 by default); the body."""
+        return self.exec(member, "curl", "-sS", "--fail", "--max-time", "10", url).stdout
+
+    def status(self) -> dict:
+        """`status -o json`."""
+        return json.loads(self.run("status", "-o", "json").stdout)
+
+    def log_entries(self, pod: str) -> list[dict]:
+        """Parsed access-log entries of a pod (`logs -o json`)."""
+        return json.loads(self.run("logs", pod, "-o", "json").stdout)
+
+    def netns(self, member: str) -> str:
+        """Namespace name of a member."""
+        return naming.netns(self.name, member)
+
+
+def lab_namespaces(lab: str, netns_dir: Path = naming.NETNS_DIR) -> list[str]:
+    """Namespaces of `lab` present under a /run/netns directory."""
+    try:
+        return sorted(n for n in os.listdir(netns_dir) if n.startswith(naming.ns_prefix(lab)))
+    except FileNotFoundError:
+        return []
+
+
+def ns_inodes(paths: list[Path]) -> set[tuple[int, int]]:
+    """(dev, inode) of namespace files."""
+    out = set()
+    for p in paths:
+        st = os.stat(p)
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def processes_in(inodes: set[tuple[int, int]]) -> list[int]:
+    """Pids of processes whose network namespace is one of `inodes`."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{d}/ns/net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in inodes:
+            pids.append(int(d))
+    return pids
+
+
+def processes_with_lab_arg(lab: str) -> list[int]:
+    """Pids whose command line carries `--lab <lab>` (our app servers)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(argv[i] == b"--lab" and argv[i + 1] == lab.encode() for i in range(len(argv) - 1)) and alive(int(d)):
+            pids.append(int(d))
+    return pids
+
+
+def root_snapshot() -> dict[str, str]:
+    """The root namespace's links, routes and iptables rules (counters stripped), to prove labs never touch it."""
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    links = "\n".join(sorted(re.sub(r"^\d+: ", "", line.split("\\")[0]) for line in sh("ip", "-o", "link", "show").splitlines()))
+    rules = re.sub(r"\[\d+:\d+\]", "", sh("iptables-save"))
+    rules = "\n".join(line for line in rules.splitlines() if not line.startswith("#"))
+    return {"links": links, "routes": sh("ip", "route", "show", "table", "all"), "iptables": rules}
+
+
+def alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie (a zombie holds no namespace; its parent reaps it later)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def assert_lab_gone(lab: str, inodes: set[tuple[int, int]], pids: list[int]) -> None:
+    """Nothing of `lab` is left: namespaces, processes (by pid, netns or command line), pins, state."""
+    assert lab_namespaces(lab) == []
+    assert processes_in(inodes) == []
+    assert [p for p in pids if alive(p)] == []
+    assert processes_with_lab_arg(lab) == []
+    assert not naming.bpf_dir(lab).exists()
+    assert not naming.run_dir(lab).exists()
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[Callable[..., Lab]]:
+    """Bring labs up under unique names; every one is taken down at the end, even when the test fails."""
+    made: list[str] = []
+
+    def make(*args: str, tag: str = "") -> Lab:
+        name = unique_lab(tag)
+        made.append(name)
+        cli("up", "--name", name, *args)
+        return Lab(name)
+
+    yield make
+    for name in made:
+        cli("down", "--name", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def yaobank() -> Iterator[Lab]:
+    """One default kube-proxy lab shared by a module's read-only tests."""
+    lab = Lab(unique_lab("m"))
+    try:
+        cli("up", "--name", lab.name, "--mode", "kube-proxy")
+        yield lab
+    finally:
+        cli("down", "--name", lab.name, check=False)
+
+
+@dataclass
+class Sandbox:
+    """A private mount namespace with its own /run and bpffs.
+
+    `down --all` removes every lab it can find; run inside the sandbox it can only find the
+    labs made there, so the test never touches other people's labs on a shared machine.
+    """
+
+    holder: subprocess.Popen
+    labs: list[str] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> list[str]:
+        """Command prefix that runs a program inside the sandbox."""
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
+
+    def path(self, p: Path | str) -> Path:
+        """A sandbox path as seen from outside (through the holder's root)."""
+        return Path(f"/proc/{self.holder.pid}/root") / str(p).lstrip("/")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """netns-lab inside the sandbox."""
+        return cli(*args, check=check, prefix=self.prefix)
+
+    def popen_cli(self, *args: str) -> subprocess.Popen:
+        """Start netns-lab inside the sandbox without waiting (nsenter execs it: the pid is netns-lab's)."""
+        return subprocess.Popen([*self.prefix, *CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def run(self, *cmd: str) -> subprocess.CompletedProcess:
+        """Any command inside the sandbox (must succeed)."""
+        return subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, check=True)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A sandbox for `down --all`; whatever the test leaves in it is removed afterwards."""
+    script = "mount -t tmpfs none /run && mount -t bpf bpf /sys/fs/bpf && echo ready && exec sleep infinity"
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "ready"
+    box = Sandbox(holder)
+    try:
+        yield box
+    finally:
+        box.cli("down", "--all", check=False)
+        for lab in box.labs:  # belt and braces: nothing of ours may outlive the test
+            for pid in processes_with_lab_arg(lab):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        holder.kill()
+        holder.wait()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20, interval: float = 0.002) -> bool:
+    """Poll `predicate` until true (True) or timeout (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,147 @@
+"""CLI argument and precondition errors: one line on stderr, non-zero exit, nothing created. No root needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+
+import pytest
+
+from netns_lab import cli, naming
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("netns-lab: error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def lab() -> str:
+    name = "t1u" + secrets.token_hex(3)
+    yield name
+    assert not naming.run_dir(name).exists(), "a failed command left a state directory behind"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["up", "--mode", "bogus"], "Invalid value for '--mode'"),
+        (["up", "--name", "Bad-Name"], "invalid lab name 'Bad-Name'"),
+        (["up", "--name", "waytoolongname"], "invalid lab name"),
+        (["down", "--all", "--name", "x"], "give --name or --all, not both"),
+        (["exec", "host1"], "Missing argument 'COMMAND...'"),
+        (["exec", "host1", "--"], "missing COMMAND after MEMBER"),
+        (["logs"], "Missing argument 'POD'"),
+        (["status", "-o", "xml"], "Invalid value for '-o' / '--output'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(capsys, argv: list[str], message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in one_error_line(err)
+
+
+@pytest.mark.parametrize("argv", [["up"], ["down"], ["exec", "host1", "--", "true"]])
+def test_not_root_is_refused(capsys, monkeypatch, lab: str, argv: list[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, _, err = run(capsys, *argv[:1], "--name", lab, *argv[1:])
+    assert code == 1
+    assert "must run as root" in one_error_line(err)
+
+
+def test_bad_topology_file_names_file_line_and_field(capsys, tmp_path, lab: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("nodes:\n  - name: n1\n    address: 198.19.0.1\n    role: worker\n")
+    code, _, err = run(capsys, "up", "--name", lab, "--topology", str(f))
+    assert code == 1
+    assert f"{f}:line 4: topology: nodes[0].role: unknown field" in one_error_line(err)
+
+
+def test_missing_topology_file(capsys, tmp_path, lab: str) -> None:
+    code, _, err = run(capsys, "up", "--name", lab, "--topology", str(tmp_path / "none.yaml"))
+    assert code == 1
+    assert "cannot read topology file" in one_error_line(err)
+
+
+def _fake_find_spec(missing: str):
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args, **kwargs):
+        if name == missing:
+            return None
+        if name == "netns_lab.dataplane":
+            return object()  # pretend the module exists so later checks are reached
+        return real(name, *args, **kwargs)
+
+    return find_spec
+
+
+@pytest.mark.parametrize(
+    "missing,message",
+    [("netns_lab.dataplane", "needs the eBPF dataplane"), ("bcc", "needs BCC's python module")],
+)
+def test_ebpf_mode_prerequisites(capsys, monkeypatch, lab: str, missing: str, message: str) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(importlib.util, "find_spec", _fake_find_spec(missing))
+    code, _, err = run(capsys, "up", "--name", lab, "--mode", "dsr")
+    assert code == 1
+    assert message in one_error_line(err)
+
+
+def test_ebpf_mode_needs_kernel_headers(capsys, monkeypatch, lab: str) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(importlib.util, "find_spec", _fake_find_spec("nothing-missing"))
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result((real.sysname, real.nodename, "0.0.0-nothing", real.version, real.machine)))
+    code, _, err = run(capsys, "up", "--name", lab, "--mode", "tunnel")
+    assert code == 1
+    assert "/lib/modules/0.0.0-nothing/build is missing" in one_error_line(err)
+
+
+def test_read_commands_on_missing_lab(capsys, lab: str) -> None:
+    for argv in (["status", "--name", lab], ["logs", "--name", lab, "customer"], ["topology", "--name", lab]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1
+        assert f"no lab named '{lab}'" in one_error_line(err)
+
+
+def test_help_has_examples(capsys) -> None:
+    for command in ("up", "down", "status", "exec", "logs", "topology"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0
+        assert "Examples:" in out, command
+
+
+def test_topology_command_prints_loadable_default(capsys, tmp_path) -> None:
+    from netns_lab.topology import default_topology, load_topology
+
+    code, out, _ = run(capsys, "topology")
+    assert code == 0
+    f = tmp_path / "t.yaml"
+    f.write_text(out)
+    assert load_topology(f) == default_topology()
+
+
+def test_parse_access_line_reads_the_lessons_lines() -> None:
+    e = cli.parse_access_line('198.19.15.254 - - [05/Oct/2020 10:04:41] "GET /logout HTTP/1.1" 404 -\n')
+    assert e == {
+        "client": "198.19.15.254",
+        "time": "05/Oct/2020 10:04:41",
+        "request": "GET /logout HTTP/1.1",
+        "status": 404,
+        "size": "-",
+        "method": "GET",
+        "path": "/logout",
+    }
+    assert cli.parse_access_line(" * customer (pod customer) serving on TCP 80") is None

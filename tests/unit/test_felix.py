@@ -1,0 +1,56 @@
+"""FelixConfiguration patches: the lesson's calicoctl commands and the errors a typo gets."""
+import pytest
+
+from netns_lab.felix import FelixConfig, FelixConfigError, apply_patch, for_mode
+
+
+@pytest.mark.parametrize("patch, mode", [
+    ('{"spec": {"bpfEnabled": true}}', "tunnel"),
+    ('{ "spec":  \n{"bpfEnabled": true}}', "tunnel"),  # the lesson's line-wrapped form
+    ('{"spec": {"bpfEnabled": true, "bpfExternalServiceMode": "DSR"}}', "dsr"),
+    ('{"spec": {"bpfExternalServiceMode": "DSR"}}', "kube-proxy"),  # DSR alone does not enable eBPF
+    ('{"spec": {}}', "kube-proxy"),
+])
+def test_patch_selects_mode(patch, mode):
+    assert apply_patch(FelixConfig(), patch).mode == mode
+
+
+def test_lesson_sequence():
+    cfg = FelixConfig()
+    cfg = apply_patch(cfg, '{"spec": {"bpfKubeProxyIptablesCleanupEnabled": false}}')
+    assert cfg.mode == "kube-proxy" and cfg.bpfKubeProxyIptablesCleanupEnabled is False
+    cfg = apply_patch(cfg, '{"spec": {"bpfEnabled": true}}')
+    assert cfg.mode == "tunnel" and cfg.bpfKubeProxyIptablesCleanupEnabled is False
+    cfg = apply_patch(cfg, '{"spec": {"bpfExternalServiceMode": "DSR"}}')
+    assert cfg.mode == "dsr"
+
+
+@pytest.mark.parametrize("patch, words", [
+    ("{not json", "not valid JSON"),
+    ('{"spec": {"bpfEnabeld": true}}', "valid fields: bpfEnabled"),
+    ('{"spec": {"bpfExternalServiceMode": "dsr"}}', "must be one of Tunnel, DSR"),
+    ('{"spec": {"bpfEnabled": "yes"}}', "must be true or false"),
+    ('{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/33"]}}', "not an IPv4 CIDR"),
+    ('{"spec": {"bpfDSROptoutCIDRs": "198.19.15.0/24"}}', "must be a list"),
+    ('{"bpfEnabled": true}', "with a \"spec\" key"),
+    ('{"metadata": {"name": "other"}, "spec": {}}', "only FelixConfiguration \"default\""),
+])
+def test_bad_patch_is_one_clear_line(patch, words):
+    with pytest.raises(FelixConfigError) as e:
+        apply_patch(FelixConfig(), patch)
+    assert words in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_mode_short_form_and_round_trip():
+    cfg = for_mode(FelixConfig(), "dsr")
+    assert cfg.to_spec()["bpfEnabled"] is True and cfg.bpfExternalServiceMode == "DSR"
+    assert FelixConfig.from_spec(cfg.to_spec()) == cfg
+    assert for_mode(cfg, "kube-proxy").mode == "kube-proxy"
+    with pytest.raises(FelixConfigError, match="valid modes: kube-proxy, tunnel, dsr"):
+        for_mode(cfg, "dssr")
+
+
+def test_optout_cidrs_normalised():
+    cfg = apply_patch(FelixConfig(), '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.254/24"]}}')
+    assert cfg.bpfDSROptoutCIDRs == ("198.19.15.0/24",)
