@@ -122,9 +122,10 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 
 	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 	rev = ct_lookup(&rk, p);
-	if (!rev) {
+	if (!rev || rev->type != CT_NAT_REV) {
 		/* The connection's state (NAT_REV) expired or was evicted, or the
-		 * client reopened the 4-tuple: the FWD leg goes with it. */
+		 * client reopened the 4-tuple, or another kind of entry now holds
+		 * that key (as the GC judges it): the FWD leg goes with it. */
 		ct.delete(fwd_key);
 		return HEP_RETRY_NEW;
 	}
@@ -247,6 +248,10 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 				      const struct pkt *outer, struct run_state *st)
 {
 	__be32 peer = outer->saddr;
+	/* The tunnelled packet is the UDP payload, which ends where the outer
+	 * datagram does: bytes after it in the frame (Ethernet padding) are
+	 * not part of it, however VXLAN-like they look. */
+	__u32 vx_off = outer->l4_off + sizeof(struct udphdr), end = outer->l4_end;
 	struct vxlan_np vx;
 	__be16 inner_proto;
 	struct pkt in;
@@ -254,20 +259,30 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 	struct ct_value *v;
 	int from_a;
 
-	if (!is_node(peer))
+	/* Peers are the other nodes. Our own address as outer source on eth0 is
+	 * spoofed (a martian to the kernel), and a flow "tunnelled from us" would
+	 * get its replies encapsulated back to ourselves. */
+	if (peer == conf->node_ip || !is_node(peer))
 		return verdict(st, REASON_DROP_TUN_UNKNOWN_SRC, TC_ACT_SHOT);
 	/* adjust_room(-50) strips exactly outer IP (no options) + UDP + VXLAN + Ethernet. */
 	if (outer->l4_off != ETH_HLEN + sizeof(struct iphdr))
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
-	if (bpf_skb_load_bytes(skb, outer->l4_off + sizeof(struct udphdr), &vx, sizeof(vx)) < 0)
+	/* Only a whole datagram is a tunnel packet: we send them DF, and a
+	 * fragment's UDP length (hence its inner frame) runs into fragments
+	 * this program never sees together. */
+	if (outer->frag != FRAG_NONE)
+		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	if (vx_off + sizeof(vx) > end ||
+	    bpf_skb_load_bytes(skb, vx_off, &vx, sizeof(vx)) < 0)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
 	if (!(vx.flags & VXLAN_F_VNI) || (bpf_ntohl(vx.vni) >> 8) != conf->vni)
 		return verdict(st, REASON_DROP_TUN_BAD_VNI, TC_ACT_SHOT);
-	if (bpf_skb_load_bytes(skb, outer->l4_off + sizeof(struct udphdr) + sizeof(vx) +
-			       offsetof(struct ethhdr, h_proto), &inner_proto, sizeof(inner_proto)) < 0 ||
+	if (vx_off + sizeof(vx) + ETH_HLEN > end ||
+	    bpf_skb_load_bytes(skb, vx_off + sizeof(vx) + offsetof(struct ethhdr, h_proto),
+			       &inner_proto, sizeof(inner_proto)) < 0 ||
 	    inner_proto != bpf_htons(ETH_P_IP))
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
-	if (parse_ipv4(skb, ETH_HLEN + VXLAN_ENCAP_LEN, &in) != PARSE_OK)
+	if (parse_ipv4(skb, ETH_HLEN + VXLAN_ENCAP_LEN, end, &in) != PARSE_OK)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
 	st_arrived(st, &in);
 	st->tun_peer = peer;

@@ -92,7 +92,8 @@ static __always_inline int wep_fwd_hit(struct __sk_buff *skb, struct pkt *p,
 
 	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 	rev = ct_lookup(&rk, p);
-	if (!rev) {
+	/* As in from_hep: no NAT_REV under that key means the connection is gone. */
+	if (!rev || rev->type != CT_NAT_REV) {
 		ct.delete(fwd_key);
 		return WEP_RETRY_NEW;
 	}

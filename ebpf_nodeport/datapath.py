@@ -58,6 +58,11 @@ class Service:
                 raise ValueError(f"service {self.name}: {what} {port} out of range 1-65535")
         if self.cluster_ip is None and self.node_port is None:
             raise ValueError(f"service {self.name}: needs a cluster_ip or a node_port")
+        if self.cluster_ip is not None:
+            cip = ipaddress.IPv4Address(self.cluster_ip)
+            # Address 0 in nat_fe is the NodePort wildcard; a ClusterIP must be a unicast address.
+            if cip.is_unspecified or cip.is_multicast or cip == ipaddress.IPv4Address("255.255.255.255"):
+                raise ValueError(f"service {self.name}: cluster_ip {cip} is not a unicast address")
         for b in self.backends:
             ipaddress.IPv4Address(b.addr)
             if not 0 < b.port < 65536:
@@ -76,8 +81,10 @@ class ClusterView:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        for addr in self.nodes.values():
-            ipaddress.IPv4Address(addr)
+        for name, addr in self.nodes.items():
+            # 0.0.0.0 is no address: as a node it would be a NodePort address and a tunnel peer.
+            if ipaddress.IPv4Address(addr).is_unspecified:
+                raise ValueError(f"node {name}: address 0.0.0.0 is not a node address")
         for cidr, node_ip in self.pod_blocks.items():
             ipaddress.IPv4Network(cidr, strict=False)
             ipaddress.IPv4Address(node_ip)

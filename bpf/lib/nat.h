@@ -31,12 +31,18 @@ static __always_inline __u32 flow_hash(__be32 saddr, __be16 sport, __be32 daddr,
 
 /* Frontend for (daddr, dport, proto): the exact entry first (ClusterIP, or a
  * NodePort on one address), then the NodePort wildcard when the caller says
- * daddr is an address NodePorts are served on. */
+ * daddr is an address NodePorts are served on. Address 0 in nat_fe means
+ * "any node address", so the exact lookup of 0.0.0.0 would *be* the wildcard
+ * lookup without the nodeport_ok check; and 0.0.0.0 is no address anything
+ * is served on (it only means "this host" as a source), so it has no
+ * frontend at all: a DNAT from it would leave replies sourced from 0.0.0.0. */
 static __always_inline struct fe_value *fe_lookup(const struct pkt *p, int nodeport_ok)
 {
 	struct fe_key k;
 	struct fe_value *fe;
 
+	if (!p->daddr)
+		return NULL;
 	__builtin_memset(&k, 0, sizeof(k));
 	k.addr = p->daddr;
 	k.port = p->dport;

@@ -3,8 +3,12 @@
  * Headers are copied with bpf_skb_load_bytes rather than read in place:
  * it works whether or not they sit in the linear part of the skb (GSO/GRO
  * packets), and keeps the verifier's packet-range bookkeeping out of the
- * NAT code. Everything is validated against skb->len before use, so a
- * truncated or inconsistent packet is reported, never rewritten.
+ * NAT code. Everything is validated before use, so a truncated or
+ * inconsistent packet is reported, never rewritten. The bound is the
+ * enclosing packet, not the frame: bytes past an IPv4 total length (Ethernet
+ * padding, or whatever trails a datagram) belong to no header, and a tunnel's
+ * inner packet must end inside the outer UDP datagram, not merely inside
+ * the skb.
  */
 #ifndef NP_PARSE_H
 #define NP_PARSE_H
@@ -30,6 +34,8 @@ struct pkt {
 	__u32  l3_off;     /* offset of the IPv4 header from the MAC header */
 	__u32  l4_off;     /* l3_off + IHL * 4 */
 	__u32  ip_len;     /* IPv4 total length */
+	__u32  l4_end;     /* offset one past the L4 data: l3_off + ip_len, or the end of
+			    * the UDP datagram when its length says it ends sooner */
 	__be32 saddr;
 	__be32 daddr;
 	__be16 sport;      /* 0 when !has_ports */
@@ -44,26 +50,33 @@ struct pkt {
 	__u8   pad;
 };
 
-/* Parse the IPv4 header at l3_off and the TCP/UDP header after it. */
-static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, struct pkt *p)
+/* Parse the IPv4 header at l3_off and the TCP/UDP header after it. The
+ * packet must end by `end` (skb->len for the frame's own packet, the outer
+ * datagram's end for a tunnelled one); every later read is bounded by its
+ * own total length, so it never reaches into what follows it. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32 end,
+				      struct pkt *p)
 {
 	struct iphdr ip;
 	__u32 hlen, tot;
 	__u16 frag_off;
 
+	if (end > skb->len || l3_off + sizeof(ip) > end)
+		return PARSE_MALFORMED;
 	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	if (ip.version != 4 || ip.ihl < 5)
 		return PARSE_MALFORMED;
 	hlen = ip.ihl * 4;
 	tot = bpf_ntohs(ip.tot_len);
-	/* tot_len may be shorter than the frame (Ethernet padding), never longer. */
-	if (tot < hlen || l3_off + tot > skb->len)
+	/* tot_len may be shorter than what encloses it (Ethernet padding), never longer. */
+	if (tot < hlen || l3_off + tot > end)
 		return PARSE_MALFORMED;
 
 	p->l3_off = l3_off;
 	p->l4_off = l3_off + hlen;
 	p->ip_len = tot;
+	p->l4_end = l3_off + tot;
 	p->saddr = ip.saddr;
 	p->daddr = ip.daddr;
 	p->proto = ip.protocol;
@@ -110,9 +123,16 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, struc
 		if (bpf_skb_load_bytes(skb, p->l4_off, &uh, sizeof(uh)) < 0)
 			return PARSE_MALFORMED;
 		ulen = bpf_ntohs(uh.len);
-		/* A first fragment's UDP length covers the whole datagram. */
-		if (p->frag == FRAG_NONE && (ulen < sizeof(uh) || ulen > tot - hlen))
+		if (ulen < sizeof(uh))
 			return PARSE_MALFORMED;
+		/* A first fragment's UDP length covers the whole datagram, most
+		 * of it in later fragments: only a whole datagram is bounded by it
+		 * (IP payload past the UDP length is not part of the datagram). */
+		if (p->frag == FRAG_NONE) {
+			if (ulen > tot - hlen)
+				return PARSE_MALFORMED;
+			p->l4_end = p->l4_off + ulen;
+		}
 		p->sport = uh.source;
 		p->dport = uh.dest;
 		p->has_ports = 1;
@@ -129,7 +149,7 @@ static __always_inline int parse_frame(struct __sk_buff *skb, struct pkt *p)
 		return PARSE_NOT_IPV4;   /* runt frame: nothing we could act on */
 	if (eth.h_proto != bpf_htons(ETH_P_IP))
 		return PARSE_NOT_IPV4;
-	return parse_ipv4(skb, ETH_HLEN, p);
+	return parse_ipv4(skb, ETH_HLEN, skb->len, p);
 }
 
 #endif /* NP_PARSE_H */

@@ -8,7 +8,7 @@ import ipaddress
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from ebpf_nodeport import maps
+from ebpf_nodeport import libbpf, maps
 from ebpf_nodeport.datapath import Backend, Service
 
 from .expect import Encap, Nat, check_result
@@ -38,7 +38,10 @@ def test_conntrack_full_lru_still_works(cluster):
         cap = node.maps.ct.info.max_entries
         assert cap == 65536
         _fill_ct(node, cap)
-        assert len(node.maps.ct) >= cap - 64, f"{name}: could not fill conntrack"
+        # The kernel's LRU keeps up to LRU_LOCAL_FREE_TARGET (128) free nodes cached per CPU,
+        # so a map "full" from user space can sit that many entries short per CPU.
+        slack = 128 * libbpf.num_possible_cpus()
+        assert len(node.maps.ct) >= cap - slack, f"{name}: could not fill conntrack"
     p = cport()
     fe, be = (CONTROL, NP_CUSTOMER), (CUSTOMER, 80)
     syn = bytes(tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "S"))
