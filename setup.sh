@@ -3,7 +3,7 @@
 #
 #   ./setup.sh           install: Debian packages, kernel headers (fallback link), bpffs,
 #                        Python venv that sees BCC, netns-lab on PATH
-#   ./setup.sh demo      install, bring the default lab up, show the lesson's first observation
+#   ./setup.sh demo      install, then walk the whole lesson on the default lab (left up)
 #   ./setup.sh test      install, run the whole test suite (unit, bpf, lab); exit status = pytest's
 #                        (extra arguments go to pytest, e.g. ./setup.sh test -k kubeproxy)
 set -euo pipefail
@@ -113,15 +113,9 @@ install_all() {
 }
 
 demo() {
-    say "bringing up the default lab (kube-proxy mode)"
-    netns-lab up
-    say "lesson, 'NodePort without source IP preservation': from host1, curl the node port via the control node"
-    echo "\$ netns-lab exec host1 -- curl -s 198.19.0.1:30180"
-    netns-lab exec host1 -- curl -sS --max-time 10 198.19.0.1:30180
-    say "the customer pod's log (netns-lab logs customer):"
-    netns-lab logs customer | tail -n 1
-    say "the pod saw 198.19.0.1 (control, the ingress node), not 198.19.15.254 (host1): kube-proxy SNATs NodePort traffic"
-    say "next: netns-lab logs customer --follow   (and in another shell: netns-lab exec host1 -- curl -s 198.19.0.1:30180)"
+    say "walking the lesson on lab 'default' (netns-lab lesson --keep): kube-proxy, eBPF, source IP, DSR"
+    netns-lab lesson --keep
+    say "the lab is still up; next: netns-lab status, netns-lab dump conntrack, netns-lab down"
 }
 
 run_tests() {

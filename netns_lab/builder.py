@@ -25,13 +25,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netns_lab import naming
 from netns_lab.errors import LabError
-from netns_lab.nsexec import create_netns, list_netns, rtnl_socket, sysctl
-from netns_lab.topology import AddressPlan, Topology
+from netns_lab.nsexec import create_netns, list_netns, remove_netns, rtnl_socket, sysctl
+from netns_lab.topology import AddressPlan, Pod, Topology
 
 RTNH_F_ONLINK = 4
 SCOPE_LINK = 253
 
 Progress = Callable[[str], None]
+IPV6_OFF = ("net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6")
 
 
 def namespaces(lab: str, topo: Topology) -> list[str]:
@@ -103,7 +104,7 @@ class Builder:
                 raise LabError(f"namespace {name} already exists (run: netns-lab down --name {self.lab})")
         for member in [naming.FABRIC] + self.topo.member_names():
             create_netns(self.ns(member))
-            optional = ["net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6"]
+            optional = list(IPV6_OFF)
             settings = {key: "1" for key in optional}
             if member == naming.FABRIC:
                 # the fabric is a plain switch: bridged frames must not traverse its (empty) iptables
@@ -144,29 +145,29 @@ class Builder:
 
     def pods(self) -> dict[str, str]:
         """Each pod's eth0 (/32, default via 169.254.1.1 onlink) and its cali peer on the node."""
-        cali: dict[str, str] = {}
+        return {pod.name: self.pod(pod, str(self.plan.pod_ips[pod.name])) for pod in self.topo.pods}
+
+    def pod(self, pod: Pod, ip: str) -> str:
+        """One pod's veth pair, address, default route and the node's /32 route to it; returns the cali name."""
+        ifname = naming.cali_ifname(self.lab, pod.name)
         mtu = self.topo.pod_mtu
-        for pod in self.topo.pods:
-            ifname = naming.cali_ifname(self.lab, pod.name)
-            ip = str(self.plan.pod_ips[pod.name])
-            ipr = self.ipr(pod.name)
-            ipr.link(
-                "add",
-                ifname=naming.POD_IFNAME,
-                kind="veth",
-                peer={"ifname": ifname, "net_ns_fd": self.ns(pod.node)},
-            )
-            eth0 = self.index(pod.name, naming.POD_IFNAME)
-            ipr.link("set", index=eth0, mtu=mtu)
-            ipr.addr("add", index=eth0, address=ip, prefixlen=32)
-            ipr.link("set", index=eth0, state="up")
-            ipr.route("add", dst="0.0.0.0/0", gateway=naming.POD_GATEWAY, oif=eth0, flags=RTNH_F_ONLINK)
-            node = self.ipr(pod.node)
-            idx = self.index(pod.node, ifname)
-            node.link("set", index=idx, mtu=mtu, state="up")
-            node.route("add", dst=f"{ip}/32", oif=idx, scope=SCOPE_LINK)
-            cali[pod.name] = ifname
-        return cali
+        ipr = self.ipr(pod.name)
+        ipr.link(
+            "add",
+            ifname=naming.POD_IFNAME,
+            kind="veth",
+            peer={"ifname": ifname, "net_ns_fd": self.ns(pod.node)},
+        )
+        eth0 = self.index(pod.name, naming.POD_IFNAME)
+        ipr.link("set", index=eth0, mtu=mtu)
+        ipr.addr("add", index=eth0, address=ip, prefixlen=32)
+        ipr.link("set", index=eth0, state="up")
+        ipr.route("add", dst="0.0.0.0/0", gateway=naming.POD_GATEWAY, oif=eth0, flags=RTNH_F_ONLINK)
+        node = self.ipr(pod.node)
+        idx = self.index(pod.node, ifname)
+        node.link("set", index=idx, mtu=mtu, state="up")
+        node.route("add", dst=f"{ip}/32", oif=idx, scope=SCOPE_LINK)
+        return ifname
 
     def node_routes(self) -> None:
         """Per node: other nodes' pod blocks via their addresses, own block blackholed, a default route.
@@ -201,9 +202,26 @@ class Builder:
             }
             for pod in self.topo.pods:
                 if pod.node == node.name:
-                    settings[f"net/ipv4/conf/{cali[pod.name]}/proxy_arp"] = "1"
-                    settings[f"net/ipv4/neigh/{cali[pod.name]}/proxy_delay"] = "0"
+                    settings.update(cali_sysctls(cali[pod.name]))
             sysctl(self.ns(node.name), settings)
+
+    def recreate_pod(self, pod: Pod, ip: str) -> str:
+        """Build one pod again (after remove_pod): namespace, veth pair, address, routes, proxy ARP; returns the cali name."""
+        name = self.ns(pod.name)
+        if name in set(list_netns()):
+            raise LabError(f"namespace {name} already exists")
+        create_netns(name)
+        sysctl(name, {k: "1" for k in IPV6_OFF}, optional=IPV6_OFF)
+        ipr = self.ipr(pod.name)
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        ifname = self.pod(pod, ip)
+        sysctl(self.ns(pod.node), cali_sysctls(ifname))
+        return ifname
+
+
+def cali_sysctls(ifname: str) -> dict[str, str]:
+    """Node-side settings of a pod veth: proxy ARP for 169.254.1.1, answered at once."""
+    return {f"net/ipv4/conf/{ifname}/proxy_arp": "1", f"net/ipv4/neigh/{ifname}/proxy_delay": "0"}
 
 
 def build(lab: str, topo: Topology, plan: AddressPlan, progress: Progress = lambda msg: None) -> dict[str, str]:
@@ -216,3 +234,26 @@ def build(lab: str, topo: Topology, plan: AddressPlan, progress: Progress = lamb
         if exc.errno == errno.EPERM:
             raise LabError("permission denied while building namespaces: run as root") from None
         raise
+
+
+def recreate_pod(lab: str, topo: Topology, plan: AddressPlan, pod: Pod, ip: str) -> str:
+    """Build one pod again (namespace, veth, address, routes) with address `ip`; returns its cali interface."""
+    b = Builder(lab, topo, plan)
+    try:
+        return b.recreate_pod(pod, ip)
+    except NetlinkError as exc:
+        raise LabError(f"netlink error while recreating pod {pod.name}: {exc}") from None
+    finally:
+        b.close()
+
+
+def remove_pod(lab: str, pod: Pod) -> None:
+    """Delete a pod's veth pair (from the node side: synchronous, unlike a namespace's teardown) and its namespace."""
+    cali = naming.cali_ifname(lab, pod.name)
+    with contextlib.closing(IPRoute(use_socket=rtnl_socket(naming.netns(lab, pod.node)), groups=0)) as ipr:
+        idx = ipr.link_lookup(ifname=cali)
+        if idx:
+            ipr.link("del", index=idx[0])  # takes the pod's eth0 and the node's /32 route with it
+    name = naming.netns(lab, pod.name)
+    if name in set(list_netns()):
+        remove_netns(name)

@@ -6,9 +6,9 @@ this makes that observation something a test can assert and `netns-lab lesson` c
 from __future__ import annotations
 
 import re
-import select
 import signal
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,32 +58,45 @@ def tcpdump(netns: str, bpf_filter: str, interface: str = "any", settle: float =
     """Capture in `netns` while the block runs; the Capture is filled when it exits.
 
     Waits for tcpdump to report it is listening before the block starts, and lets
-    packets in flight arrive (`settle` seconds) before stopping it.
+    packets in flight arrive (`settle` seconds) before stopping it. Both pipes are read
+    by threads: select() on a buffered text pipe misses lines already read ahead (tcpdump
+    writes its three start-up lines at once), and an unread stdout pipe could fill up.
     """
     cmd = ["ip", "netns", "exec", netns, "tcpdump", "-l", "-n", "-i", interface, bpf_filter]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap = Capture()
+    out: list[str] = []
+    err: list[str] = []
+    listening = threading.Event()
+
+    def read_err() -> None:
+        for line in proc.stderr:
+            err.append(line.rstrip("\n"))
+            if "listening on" in line:
+                listening.set()
+        listening.set()  # EOF: tcpdump is gone
+
+    readers = [threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True),
+               threading.Thread(target=read_err, daemon=True)]
+    for t in readers:
+        t.start()
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], 0.2)
-            if ready:
-                msg = proc.stderr.readline()
-                if "listening on" in msg:
-                    break
-                if not msg and proc.poll() is not None:
-                    raise RuntimeError(f"tcpdump failed in {netns}: exit {proc.returncode}")
-        else:
+        if not listening.wait(timeout):
             raise RuntimeError(f"tcpdump in {netns} did not start within {timeout:.0f}s")
+        if not any("listening on" in line for line in err):
+            proc.wait(5)
+            raise RuntimeError(f"tcpdump failed in {netns}: exit {proc.returncode}: {err[-1] if err else ''}")
         yield cap
         time.sleep(settle)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         try:
-            out, _ = proc.communicate(timeout=5)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-        cap.lines = [line for line in out.splitlines() if line.strip()]
+            proc.wait()
+        for t in readers:
+            t.join(5)
+        cap.lines = [line.rstrip("\n") for line in out if line.strip()]
         cap.packets = parse(cap.lines)

@@ -24,8 +24,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from netns_lab import cleanup, naming
+from netns_lab import felix as felix_model
 from netns_lab import state as lab_state
 from netns_lab.errors import LabError
+from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.nsexec import list_netns
 from netns_lab.state import EBPF_MODES, MODES
 from netns_lab.topology import (
@@ -134,6 +136,9 @@ def cli() -> None:
       netns-lab up                                   # kube-proxy mode, lab "default"
       netns-lab exec host1 -- curl -s 198.19.0.1:30180
       netns-lab logs customer --follow               # shows 198.19.0.1: kube-proxy SNAT
+      netns-lab mode tunnel                          # eBPF: the log shows host1, 198.19.15.254
+      netns-lab mode dsr                             # replies skip the ingress node
+      netns-lab lesson                               # the whole lesson, step by step
       netns-lab down
     """
 
@@ -245,7 +250,7 @@ def _bring_up(lab: str, topo: Topology, addr_plan: AddressPlan, mode: str, out: 
         else:
             from netns_lab import dataplane  # type: ignore[attr-defined]
 
-            dataplane.apply_mode(st, mode)
+            dataplane.apply_mode(st, mode, lambda msg: progress(escape(msg)))
             progress(f"eBPF dataplane, mode {mode} ({step() - t:.2f}s)")
         lab_state.save(lab, st)
 
@@ -321,7 +326,7 @@ def _new_state(lab: str, topo: Topology, addr_plan: AddressPlan, mode: str) -> d
         "members": members,
         "pods": pods,
         "services": services,
-        "felix": lab_state.felix_for_mode(mode),
+        "felix": felix_model.for_mode(FelixConfig(), mode).to_spec(),
         "kubeproxy": {"installed": False, "nodes": []},
     }
 
@@ -408,8 +413,15 @@ def status_document(lab: str, st: dict[str, Any]) -> dict[str, Any]:
         ],
         "services": st.get("services", []),
         "kubeproxy": st.get("kubeproxy", {}),
-        "dataplane": st.get("dataplane"),
+        "dataplane": _dataplane_status(st),
     }
+
+
+def _dataplane_status(st: dict[str, Any]) -> dict[str, Any]:
+    """Live per-node view of the dataplane (programs attached, kube-proxy rules, NOTRACK) and the mode's sysctls."""
+    from netns_lab import dataplane
+
+    return dataplane.status(st)
 
 
 @cli.command(
@@ -451,9 +463,33 @@ def status(lab: str | None, output: str) -> int:
             backends = ", ".join(f"{b['ip']}:{b['port']} ({b['pod']})" for b in sp["backends"]) or "-"
             t.add_row(s["name"], s["cluster_ip"], f"{sp['protocol']}/{sp['port']} ({sp['name']})", str(sp["node_port"] or "-"), backends)
     out.print(t)
+    _print_dataplane(out, doc)
     felix = ", ".join(f"{k}={json.dumps(v)}" for k, v in doc["felix"].items())
     out.print(f"felixconfiguration default: {felix}", highlight=False)
     return 0
+
+
+def _print_dataplane(out: Console, doc: dict[str, Any]) -> None:
+    """The dataplane table of `status`: per node what is attached and which iptables rules are there."""
+    dp = doc["dataplane"]
+    t = Table(title=f"dataplane (mode {doc['mode']})", title_justify="left")
+    for col in ("node", "eBPF datapath", "programs attached", "kube-proxy rules", "NOTRACK (bypass mark)"):
+        t.add_column(col)
+    for node, n in dp["nodes"].items():
+        by_if: dict[str, list[str]] = {}
+        for prog in n.get("programs", []):
+            by_if.setdefault(prog["interface"], []).append(f"{prog['program']} ({prog['hook']})")
+        progs = "; ".join(f"{i}: {', '.join(p)}" for i, p in by_if.items()) or "-"
+        if "error" in n:
+            progs = f"[red]{escape(n['error'])}[/]"
+        t.add_row(node, "loaded" if n["datapath_loaded"] else "-", progs,
+                  "yes" if n.get("kube_proxy_rules") else "no", "yes" if n.get("notrack") else "no")
+    out.print(t)
+    sysctls = ", ".join(f"{k}={v}" for k, v in dp["sysctls"].items()) or "none (the builder's settings suffice)"
+    out.print(f"sysctls changed for mode {doc['mode']}: {sysctls}", highlight=False)
+    if dp.get("last_switch"):
+        ls = dp["last_switch"]
+        out.print(f"last switch: {ls['from']} -> {ls['to']} in {ls['seconds']:.2f}s", highlight=False)
 
 
 def _yes(flag: bool) -> str:
@@ -615,6 +651,219 @@ def _emit(text: str, output: str) -> None:
     sys.stdout.flush()
 
 
+# --------------------------------------------------------------------------- felixconfiguration, mode, delete pod, lesson
+
+FELIX_KINDS = ("felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs")
+POD_KINDS = ("pod", "pods", "po")
+
+
+def _felix_target(kind: str, name: str) -> None:
+    """LabError unless KIND NAME is felixconfiguration default (the only resource of its kind here)."""
+    if kind.lower() not in FELIX_KINDS:
+        raise LabError(f"unknown resource kind {kind!r}: this lab has felixconfiguration only (e.g. {PROG} get felixconfiguration default)")
+    if name != "default":
+        raise LabError(f"felixconfiguration {name!r} not found: this lab has only 'default'")
+
+
+def _ready_lab(lab: str) -> dict[str, Any]:
+    """The state of a lab that is fully up; LabError otherwise."""
+    st = load_lab(lab)
+    if st.get("status") != "ready":
+        raise LabError(f"lab {lab!r} is not ready (status {st.get('status')}); clean up first: {PROG} down --name {lab}")
+    return st
+
+
+def _switch(lab: str, change: Any, out: Console) -> Any:
+    """Apply a FelixConfig change to a running lab under its lock; returns the dataplane.Change."""
+    from netns_lab import dataplane
+
+    with lab_state.lock(lab):
+        st = _ready_lab(lab)
+        try:
+            new = change(dataplane.felix_of(st))
+        except FelixConfigError as exc:
+            raise LabError(str(exc)) from None
+        if new.mode in EBPF_MODES:
+            check_ebpf_prereqs(new.mode)
+        ch = dataplane.apply(st, new, lambda msg: out.print(f"  [green]ok[/] {escape(msg)}", highlight=False))
+        lab_state.save(lab, st)
+    return ch
+
+
+def _report(out: Console, ch: Any) -> None:
+    """One closing line for a mode switch."""
+    if not ch.changed:
+        out.print(f"mode {ch.new_mode}: nothing to change", highlight=False)
+    elif ch.old_mode == ch.new_mode:
+        out.print(f"mode {ch.new_mode}: updated in {ch.total_s:.2f}s", highlight=False)
+    else:
+        out.print(f"mode {ch.old_mode} -> {ch.new_mode} in {ch.total_s:.2f}s", highlight=False)
+
+
+@cli.command(
+    epilog="""\b
+Examples (the lesson's calicoctl commands):
+  netns-lab patch felixconfiguration default --patch='{"spec": {"bpfKubeProxyIptablesCleanupEnabled": false}}'
+  netns-lab patch felixconfiguration default --patch='{"spec": {"bpfEnabled": true}}'
+  netns-lab patch felixconfiguration default --patch='{"spec": {"bpfExternalServiceMode": "DSR"}}'
+  netns-lab patch felixconfiguration default -p '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/24"]}}'
+\b
+Fields: bpfEnabled (true: eBPF dataplane), bpfExternalServiceMode (Tunnel | DSR),
+bpfKubeProxyIptablesCleanupEnabled (false: kube-proxy's rules stay, bypassed by BPF),
+bpfDSROptoutCIDRs (clients that keep Tunnel behaviour in DSR mode).
+"""
+)
+@lab_option
+@click.argument("kind", metavar="felixconfiguration")
+@click.argument("name", metavar="default")
+@click.option("-p", "--patch", "patch_text", required=True, metavar="JSON", help='A JSON merge patch: {"spec": {...}}.')
+def patch(lab: str | None, kind: str, name: str, patch_text: str) -> int:
+    """Patch FelixConfiguration "default" as calicoctl does; the lab moves to what it selects, live."""
+    _felix_target(kind, name)
+    try:
+        felix_model.apply_patch(FelixConfig(), patch_text)  # refuse bad input before touching anything
+    except FelixConfigError as exc:
+        raise LabError(str(exc)) from None
+    require_root()
+    out = console()
+    ch = _switch(lab or naming.DEFAULT_LAB, lambda cfg: felix_model.apply_patch(cfg, patch_text), out)
+    out.print("Successfully patched 1 'FelixConfiguration' resource", highlight=False)
+    _report(out, ch)
+    return 0
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  netns-lab get felixconfiguration default
+  netns-lab get felixconfiguration default -o json | jq .spec.bpfEnabled
+"""
+)
+@lab_option
+@click.argument("kind", metavar="felixconfiguration")
+@click.argument("name", metavar="default")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
+def get(lab: str | None, kind: str, name: str, output: str) -> int:
+    """Show FelixConfiguration "default" (the fields this lab models) as calicoctl get would."""
+    import yaml
+
+    _felix_target(kind, name)
+    st = load_lab(lab or naming.DEFAULT_LAB)
+    try:
+        resource = FelixConfig.from_spec(st.get("felix")).to_resource()
+    except FelixConfigError as exc:
+        raise LabError(f"the lab's felix configuration is invalid: {exc}") from None
+    click.echo(json.dumps(resource, indent=2) if output == "json" else yaml.safe_dump(resource, sort_keys=False).rstrip())
+    return 0
+
+
+@cli.command(
+    "mode",
+    epilog="""\b
+Examples:
+  netns-lab mode                  # show the current mode
+  netns-lab mode tunnel           # = patch {"spec": {"bpfEnabled": true, "bpfExternalServiceMode": "Tunnel"}}
+  netns-lab mode dsr              # = ... "bpfExternalServiceMode": "DSR"
+  netns-lab mode kube-proxy       # = patch {"spec": {"bpfEnabled": false}}
+""",
+)
+@lab_option
+@click.argument("mode", required=False, type=click.Choice(MODES))
+@output_option
+def mode_cmd(lab: str | None, mode: str | None, output: str) -> int:
+    """Switch the service dataplane of a running lab live (kube-proxy, tunnel or dsr); without MODE, show it."""
+    lab = lab or naming.DEFAULT_LAB
+    if mode is None:
+        st = load_lab(lab)
+        doc = {"lab": lab, "mode": st.get("mode"), "felix": st.get("felix", {})}
+        click.echo(json.dumps(doc, indent=2) if output == "json" else str(doc["mode"]))
+        return 0
+    require_root()
+    out = console()
+    ch = _switch(lab, lambda cfg: felix_model.for_mode(cfg, mode), out)
+    _report(out, ch)
+    return 0
+
+
+def _select_pods(st: dict[str, Any], names: tuple[str, ...], selector: str | None) -> list[str]:
+    """Pod names from arguments and/or a label selector (k=v[,k=v]); LabError for unknown pods or a bad selector."""
+    pods = st.get("pods", {})
+    chosen = list(names)
+    for n in names:
+        if n not in pods:
+            raise LabError(f"unknown pod {n!r} of lab {st['lab']!r} (pods: {', '.join(pods)})")
+    if selector:
+        want = {}
+        for part in selector.split(","):
+            key, eq, value = part.partition("=")
+            if not eq or not key or not value:
+                raise LabError(f"bad selector {selector!r}: use key=value[,key=value], e.g. app=summary")
+            want[key.strip()] = value.strip()
+        topo = lab_topology(st)[0]
+        matched = [p.name for p in topo.pods if want.items() <= p.all_labels().items()]
+        if not matched:
+            raise LabError(f"no pod of lab {st['lab']!r} matches {selector!r}")
+        chosen += [m for m in matched if m not in chosen]
+    return chosen
+
+
+@cli.command(
+    "delete",
+    epilog="""\b
+Examples (the lesson restarts pods after enabling eBPF):
+  netns-lab delete pod customer
+  netns-lab delete pod -l app=summary       # summary-1 and summary-2
+\b
+The pod is recreated at once with a new address, its app restarted, and the services'
+backends re-programmed (kube-proxy's rules, or the BPF maps in the eBPF modes).
+""",
+)
+@lab_option
+@click.argument("kind", metavar="pod")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("-l", "--selector", metavar="KEY=VALUE", help="Delete the pods with these labels (e.g. app=summary).")
+def delete(lab: str | None, kind: str, names: tuple[str, ...], selector: str | None) -> int:
+    """Delete pods as kubectl does; each is recreated (new address) and the services follow it."""
+    from netns_lab import dataplane
+
+    if kind.lower() not in POD_KINDS:
+        raise LabError(f"unknown resource kind {kind!r}: only pods can be deleted (e.g. {PROG} delete pod customer)")
+    if not names and not selector:
+        raise click.UsageError("give pod NAMEs or -l KEY=VALUE")
+    require_root()
+    lab = lab or naming.DEFAULT_LAB
+    out = console()
+    with lab_state.lock(lab):
+        st = _ready_lab(lab)
+        for name in _select_pods(st, names, selector):
+            try:
+                ch = dataplane.delete_pod(st, name)
+            finally:
+                lab_state.save(lab, st)
+            out.print(f'pod "{name}" deleted; recreated on {st["pods"][name]["node"]} as {ch.new_ip} '
+                      f"(was {ch.old_ip}), backends re-programmed ({ch.seconds:.2f}s)", highlight=False)
+    return 0
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  netns-lab lesson                 # on lab "default" (brought up, and taken down at the end)
+  netns-lab lesson --keep          # leave the lab up in DSR mode afterwards
+  netns-lab lesson --name mine     # on another lab (an existing one is left up)
+"""
+)
+@lab_option
+@click.option("--keep", is_flag=True, help="Leave the lab up at the end (a lab that was already up is always left up).")
+def lesson(lab: str | None, keep: bool) -> int:
+    """Walk the lesson on a lab: kube-proxy SNAT, eBPF source-IP preservation, then DSR seen with tcpdump."""
+    from netns_lab import lesson as walk
+
+    require_root()
+    check_ebpf_prereqs("tunnel")
+    return walk.run(lab or naming.DEFAULT_LAB, keep, console())
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -642,3 +891,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
 if __name__ == "__main__":
     main()
 from netns_lab import study as _study  # noqa: E402,F401  registers dump/trace/explain
+from netns_lab import bench as _bench  # noqa: E402,F401  registers bench

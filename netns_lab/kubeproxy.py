@@ -27,8 +27,11 @@ KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_POSTROUTING = "KUBE-POSTROUTING"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_FORWARD = "KUBE-FORWARD"
 BASE_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
-BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+BUILTIN_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+# per-service chains kube-proxy creates and deletes as services and endpoints come and go
+SERVICE_CHAIN_RE = re.compile(r"^KUBE-(SVC|SEP|EXT)-[A-Z2-7]{16}$")
 
 
 def _hash16(text: str) -> str:
@@ -53,11 +56,17 @@ def sep_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
 
 @dataclass
 class Ruleset:
-    """kube-proxy's nat rules for one node: chains it owns, rules in them, hooks from built-in chains."""
+    """kube-proxy's rules for one node: chains it owns, rules in them, hooks from built-in chains.
+
+    `chains`/`rules`/`hooks` are the nat table; `filter_*` the filter table (KUBE-FORWARD).
+    """
 
     chains: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
+    filter_chains: list[str] = field(default_factory=list)
+    filter_rules: list[str] = field(default_factory=list)
+    filter_hooks: list[str] = field(default_factory=list)
 
 
 def _probability(n: int) -> str:
@@ -136,6 +145,13 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
         f'-A OUTPUT -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
         f'-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j {KUBE_POSTROUTING}',
     ]
+    rs.filter_chains = [KUBE_FORWARD]
+    rs.filter_rules = [
+        f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP",
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+    ]
+    rs.filter_hooks = [f'-A FORWARD -m comment --comment "kubernetes forwarding rules" -j {KUBE_FORWARD}']
     return rs
 
 
@@ -144,19 +160,30 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
 _RULE_RE = re.compile(r"^-A (\S+) .*-j (\S+)")
 
 
-def _saved_nat(saved: str) -> tuple[set[str], list[str]]:
-    """Chains declared and rules (`-A ...` lines) of the nat table in iptables-save output."""
+def _saved_table(saved: str, table: str) -> tuple[set[str], list[str]]:
+    """Chains declared and rules (`-A ...` lines) of one table in iptables-save output."""
     chains: set[str] = set()
     rules: list[str] = []
-    in_nat = False
+    inside = False
     for line in saved.splitlines():
         if line.startswith("*"):
-            in_nat = line.strip() == "*nat"
-        elif in_nat and line.startswith(":"):
+            inside = line.strip() == f"*{table}"
+        elif inside and line.startswith(":"):
             chains.add(line[1:].split()[0])
-        elif in_nat and line.startswith("-A "):
+        elif inside and line.startswith("-A "):
             rules.append(line)
     return chains, rules
+
+
+def _saved_nat(saved: str) -> tuple[set[str], list[str]]:
+    """Chains declared and rules of the nat table in iptables-save output."""
+    return _saved_table(saved, "nat")
+
+
+def stale_chains(rs: Ruleset, saved: str) -> list[str]:
+    """Per-service chains present in `saved` (nat) that the ruleset no longer has (endpoint or service gone)."""
+    chains, _ = _saved_nat(saved)
+    return sorted(c for c in chains if SERVICE_CHAIN_RE.match(c) and c not in rs.chains)
 
 
 def _hook_key(rule: str) -> tuple[str, str] | None:
@@ -183,16 +210,55 @@ def install_text(rs: Ruleset, saved: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def sync_text(rs: Ruleset, saved: str = "", saved_filter: str = "") -> str:
+    """iptables-restore --noflush input making a node's kube-proxy rules exactly `rs`, like a kube-proxy resync.
+
+    The nat part is install_text plus the removal of per-service chains left over from
+    endpoints that are gone (their references vanish when KUBE-SVC-* are re-declared, so they
+    can be deleted in the same batch); then the filter table's KUBE-FORWARD.
+    """
+    nat = install_text(rs, saved).removesuffix("COMMIT\n")
+    stale = stale_chains(rs, saved)
+    nat += "".join(f"-F {c}\n" for c in stale) + "".join(f"-X {c}\n" for c in stale) + "COMMIT\n"
+    return nat + filter_install_text(rs, saved_filter)
+
+
+def filter_install_text(rs: Ruleset, saved_filter: str = "") -> str:
+    """iptables-restore --noflush input adding the ruleset's filter table part (KUBE-FORWARD and its hook)."""
+    _, saved_rules = _saved_table(saved_filter, "filter")
+    present = {_hook_key(r) for r in saved_rules}
+    lines = ["*filter"]
+    lines += [f":{c} - [0:0]" for c in rs.filter_chains]
+    lines += rs.filter_rules
+    lines += [h for h in rs.filter_hooks if _hook_key(h) not in present]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def filter_removal_text(rs: Ruleset, saved_filter: str) -> str | None:
+    """iptables-restore --noflush input removing the ruleset's filter chains and hooks present; None if none."""
+    chains, saved_rules = _saved_table(saved_filter, "filter")
+    owned = set(rs.filter_chains)
+    hooks = [r for r in saved_rules if (k := _hook_key(r)) is not None and k[1] in owned]
+    present = [c for c in rs.filter_chains if c in chains]
+    if not hooks and not present:
+        return None
+    lines = ["*filter"] + ["-D" + h[2:] for h in hooks] + [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
 def removal_text(rs: Ruleset, saved: str) -> str | None:
     """iptables-restore --noflush input removing the ruleset's hooks and chains found in `saved`.
 
-    Only what this ruleset owns and what is actually present is named, so the batch neither
-    fails on a half-removed state nor touches anyone else's rules. None: nothing to remove.
+    Only what this ruleset owns and what is actually present is named (plus per-service
+    chains of endpoints that are already gone), so the batch neither fails on a half-removed
+    state nor touches anyone else's rules. None: nothing to remove.
     """
     chains, saved_rules = _saved_nat(saved)
-    owned = set(rs.chains)
+    owned = set(rs.chains) | set(stale_chains(rs, saved))
     hooks = [r for r in saved_rules if (k := _hook_key(r)) is not None and k[1] in owned]
-    present = [c for c in rs.chains if c in chains]
+    present = [c for c in rs.chains if c in chains] + stale_chains(rs, saved)
     if not hooks and not present:
         return None
     lines = ["*nat"]
@@ -214,26 +280,34 @@ def _run(ns: str, argv: list[str], stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def save(ns: str) -> str:
-    """The nat table of namespace `ns` (iptables-save format)."""
-    return _run(ns, ["iptables-save", "-t", "nat"])
+def save(ns: str, table: str = "nat") -> str:
+    """One table of namespace `ns` (iptables-save format); the nat table by default."""
+    return _run(ns, ["iptables-save", "-t", table])
 
 
 def install(ns: str, rs: Ruleset) -> None:
-    """Program the ruleset into `ns` in one iptables-restore batch (idempotent)."""
-    _run(ns, ["iptables-restore", "--noflush"], install_text(rs, save(ns)))
+    """Program the ruleset into `ns` in one iptables-restore batch (idempotent; also a resync after endpoint changes)."""
+    _run(ns, ["iptables-restore", "--noflush"], sync_text(rs, save(ns), save(ns, "filter")))
 
 
 def remove(ns: str, rs: Ruleset) -> bool:
-    """Delete exactly the ruleset's hooks and chains from `ns` in one batch; False if none were there."""
-    text = removal_text(rs, save(ns))
-    if text is None:
+    """Delete exactly the ruleset's hooks and chains (nat and filter) from `ns` in one batch; False if none were there."""
+    parts = [t for t in (removal_text(rs, save(ns)), filter_removal_text(rs, save(ns, "filter"))) if t]
+    if not parts:
         return False
-    _run(ns, ["iptables-restore", "--noflush"], text)
+    _run(ns, ["iptables-restore", "--noflush"], "".join(parts))
     return True
 
 
 def installed(ns: str, rs: Ruleset) -> bool:
-    """True when all of the ruleset's chains exist in `ns`."""
+    """True when all of the ruleset's chains (nat and filter) exist in `ns`."""
     chains, _ = _saved_nat(save(ns))
-    return set(rs.chains) <= chains
+    fchains, _ = _saved_table(save(ns, "filter"), "filter")
+    return set(rs.chains) <= chains and set(rs.filter_chains) <= fchains
+
+
+def present(ns: str) -> bool:
+    """True when any kube-proxy chain (nat or filter) exists in `ns`, whatever the endpoints."""
+    chains, _ = _saved_nat(save(ns))
+    fchains, _ = _saved_table(save(ns, "filter"), "filter")
+    return bool((set(BASE_CHAINS) & chains) or any(SERVICE_CHAIN_RE.match(c) for c in chains) or KUBE_FORWARD in fchains)

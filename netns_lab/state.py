@@ -7,8 +7,9 @@ add keys without a schema change here. Keys written by this module:
     topology (YAML-shaped dict), members {name: {kind, netns, address?, pod_block?, node?}},
     pods {name: {node, app, ip, netns, host_ifname, pid, log}},
     services [{name, cluster_ip, ports: [{name, protocol, port, target_port, node_port, backends}]}],
-    felix {bpfEnabled, bpfExternalServiceMode, bpfKubeProxyIptablesCleanupEnabled, bpfDSROptoutCIDRs},
-    kubeproxy {installed, nodes}
+    felix {bpfEnabled, bpfExternalServiceMode, bpfKubeProxyIptablesCleanupEnabled, bpfDSROptoutCIDRs}
+        (FelixConfiguration "default"'s spec; netns_lab/felix.py is its model),
+    kubeproxy {installed, nodes}, dataplane {...} (written by netns_lab/dataplane.py)
 """
 
 from __future__ import annotations
@@ -24,27 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from netns_lab import naming
+from netns_lab import felix, naming
 from netns_lab.errors import LabError
 
 STATE_VERSION = 1
-MODES = ("kube-proxy", "tunnel", "dsr")
-EBPF_MODES = ("tunnel", "dsr")
+MODES = felix.MODES
+EBPF_MODES = tuple(m for m in MODES if m != "kube-proxy")
 
 
 def felix_for_mode(mode: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """FelixConfiguration `default` spec fields matching a mode (other fields of `base` kept)."""
-    felix = {
-        "bpfEnabled": False,
-        "bpfExternalServiceMode": "Tunnel",
-        "bpfKubeProxyIptablesCleanupEnabled": True,
-        "bpfDSROptoutCIDRs": [],
-    }
-    felix.update(base or {})
-    felix["bpfEnabled"] = mode in EBPF_MODES
-    if mode in EBPF_MODES:
-        felix["bpfExternalServiceMode"] = "DSR" if mode == "dsr" else "Tunnel"
-    return felix
+    """The felix spec dict for a mode, other fields of `base` kept (felix.py is the model; this is its dict form)."""
+    return felix.for_mode(felix.FelixConfig.from_spec(base), mode).to_spec()
 
 
 def load(lab: str, path: Path | None = None) -> dict[str, Any] | None:

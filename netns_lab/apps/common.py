@@ -22,12 +22,20 @@ from urllib.parse import urlsplit
 from netns_lab.apps import HEALTH_PATH
 
 UPSTREAM_TIMEOUT = 5.0
+# listen() backlog: the stdlib's default of 5 overflows when 100 clients connect at once
+LISTEN_BACKLOG = 256
+# an idle kept-alive connection frees its thread after this long
+IDLE_TIMEOUT = 600.0
 
 
 class AppHandler(BaseHTTPRequestHandler):
     """Request handler base: health endpoint, JSON/HTML replies, lesson-format access log."""
 
     server_version = "yaobank/1.0"
+    # HTTP/1.1: a client may keep its connection open for more requests (every reply has a
+    # Content-Length), which is what lets a long-lived connection outlive a mode switch
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT
     pod = "?"
     upstream: str | None = None
     routes: dict[str, Callable[["AppHandler"], tuple[int, str, bytes]]] = {}
@@ -89,6 +97,7 @@ class AppServer(ThreadingHTTPServer):
     """Threaded HTTP server that stays quiet when a client hangs up mid-reply (no traceback in the access log)."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Ignore connection resets; report anything else the stdlib way."""
