@@ -357,17 +357,8 @@ static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_c
 	struct pkt p;
 	int rc, from_a;
 
-	rc = parse_frame(skb, &p);
-	if (rc == PARSE_NOT_IPV4)
-		return verdict(st, REASON_PASS, TC_ACT_OK);
-	if (rc != PARSE_OK)
-		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
-	st_arrived(st, &p);
-	/* Non-first fragments carry no ports, so they cannot be matched to a
-	 * flow: passed untouched (a fragmented datagram to a service is not
-	 * supported; PMTU discovery keeps TCP unfragmented). */
-	if (p.frag == FRAG_LATER)
-		return verdict(st, REASON_PASS, TC_ACT_OK);
+	if (entry_parse(skb, &p, st, &rc))
+		return rc;
 
 	if (p.proto == IPPROTO_UDP && p.has_ports && p.daddr == conf->node_ip &&
 	    p.dport == bpf_htons(conf->tunnel_port))

@@ -214,14 +214,8 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 	struct pkt p;
 	int rc, from_a;
 
-	rc = parse_frame(skb, &p);
-	if (rc == PARSE_NOT_IPV4)
-		return verdict(st, REASON_PASS, TC_ACT_OK);   /* ARP for the 169.254.1.1 gateway */
-	if (rc != PARSE_OK)
-		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
-	st_arrived(st, &p);
-	if (p.frag == FRAG_LATER)
-		return verdict(st, REASON_PASS, TC_ACT_OK);
+	if (entry_parse(skb, &p, st, &rc))
+		return rc;
 	if (p.proto == IPPROTO_ICMP)
 		return wep_icmp(skb, conf, &p, st);
 	if (!p.has_ports)

@@ -47,6 +47,33 @@ static __always_inline int verdict(struct run_state *st, __u8 reason, int action
 	return action;
 }
 
+/* What every entry does first, alike: parse; non-IPv4 (ARP for the
+ * 169.254.1.1 gateway, IPv6) passes untouched, malformed drops, and
+ * non-first fragments pass untouched because they carry no ports to match
+ * a flow (a fragmented datagram to a service is not supported; PMTU
+ * discovery keeps TCP unfragmented). Returns 1 when the run is decided,
+ * with *action set; 0 to carry on with *p filled in. */
+static __always_inline int entry_parse(struct __sk_buff *skb, struct pkt *p,
+				       struct run_state *st, int *action)
+{
+	int rc = parse_frame(skb, p);
+
+	if (rc == PARSE_NOT_IPV4) {
+		*action = verdict(st, REASON_PASS, TC_ACT_OK);
+		return 1;
+	}
+	if (rc != PARSE_OK) {
+		*action = verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+		return 1;
+	}
+	st_arrived(st, p);
+	if (p->frag == FRAG_LATER) {
+		*action = verdict(st, REASON_PASS, TC_ACT_OK);
+		return 1;
+	}
+	return 0;
+}
+
 static __always_inline int run_finish(struct __sk_buff *skb, const struct node_cfg *conf,
 				      __u8 hook, const struct run_state *st, int action)
 {
