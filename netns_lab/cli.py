@@ -677,6 +677,7 @@ def _switch(lab: str, change: Any, out: Console) -> Any:
     """Apply a FelixConfig change to a running lab under its lock; returns the dataplane.Change."""
     from netns_lab import dataplane
 
+    load_lab(lab)  # before the lock, which would create the lab's directory
     with lab_state.lock(lab):
         st = _ready_lab(lab)
         try:
@@ -833,6 +834,7 @@ def delete(lab: str | None, kind: str, names: tuple[str, ...], selector: str | N
     require_root()
     lab = lab or naming.DEFAULT_LAB
     out = console()
+    load_lab(lab)  # before the lock, which would create the lab's directory
     with lab_state.lock(lab):
         st = _ready_lab(lab)
         for name in _select_pods(st, names, selector):

@@ -1,0 +1,449 @@
+"""The lab's service dataplane: kube-proxy's iptables or the eBPF datapath, and live moves between them.
+
+FelixConfiguration "default" (netns_lab/felix.py) selects the mode, as in the lesson:
+bpfEnabled false is kube-proxy, true is eBPF with bpfExternalServiceMode Tunnel or DSR.
+apply() makes a running lab match a FelixConfig, in an order that never leaves a moment
+with no dataplane at all:
+
+- into eBPF: compile and pin every node's programs first (not attached, so nothing changes
+  yet), switch them off (`enabled=False`: they pass everything), attach them to eth0 and
+  every pod veth, program the maps, then switch every node on in one quick pass; only then
+  remove kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled true), or leave them and
+  add a raw-table NOTRACK for the datapath's bypass mark (false: kube-proxy's
+  `--ctstate INVALID -j DROP` would otherwise kill the flows BPF hands to the kernel,
+  which netfilter sees in one direction only);
+- into kube-proxy: install kube-proxy's rules, switch every node's programs off, unload;
+- Tunnel <-> DSR and opt-out CIDRs: a map sync only. A connection keeps the mode it was
+  opened with (its conntrack entries say so); new connections use the new one.
+
+Pods are re-programmed the same way (`delete_pod`): kube-proxy's rules are resynced like
+kube-proxy does after an endpoint change, and the datapath's maps are synced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ebpf_nodeport import tc
+from ebpf_nodeport.datapath import Backend, ClusterView, NodeDatapath, Service
+from ebpf_nodeport.loader import LoaderError
+from netns_lab import builder, cleanup, kubeproxy, naming
+from netns_lab import felix as felix_model
+from netns_lab.errors import LabError
+from netns_lab.felix import FelixConfig
+from netns_lab.nsexec import netns_inode
+from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict
+from netns_lab.topology import Backend as PlanBackend
+
+EBPF_MODES = ("tunnel", "dsr")
+# SKB_MARK_BYPASS (bpf/lib/config.h): set on every packet the BPF programs hand to the kernel
+BYPASS_MARK = 0x01000000
+NOTRACK_COMMENT = "netns-lab: eBPF bypass mark, kube-proxy rules left in place"
+NOTRACK_RULE = [
+    "PREROUTING", "-m", "comment", "--comment", NOTRACK_COMMENT,
+    "-m", "mark", "--mark", f"{BYPASS_MARK:#x}/{BYPASS_MARK:#x}", "-j", "NOTRACK",
+]
+# sysctls a mode needs beyond what the builder sets: none. DSR replies leave the backend
+# node with the ingress node's address as source, and the client's route back to that
+# address is the interface they arrive on, so even strict rp_filter accepts them.
+MODE_SYSCTLS: dict[str, dict[str, str]] = {"kube-proxy": {}, "tunnel": {}, "dsr": {}}
+
+Progress = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    """Progress sink that drops messages."""
+
+
+# --------------------------------------------------------------------------- reading the state
+
+
+def felix_of(st: dict[str, Any]) -> FelixConfig:
+    """The lab's FelixConfiguration "default"."""
+    return FelixConfig.from_spec(st.get("felix"))
+
+
+def nodes_of(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Node name -> member record (address, pod_block, netns), in topology order."""
+    return {k: v for k, v in st.get("members", {}).items() if v.get("kind") == "node"}
+
+
+def lab_plan(st: dict[str, Any]) -> tuple[Topology, AddressPlan]:
+    """The lab's topology and address plan as they are now (pods recreated by `delete pod` may have new addresses)."""
+    topo = topology_from_dict(st["topology"])
+    p = plan(topo)
+    pods = st.get("pods", {})
+    p.pod_ips = {name: ipaddress.IPv4Address(rec["ip"]) for name, rec in pods.items()}
+    ports = {(s["name"], sp["name"]): sp for s in st.get("services", []) for sp in s["ports"]}
+    for key in p.endpoints:
+        sp = ports.get(key)
+        if sp is not None:
+            p.endpoints[key] = [PlanBackend(b["pod"], pods[b["pod"]]["node"], b["ip"], b["port"]) for b in sp["backends"]]
+    return topo, p
+
+
+def cluster_view(st: dict[str, Any], felix: FelixConfig) -> ClusterView:
+    """What the datapath must know: node addresses, pod blocks, services with their current backends, mode, opt-outs."""
+    nodes = nodes_of(st)
+    services = [
+        Service(
+            name=s["name"],
+            proto=sp["protocol"].lower(),
+            cluster_ip=s["cluster_ip"],
+            port=sp["port"],
+            node_port=sp.get("node_port"),
+            backends=[Backend(b["ip"], b["port"]) for b in sp["backends"]],
+        )
+        for s in st.get("services", [])
+        for sp in s["ports"]
+    ]
+    return ClusterView(
+        nodes={name: n["address"] for name, n in nodes.items()},
+        pod_blocks={n["pod_block"]: n["address"] for n in nodes.values()},
+        services=services,
+        mode="dsr" if felix.mode == "dsr" else "tunnel",
+        dsr_optout=list(felix.bpfDSROptoutCIDRs),
+    )
+
+
+def datapath(st: dict[str, Any], node: str) -> NodeDatapath:
+    """The eBPF datapath handle of one node (state lives in its pins, so this is cheap)."""
+    n = nodes_of(st)[node]
+    return NodeDatapath(st["lab"], node, n["netns"], n["address"], naming.UPLINK)
+
+
+def loaded_nodes(st: dict[str, Any]) -> list[str]:
+    """Nodes whose datapath programs are pinned."""
+    return [n for n in nodes_of(st) if NodeDatapath.is_loaded(st["lab"], n)]
+
+
+def pod_ifnames(st: dict[str, Any], node: str) -> list[str]:
+    """Node-side veth names of the pods on `node`."""
+    return [p["host_ifname"] for p in st.get("pods", {}).values() if p["node"] == node]
+
+
+# --------------------------------------------------------------------------- iptables: kube-proxy and NOTRACK
+
+
+def kube_proxy_install(st: dict[str, Any]) -> None:
+    """Install (or resync) kube-proxy's rules on every node, for the services' current endpoints."""
+    topo, p = lab_plan(st)
+    for node, n in nodes_of(st).items():
+        kubeproxy.install(n["netns"], kubeproxy.ruleset(topo, p, node))
+    st["kubeproxy"] = {"installed": True, "nodes": list(nodes_of(st))}
+
+
+def kube_proxy_remove(st: dict[str, Any]) -> None:
+    """Delete kube-proxy's rules (nat and filter) from every node, as Felix's cleanup does."""
+    topo, p = lab_plan(st)
+    for node, n in nodes_of(st).items():
+        kubeproxy.remove(n["netns"], kubeproxy.ruleset(topo, p, node))
+    st["kubeproxy"] = {"installed": False, "nodes": []}
+
+
+def _iptables(ns: str, *args: str) -> subprocess.CompletedProcess:
+    """iptables inside a node namespace (no check)."""
+    return subprocess.run(["ip", "netns", "exec", ns, "iptables", "-w", *args], capture_output=True, text=True)
+
+
+def has_notrack(ns: str) -> bool:
+    """True when the raw-table NOTRACK rule for the bypass mark is in `ns`."""
+    return _iptables(ns, "-t", "raw", "-C", *NOTRACK_RULE).returncode == 0
+
+
+def set_notrack(st: dict[str, Any], on: bool) -> None:
+    """Add or remove the NOTRACK rule for the bypass mark on every node (idempotent)."""
+    for n in nodes_of(st).values():
+        ns = n["netns"]
+        if on and not has_notrack(ns):
+            proc = _iptables(ns, "-t", "raw", "-A", *NOTRACK_RULE)
+            if proc.returncode != 0:
+                raise LabError(f"cannot add the NOTRACK rule in {ns}: {proc.stderr.strip()}")
+        while not on and has_notrack(ns):
+            _iptables(ns, "-t", "raw", "-D", *NOTRACK_RULE)
+
+
+# --------------------------------------------------------------------------- moving between modes
+
+
+@dataclass
+class Change:
+    """What apply() did, for the CLI to print."""
+
+    old_mode: str
+    new_mode: str
+    lines: list[str] = field(default_factory=list)
+    load_s: dict[str, float] = field(default_factory=dict)   # node -> compile + verifier seconds
+    total_s: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """True if anything was done."""
+        return bool(self.lines)
+
+
+def apply(st: dict[str, Any], felix: FelixConfig, progress: Progress = _quiet) -> Change:
+    """Move the lab described by `st` to the mode and settings `felix` selects; updates `st` (the caller saves it).
+
+    On a failure while loading the datapath, what this call loaded is unloaded again and the
+    lab keeps running as before (LabError).
+    """
+    t0 = time.monotonic()
+    old_mode = st.get("mode", "kube-proxy")
+    ch = Change(old_mode, felix.mode)
+
+    def say(msg: str) -> None:
+        ch.lines.append(msg)
+        progress(msg)
+
+    if felix.mode in EBPF_MODES:
+        _to_ebpf(st, felix, ch, say)
+    else:
+        _to_kube_proxy(st, ch, say)
+    st["felix"] = felix.to_spec()
+    st["mode"] = felix.mode
+    dp = st.setdefault("dataplane", {})
+    dp["sysctls"] = dict(MODE_SYSCTLS[felix.mode])
+    dp["loaded"] = loaded_nodes(st)
+    dp["notrack"] = felix.mode in EBPF_MODES and not felix.bpfKubeProxyIptablesCleanupEnabled
+    if ch.load_s:
+        dp["load_s"] = ch.load_s
+    ch.total_s = time.monotonic() - t0
+    if ch.changed:
+        dp["last_switch"] = {"from": old_mode, "to": felix.mode, "seconds": round(ch.total_s, 3)}
+    return ch
+
+
+def apply_mode(st: dict[str, Any], mode: str, progress: Progress = _quiet) -> Change:
+    """Move the lab to `mode` (the short form of a felix patch); what `up --mode` and `mode` call."""
+    try:
+        felix = felix_model.for_mode(felix_of(st), mode)
+    except felix_model.FelixConfigError as exc:
+        raise LabError(str(exc)) from None
+    return apply(st, felix, progress)
+
+
+def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) -> None:
+    """Load/attach/program the datapath on every node, then settle kube-proxy's rules as the cleanup flag says."""
+    keep_kube_proxy = not felix.bpfKubeProxyIptablesCleanupEnabled
+    view = cluster_view(st, felix)
+    nodes = list(nodes_of(st))
+    fresh = [n for n in nodes if not NodeDatapath.is_loaded(st["lab"], n)]
+    kp_installed = bool(st.get("kubeproxy", {}).get("installed"))
+
+    notrack_added = False
+    if keep_kube_proxy and not all(has_notrack(n["netns"]) for n in nodes_of(st).values()):
+        set_notrack(st, True)  # before BPF hands anything to the kernel
+        notrack_added = True
+        say(f"raw-table NOTRACK for the BPF bypass mark {BYPASS_MARK:#010x} on {len(nodes)} nodes "
+            "(kube-proxy's INVALID drop stays in place)")
+    loaded: list[str] = []
+    try:
+        for node in fresh:
+            dp = datapath(st, node)
+            t = time.monotonic()
+            res = dp.load(attach=False)
+            loaded.append(node)
+            dp.set_flags(enabled=False)  # attached next, but passing everything until all nodes are ready
+            ch.load_s[node] = round(time.monotonic() - t, 3)
+            say(f"{node}: datapath compiled and loaded in {res.total_s:.2f}s "
+                f"(BCC {res.compile_s:.2f}s, verifier {res.load_s * 1000:.0f}ms)")
+        synced: dict[str, str] = {}
+        for node in nodes:
+            dp = datapath(st, node)
+            stats = dp.sync(view)
+            if node in fresh:
+                tc.attach(dp.netns, dp.host_ifname, tc.INGRESS, dp.prog_path("from_hep"), "from_hep")
+                for ifname in pod_ifnames(st, node):
+                    dp.attach_workload(ifname)
+            elif stats.changed:
+                synced[node] = _stats_text(stats)
+        if synced:
+            texts = set(synced.values())
+            detail = texts.pop() if len(texts) == 1 else "; ".join(f"{n}: {t}" for n, t in synced.items())
+            say(f"maps synced on {', '.join(synced)} ({detail})")
+    except (LoaderError, tc.TcError, OSError, ValueError) as exc:
+        for node in loaded:
+            with contextlib.suppress(Exception):
+                datapath(st, node).unload()
+        if notrack_added and not kp_installed:
+            set_notrack(st, False)
+        raise LabError(f"eBPF datapath: {exc}; the lab is unchanged (mode {ch.old_mode})") from None
+    if fresh:
+        for node in fresh:
+            datapath(st, node).set_flags(enabled=True)
+        say(f"eBPF datapath on: from_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
+            f"{sum(len(pod_ifnames(st, n)) for n in fresh)} pod veths")
+    if ch.old_mode != felix.mode and ch.old_mode in EBPF_MODES:
+        say(f"bpfExternalServiceMode {'DSR' if felix.mode == 'dsr' else 'Tunnel'}: new connections use "
+            f"{felix.mode}; open ones keep the mode they started with")
+    if keep_kube_proxy and not kp_installed:
+        kube_proxy_install(st)
+        say("kube-proxy rules installed again (bpfKubeProxyIptablesCleanupEnabled false); BPF bypasses them")
+    elif keep_kube_proxy and fresh:
+        say("kube-proxy rules left in place (bpfKubeProxyIptablesCleanupEnabled false); BPF bypasses them")
+    elif not keep_kube_proxy and kp_installed:
+        kube_proxy_remove(st)
+        say("kube-proxy rules removed from every node (bpfKubeProxyIptablesCleanupEnabled true)")
+    if not keep_kube_proxy and any(has_notrack(n["netns"]) for n in nodes_of(st).values()):
+        set_notrack(st, False)
+        say("NOTRACK rule for the bypass mark removed (no kube-proxy rules left to bypass)")
+
+
+def _to_kube_proxy(st: dict[str, Any], ch: Change, say: Progress) -> None:
+    """kube-proxy's rules first, then the datapath off and unloaded, then the NOTRACK rule gone."""
+    loaded = loaded_nodes(st)
+    if not st.get("kubeproxy", {}).get("installed"):
+        if loaded:
+            set_notrack(st, True)  # until BPF is off, its flows must not meet kube-proxy's INVALID drop
+        kube_proxy_install(st)
+        say(f"kube-proxy rules installed on {len(nodes_of(st))} nodes")
+    for node in loaded:
+        with contextlib.suppress(OSError):
+            datapath(st, node).set_flags(enabled=False)
+    for node in loaded:
+        datapath(st, node).unload()
+    if loaded:
+        say(f"eBPF datapath detached and unloaded on {', '.join(loaded)}")
+    if any(has_notrack(n["netns"]) for n in nodes_of(st).values()):
+        set_notrack(st, False)
+        say("NOTRACK rule for the bypass mark removed")
+
+
+def _stats_text(stats: Any) -> str:
+    """'nat_be +1 -1, ...' from a SyncStats."""
+    parts = []
+    for name in sorted(set(stats.written) | set(stats.deleted)):
+        w, d = stats.written.get(name, 0), stats.deleted.get(name, 0)
+        if w or d:
+            parts.append(f"{name} +{w} -{d}")
+    if stats.ct_flushed:
+        parts.append(f"{stats.ct_flushed} conntrack entries of gone backends flushed")
+    return ", ".join(parts) or "no change"
+
+
+def reprogram(st: dict[str, Any]) -> None:
+    """Program the services' current endpoints into whatever dataplane runs (kube-proxy rules, BPF maps, or both)."""
+    if st.get("kubeproxy", {}).get("installed"):
+        kube_proxy_install(st)
+    loaded = loaded_nodes(st)
+    if loaded:
+        view = cluster_view(st, felix_of(st))
+        for node in loaded:
+            datapath(st, node).sync(view)
+
+
+# --------------------------------------------------------------------------- pods
+
+
+@dataclass
+class PodChange:
+    """What delete_pod() did."""
+
+    pod: str
+    old_ip: str
+    new_ip: str
+    pid: int
+    seconds: float
+
+
+def _pod_processes(st: dict[str, Any], name: str) -> list[int]:
+    """Processes living in a pod's namespace, plus its recorded app pid."""
+    rec = st["pods"][name]
+    ino = netns_inode(str(naming.netns_path(rec["netns"])))
+    pids = set()
+    if ino:
+        for d in os.listdir("/proc"):
+            if d.isdigit() and netns_inode(f"/proc/{d}/ns/net") == ino and int(d) != os.getpid():
+                pids.add(int(d))
+    pid = rec.get("pid")
+    if isinstance(pid, int) and pid in cleanup.lab_processes(st["lab"], st):
+        pids.add(pid)
+    return sorted(pids)
+
+
+def _next_ip(st: dict[str, Any], node: str, avoid: str) -> str:
+    """The lowest free address of the node's pod block, not `avoid` (the deleted pod's): a recreated pod gets a new one."""
+    block = ipaddress.IPv4Network(nodes_of(st)[node]["pod_block"])
+    used = {p["ip"] for p in st["pods"].values()} | {avoid}
+    for ip in block.hosts():
+        if str(ip) not in used:
+            return str(ip)
+    raise LabError(f"node {node}'s pod block {block} is full")
+
+
+def delete_pod(st: dict[str, Any], name: str, progress: Progress = _quiet) -> PodChange:
+    """`kubectl delete pod`: take the pod out of its services, kill it, rebuild it (new address), restart its app, put it back."""
+    from netns_lab.apps import launch
+
+    t0 = time.monotonic()
+    if name not in st.get("pods", {}):
+        raise LabError(f"unknown pod {name!r} of lab {st['lab']!r} (pods: {', '.join(st.get('pods', {}))})")
+    lab = st["lab"]
+    rec = st["pods"][name]
+    old_ip = rec["ip"]
+    memberships = []
+    for s in st.get("services", []):
+        for sp in s["ports"]:
+            for b in sp["backends"]:
+                if b["pod"] == name:
+                    memberships.append((sp, b["port"]))
+            sp["backends"] = [b for b in sp["backends"] if b["pod"] != name]
+    reprogram(st)  # endpoints first, as Kubernetes does for a terminating pod
+    progress(f"pod {name} removed from {len(memberships)} service ports")
+    topo, _ = lab_plan(st)
+    pod = topo.pod(name)
+    cleanup.kill(_pod_processes(st, name))
+    builder.remove_pod(lab, pod)
+    progress(f"pod {name} ({old_ip}) deleted: app stopped, namespace and veth removed")
+
+    new_ip = _next_ip(st, pod.node, old_ip)
+    rec["ip"] = new_ip
+    rec["pid"] = None
+    ifname = builder.recreate_pod(lab, topo, lab_plan(st)[1], pod, new_ip)
+    rec["host_ifname"] = ifname
+    if NodeDatapath.is_loaded(lab, pod.node):
+        datapath(st, pod.node).attach_workload(ifname)  # before the app's first call to a ClusterIP
+    started = launch.start(lab, topo, pod)
+    rec["pid"] = started.pid
+    launch.wait_ready(lab, topo, lab_plan(st)[1], [started])
+    for sp, port in memberships:
+        sp["backends"].append({"pod": name, "ip": new_ip, "port": port})
+        sp["backends"].sort(key=lambda b: int(ipaddress.IPv4Address(b["ip"])))
+    reprogram(st)
+    progress(f"pod {name} recreated on {pod.node} with address {new_ip}, app answering, backends re-programmed")
+    return PodChange(name, old_ip, new_ip, started.pid, time.monotonic() - t0)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status(st: dict[str, Any]) -> dict[str, Any]:
+    """Per node: datapath loaded, our programs attached (interface, hook, program), kube-proxy rules, NOTRACK; sysctls."""
+    nodes = {}
+    for node, n in nodes_of(st).items():
+        ns = n["netns"]
+        doc: dict[str, Any] = {"datapath_loaded": NodeDatapath.is_loaded(st["lab"], node), "programs": []}
+        try:
+            if doc["datapath_loaded"] or st.get("mode") in EBPF_MODES:
+                doc["programs"] = [
+                    {"interface": f.ifname, "hook": f.direction, "program": f.name} for f in datapath(st, node).attached()
+                ]
+            doc["kube_proxy_rules"] = kubeproxy.present(ns)
+            doc["notrack"] = has_notrack(ns)
+        except (OSError, LabError, tc.TcError) as exc:
+            doc["error"] = str(exc)
+        nodes[node] = doc
+    return {
+        "nodes": nodes,
+        "sysctls": (st.get("dataplane") or {}).get("sysctls", {}),
+        "load_s": (st.get("dataplane") or {}).get("load_s", {}),
+        "last_switch": (st.get("dataplane") or {}).get("last_switch"),
+    }

@@ -1,0 +1,338 @@
+"""netns-lab bench, the parts that need no lab: statistics, ratios and targets, report/JSON rendering,
+kube-proxy rule merging, packet patching, the connection client on loopback, argument errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from netns_lab import cli, kubeproxy
+from netns_lab.bench import bpfcost, conn, config, measure, report, stats
+from netns_lab.bench import topo as btopo
+from netns_lab.topology import plan
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    xs = [10, 20, 30, 40]
+    assert stats.percentile(xs, 0) == 10
+    assert stats.percentile(xs, 100) == 40
+    assert stats.percentile(xs, 50) == 25
+    assert stats.percentile([7], 99) == 7
+    assert stats.percentile([], 50) is None
+    with pytest.raises(ValueError):
+        stats.percentile(xs, 101)
+
+
+def test_median_ignores_missing_values() -> None:
+    assert stats.median([3, None, 1, 2]) == 2
+    assert stats.median([None, None]) is None
+
+
+def test_summary_and_trimmed_mean() -> None:
+    s = stats.summary([1, 2, 3, 4, 100])
+    assert (s["n"], s["min"], s["max"], s["p50"]) == (5, 1, 100, 3)
+    assert s["mean"] == pytest.approx(22.0)
+    assert s["tmean90"] == pytest.approx(2.5)  # the slow outlier is the 10% left out
+    assert stats.summary([])["p50"] is None
+    assert stats.trimmed_mean([5]) == 5
+
+
+def test_ratios() -> None:
+    assert stats.ratio(9, 10) == pytest.approx(0.9)
+    assert stats.ratio(None, 10) is None and stats.ratio(1, 0) is None
+    assert stats.paired_ratio([2, 4, 9], [1, 2, 3]) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        stats.paired_ratio([1], [1, 2])
+    assert stats.spread([9, 10, 11]) == pytest.approx(0.2)
+    assert stats.spread([10]) is None
+
+
+def test_cpu_seconds_per_gbit() -> None:
+    # 2 CPU-seconds to move 10 Gbit/s for 2 s = 20 Gbit: 0.1 s per Gbit
+    assert stats.cpu_s_per_gbit(2.0, 10e9, 2.0) == pytest.approx(0.1)
+    assert stats.cpu_s_per_gbit(1.0, 0, 2.0) is None
+
+
+# --------------------------------------------------------------------------- config and argument parsing
+
+
+def test_parse_services() -> None:
+    assert config.parse_services("10000, 1,1000,1") == (1, 1000, 10000)
+    for bad, msg in [("", "comma-separated"), ("1,,2", "comma-separated"), ("x", "not a whole number"),
+                     ("-5", "not a whole number"), ("0", "out of range"), (str(btopo.MAX_EXTRA + 1), "out of range")]:
+        with pytest.raises(ValueError, match=msg):
+            config.parse_services(bad)
+
+
+def test_presets_and_rotation() -> None:
+    quick, full = config.preset(True), config.preset(False)
+    assert quick.rounds == 1 and full.rounds == 3
+    assert quick.iperf_seconds < full.iperf_seconds and quick.latency_count < full.latency_count
+    assert config.preset(True, (1, 5), rounds=2).rounds == 2
+    assert [config.preset(False).visit_order(r)[0] for r in range(3)] == ["kube-proxy", "tunnel", "dsr"]
+    assert quick.steps() < full.steps()
+
+
+# --------------------------------------------------------------------------- /proc/stat and iperf3 parsing
+
+
+def test_proc_stat_parsing_and_difference() -> None:
+    tck = measure.CLK_TCK
+    a = measure.parse_proc_stat(f"cpu  {100 * tck} 0 {50 * tck} 1000 0 0 {10 * tck} 0 0 0\ncpu0 1 2 3\n")
+    b = measure.parse_proc_stat(f"cpu  {103 * tck} 0 {51 * tck} 1002 0 {1 * tck} {12 * tck} 5 0 0\n")
+    d = b - a
+    assert d.busy == pytest.approx(3 + 1 + 1 + 2)
+    assert d.interrupts == pytest.approx(3)
+    with pytest.raises(ValueError):
+        measure.parse_proc_stat("intr 1 2 3\n")
+
+
+def test_iperf_json() -> None:
+    doc = {"end": {"sum_received": {"bits_per_second": 8e9, "seconds": 2.0, "bytes": 2e9},
+                   "sum_sent": {"retransmits": 3, "seconds": 2.0},
+                   "cpu_utilization_percent": {"host_total": 40.0, "remote_total": 30.0}}}
+    r = measure.parse_iperf(doc)
+    assert (r["bits_per_second"], r["retransmits"], r["client_cpu_pct"]) == (8e9, 3, 40.0)
+    with pytest.raises(Exception, match="unable to connect"):
+        measure.parse_iperf({"error": "unable to connect to server"})
+
+
+# --------------------------------------------------------------------------- bench topology and kube-proxy rules
+
+
+def test_bench_pods_join_no_yaobank_service() -> None:
+    topo = btopo.lab_topology()
+    p = plan(topo)
+    backends = {b.pod for key in p.endpoints for b in p.endpoints[key]}
+    assert btopo.LOCAL_POD not in backends and btopo.REMOTE_POD not in backends
+    assert topo.pod(btopo.LOCAL_POD).node == btopo.INGRESS and topo.pod(btopo.REMOTE_POD).node != btopo.INGRESS
+    assert {b.pod for b in p.endpoints[("yaobank/summary", "http")]} == {"summary-1", "summary-2"}
+
+
+def test_extra_services_addresses_and_bounds() -> None:
+    ex = btopo.extra_services(3)
+    assert [s.cluster_ip for s in ex] == ["198.19.128.1", "198.19.128.2", "198.19.128.3"]
+    assert len({s.name for s in btopo.extra_services(1000)}) == 1000
+    with pytest.raises(ValueError):
+        btopo.extra_services(btopo.MAX_EXTRA + 1)
+
+
+def test_merged_ruleset_keeps_kube_proxy_order() -> None:
+    topo = btopo.lab_topology()
+    rs = btopo.kubeproxy_ruleset(topo, "control", btopo.extra_services(5))
+    base = kubeproxy.ruleset(topo, plan(topo), "control")
+    services = [r for r in rs.rules if r.startswith(f"-A {kubeproxy.KUBE_SERVICES} ")]
+    assert "--dst-type LOCAL" in services[-1], "the NodePort jump must stay the last rule of KUBE-SERVICES"
+    assert sum("bench/extra-" in r for r in services) == 5
+    assert set(base.chains) <= set(rs.chains)
+    # per extra service: KUBE-SVC + KUBE-SEP; per bench service port (4): KUBE-SVC, KUBE-EXT, KUBE-SEP
+    assert len(rs.chains) == len(base.chains) + 5 * 2 + 4 * 3
+    assert rs.filter_chains == base.filter_chains, "kube-proxy's filter table part is kept"
+    text = kubeproxy.install_text(rs)
+    assert text.count("--to-destination 198.19.16.1:8080") == 5 + 1  # extras + bench/local:http
+
+
+def test_minimal_sync_moves_one_endpoint_and_back() -> None:
+    spec = btopo.extra_services(1)[0]
+    do, undo = btopo.kubeproxy_update_text(btopo.lab_topology(), "control", spec, btopo.REMOTE_POD)
+    assert "--to-destination 198.19.16.67:8080" in do and "--to-destination 198.19.16.1:8080" in undo
+    assert do.startswith("*nat\n") and do.rstrip().endswith("COMMIT")
+    assert "KUBE-SERVICES" not in do, "a minimal sync leaves KUBE-SERVICES alone"
+
+
+# --------------------------------------------------------------------------- packet patching for new flows
+
+
+def test_with_sport_keeps_the_tcp_checksum_valid() -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    frame = bpfcost.tcp_frame("198.19.15.254", 1, "198.19.0.1", 30280, "S")
+    for port in (2, 40000, 65535):
+        out = Ether(bpfcost.with_sport(frame, port))
+        assert out[TCP].sport == port
+        redo = out.copy()
+        del redo[TCP].chksum
+        assert Ether(bytes(redo))[TCP].chksum == out[TCP].chksum
+        assert out[IP].chksum == Ether(frame)[IP].chksum
+
+
+# --------------------------------------------------------------------------- the connection client on loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_client_and_server_on_loopback() -> None:
+    port = _free_port()
+    threading.Thread(target=conn.serve, args=(port,), daemon=True).start()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+    seq = conn.sequential([("", "127.0.0.1", port)], count=50, duration=0, timeout=2)[0]
+    assert seq["completed"] == 50 and not seq["errors"]
+    assert 0 < seq["syn_rtt_us"]["p50"] < 100_000
+    assert seq["connect_us"]["n"] == seq["request_us"]["n"] == 50
+    assert seq["request_us"]["p50"] >= seq["connect_us"]["p50"]
+    par = conn.concurrent("127.0.0.1", port, count=200, duration=0, timeout=2, concurrency=4)
+    assert par["completed"] == 200 and par["rate_per_s"] > 0
+
+
+# --------------------------------------------------------------------------- figures, targets, rendering
+
+
+def _tp(gbit: float, cpu: float) -> dict:
+    return {"gbit_per_s": gbit, "cpu_s_per_gbit": cpu}
+
+
+def _conn(rtt: float, connect: float = 50.0, rate: float = 5000.0) -> dict:
+    s = stats.summary([rtt] * 10)
+    return {"syn_rtt_us": s, "connect_us": stats.summary([connect] * 10), "request_us": stats.summary([connect * 2] * 10),
+            "rate_per_s": rate, "completed": 10, "errors": {}}
+
+
+def result(tunnel_local: float = 9.5, dsr_remote: float = 9.0, tunnel_remote: float = 8.0, ebpf_big_rtt: float = 12.0,
+           est_ns: float = 80.0, program_s: float = 0.5) -> dict:
+    """A bench result document as runner.Run builds it, with chosen numbers (one round)."""
+    cfg = config.preset(True, (1, 10000))
+    modes = cfg.modes
+    gbit = {("local", "kube-proxy"): 7.0, ("local", "tunnel"): tunnel_local, ("local", "dsr"): tunnel_local,
+            ("remote", "kube-proxy"): 7.0, ("remote", "tunnel"): tunnel_remote, ("remote", "dsr"): dsr_remote}
+    res: dict = {"version": 1, "config": cfg.to_dict(), "elapsed_s": 100.0,
+                 "machine": {"cpus": 2, "cpu": "test cpu", "kernel": "6.x", "virtualization": None,
+                             "loadavg_start": [0.5, 0.5, 0.5]},
+                 "mode_switches": [{"round": 0, "from": "kube-proxy", "to": "tunnel", "s": 8.0}],
+                 "throughput": {}, "newconn": {}, "scaling": {}, "live_cost": {}}
+    for b in ("local", "remote"):
+        res["throughput"][b] = {str(s): {m: [{"direct": _tp(10.0, 0.1), "mode": _tp(gbit[(b, m)], 0.12)}]
+                                         for m in modes} for s in cfg.streams}
+        res["newconn"][b] = {k: {m: [{"direct": _conn(10.0), "mode": _conn(12.0)}] for m in modes}
+                             for k in ("sequential", "concurrent")}
+    for m in modes:
+        big = 50.0 if m == "kube-proxy" else ebpf_big_rtt
+        res["scaling"][m] = {
+            str(n): {"latency": {b: [{"direct": _conn(10.0), "mode": _conn(12.0 if n == 1 else big)}] for b in ("local", "remote")},
+                     "program_s": [[0.01 if n == 1 else (20.0 if m == "kube-proxy" else program_s)] * 3],
+                     "change_one": [{"method": "x", "s": 0.01, "per_node_s": [0.01]}],
+                     "remove_s": [[0.01]]}
+            for n in (1, 10000)}
+    res["bpf_cost"] = {"calibration": {"harness_overhead_ns": 100.0, "runs_per_path": 10, "repeat": 20000},
+                       "paths": [{"program": p, "node": "control", "path": f"{p} path", "flow": "established",
+                                  "reason": "NAT_EST", "ns_per_packet": est_ns} for p in ("from_hep", "from_wep", "to_wep")]
+                       + [{"program": "from_hep", "node": "control", "path": "syn", "flow": "new", "reason": "NAT_NEW",
+                           "ns_per_packet": 5000.0}]}
+    return res
+
+
+def _verdicts(doc: dict) -> dict[str, str]:
+    return {t["target"]: t["verdict"] for t in doc["targets"]}
+
+
+def test_summary_ratios_to_direct() -> None:
+    doc = report.document(result())
+    tp = doc["summary"]["throughput"]["local/1"]
+    assert tp["direct"]["gbit_per_s"] == 10.0
+    assert tp["tunnel"]["gbit_per_s"]["x_direct"] == pytest.approx(0.95)
+    assert tp["kube-proxy"]["cpu_s_per_gbit"]["x_direct"] == pytest.approx(1.2)
+    nc = doc["summary"]["newconn"]["remote"]["sequential"]
+    assert nc["direct"]["rtt_us"] == pytest.approx(10.0) and nc["dsr"]["rtt_us"]["x_direct"] == pytest.approx(1.2)
+    sc = doc["summary"]["scaling"]["kube-proxy"]["10000"]["local"]
+    assert sc["x_smallest"] == pytest.approx(50 / 12)
+    assert doc["summary"]["programming"]["tunnel"]["10000"]["program_s"] == 0.5
+    json.dumps(doc)  # all of it is JSON
+
+
+def test_targets_met() -> None:
+    v = _verdicts(report.document(result()))
+    assert all(x in ("met", "-") for x in v.values()), v
+    assert v["kube-proxy: new-connection (first-packet) latency at 10000 services within 1.1x of 1 (comparison only)"] == "-"
+
+
+def test_targets_missed() -> None:
+    v = _verdicts(report.document(result(tunnel_local=8.0, dsr_remote=7.0, ebpf_big_rtt=14.0, est_ns=150.0, program_s=1.5)))
+    assert v["tunnel: NodePort throughput, local backend >= 0.9x direct"] == "missed"
+    assert v["dsr >= tunnel throughput, remote backend"] == "missed"
+    assert v["tunnel: new-connection (first-packet) latency at 10000 services within 1.1x of 1"] == "missed"
+    assert v["from_wep: established-flow cost < 100 ns/packet"] == "missed"
+    assert v["dsr: programming 10000 services < 1 s (per node)"] == "missed"
+
+
+def test_target_not_applicable_without_10000_services() -> None:
+    res = result()
+    res["config"]["services"] = [1]
+    for m in res["scaling"]:
+        res["scaling"][m] = {"1": res["scaling"][m]["1"]}
+    v = _verdicts(report.document(res))
+    assert v["tunnel: programming 1 services < 1 s (per node) (target is for 10000)"] == "n/a"
+
+
+def test_render_tables() -> None:
+    out = Console(record=True, width=250)
+    report.render(out, report.document(result()))
+    text = out.export_text()
+    for heading in ("throughput, Gbit/s", "CPU seconds per Gbit", "new connections", "first-packet RTT",
+                    "programming time", "per-packet cost", "targets"):
+        assert heading in text
+    assert "0.95x" in text
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from netns_lab.bench import plot
+
+    f = tmp_path / "b.png"
+    plot.plot(report.document(result()), f)
+    assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- the command's argument errors
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["bench", "--services", "1,x"], 2, "'x' is not a whole number of services"),
+    (["bench", "--services", "0"], 2, "out of range"),
+    (["bench", "--rounds", "0"], 2, "Invalid value for '--rounds'"),
+    (["bench", "-o", "xml"], 2, "Invalid value for '-o'"),
+    (["bench", "--plot", "out.svg"], 1, "must end in .png"),
+    (["bench", "--plot", "/nonexistent-dir/b.png"], 1, "does not exist"),
+    (["bench", "--save", "out.txt"], 1, "must end in .json"),
+])
+def test_bad_arguments_one_line(capsys, argv: list[str], code: int, message: str) -> None:
+    rc, out, err = run(capsys, *argv)
+    assert rc == code and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("netns-lab: error: ") and message in lines[0], err
+
+
+def test_from_json_renders_and_rejects(capsys, tmp_path: Path) -> None:
+    good = tmp_path / "r.json"
+    good.write_text(json.dumps(result()))
+    rc, out, _ = run(capsys, "bench", "--from-json", str(good), "-o", "json")
+    assert rc == 0 and json.loads(out)["targets"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1}')
+    rc, out, err = run(capsys, "bench", "--from-json", str(bad))
+    assert rc == 1 and "is not a bench document" in err and len(err.strip().splitlines()) == 1
