@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,18 @@ def _pin_replace(fd: int, path: str) -> None:
     os.rename(tmp, path)
 
 
+# BCC's compiler (LLVM/clang inside libbcc) is not thread-safe: two compiles in
+# threads of one process segfault it. Loads in one process are serialised here.
+_BCC_LOCK = threading.Lock()
+
+
 def load(lab: str, node: str, defines: dict[str, object] | None = None) -> LoadResult:
     """Compile for (lab, node), load the three SCHED_CLS programs, pin everything."""
+    with _BCC_LOCK:
+        return _load(lab, node, defines)
+
+
+def _load(lab: str, node: str, defines: dict[str, object] | None) -> LoadResult:
     _check_name("lab", lab)
     _check_name("node", node)
     try:
