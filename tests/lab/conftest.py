@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from ebpf_nodeport.datapath import NodeDatapath
 from netns_lab import naming
+from netns_lab import state as lab_state
 
 CLI = [sys.executable, "-m", "netns_lab"]
 
@@ -57,6 +59,10 @@ class Lab:
         """GET a URL from a member (host1 by default); the body."""
         return self.exec(member, "curl", "-sS", "--fail", "--max-time", "10", url).stdout
 
+    def node_address(self, node: str) -> str:
+        """A member's fabric address, from the lab's state."""
+        return lab_state.load(self.name)["members"][node]["address"]
+
     def status(self) -> dict:
         """`status -o json`."""
         return json.loads(self.run("status", "-o", "json").stdout)
@@ -68,6 +74,20 @@ class Lab:
     def netns(self, member: str) -> str:
         """Namespace name of a member."""
         return naming.netns(self.name, member)
+
+
+def counter(lab: Lab, node: str, hook: str, reason: str) -> int:
+    """A datapath counter of one node, read from its pinned maps."""
+    with NodeDatapath(lab.name, node, lab.netns(node), lab.node_address(node)).maps() as m:
+        return m.counter(hook, reason)
+
+
+def host_python(lab: Lab, script: str, timeout: float = 300) -> str:
+    """Run a Python snippet inside host1's namespace; its stdout."""
+    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def lab_namespaces(lab: str, netns_dir: Path = naming.NETNS_DIR) -> list[str]:

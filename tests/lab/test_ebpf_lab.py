@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
 from ebpf_nodeport.datapath import NodeDatapath
 from netns_lab import dataplane, kubeproxy, naming
 
-from .conftest import Lab, cli, unique_lab, wait_for
+from .conftest import Lab, cli, counter, host_python, unique_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -49,20 +47,6 @@ def new_entries(lab: Lab, pod: str, action) -> list[dict]:
 
     wait_for(grown, timeout=5, interval=0.05)
     return box
-
-
-def counter(lab: Lab, node: str, hook: str, reason: str) -> int:
-    """A datapath counter of one node, read from its pinned maps."""
-    with NodeDatapath(lab.name, node, lab.netns(node), NODES[node]).maps() as m:
-        return m.counter(hook, reason)
-
-
-def host_python(lab: Lab, script: str, timeout: float = 300) -> str:
-    """Run a Python snippet inside host1's namespace; its stdout."""
-    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, "-c", script],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def kube_rules(lab: Lab, node: str) -> list[str]:
