@@ -165,6 +165,20 @@ def test_with_sport_keeps_the_tcp_checksum_valid() -> None:
         assert out[IP].chksum == Ether(frame)[IP].chksum
 
 
+def test_with_client_keeps_both_checksums_valid() -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    frame = bpfcost.tcp_frame("198.19.15.254", 1234, "198.19.0.1", 30280, "S")
+    out = Ether(bpfcost.with_client(frame, 7))
+    assert out[IP].src == "198.19.15.7" and out[TCP].sport == 1234
+    redo = Ether(bytes(out))
+    del redo[IP].chksum
+    del redo[TCP].chksum
+    redo = Ether(bytes(redo))
+    assert (redo[IP].chksum, redo[TCP].chksum) == (out[IP].chksum, out[TCP].chksum)
+
+
 # --------------------------------------------------------------------------- the connection client on loopback
 
 
@@ -207,8 +221,8 @@ def _conn(rtt: float, connect: float = 50.0, rate: float = 5000.0) -> dict:
             "rate_per_s": rate, "completed": 10, "errors": {}}
 
 
-def result(tunnel_local: float = 9.5, dsr_remote: float = 9.0, tunnel_remote: float = 8.0, ebpf_big_rtt: float = 12.0,
-           est_ns: float = 80.0, program_s: float = 0.5) -> dict:
+def result(tunnel_local: float = 9.5, dsr_remote: float = 7.5, tunnel_remote: float = 8.0, ebpf_big_rtt: float = 12.0,
+           est_ns: float = 80.0, program_s: float = 0.5, dsr_download: float = 1.0) -> dict:
     """A bench result document as runner.Run builds it, with chosen numbers (one round)."""
     cfg = config.preset(True, (1, 10000))
     modes = cfg.modes
@@ -220,8 +234,9 @@ def result(tunnel_local: float = 9.5, dsr_remote: float = 9.0, tunnel_remote: fl
                  "mode_switches": [{"round": 0, "from": "kube-proxy", "to": "tunnel", "s": 8.0}],
                  "throughput": {}, "newconn": {}, "scaling": {}, "live_cost": {}}
     for b in ("local", "remote"):
-        res["throughput"][b] = {str(s): {m: [{"direct": _tp(10.0, 0.1), "mode": _tp(gbit[(b, m)], 0.12)}]
-                                         for m in modes} for s in cfg.streams}
+        res["throughput"][b] = {f"{d}/{n}": {m: [{"direct": _tp(10.0, 0.1),
+                                                  "mode": _tp(gbit[(b, m)] + (dsr_download if (b, m, d) == ("remote", "dsr", "down") else 0), 0.12)}]
+                                             for m in modes} for d, n in cfg.flows()}
         res["newconn"][b] = {k: {m: [{"direct": _conn(10.0), "mode": _conn(12.0)}] for m in modes}
                              for k in ("sequential", "concurrent")}
     for m in modes:
@@ -246,7 +261,7 @@ def _verdicts(doc: dict) -> dict[str, str]:
 
 def test_summary_ratios_to_direct() -> None:
     doc = report.document(result())
-    tp = doc["summary"]["throughput"]["local/1"]
+    tp = doc["summary"]["throughput"]["local/up/1"]
     assert tp["direct"]["gbit_per_s"] == 10.0
     assert tp["tunnel"]["gbit_per_s"]["x_direct"] == pytest.approx(0.95)
     assert tp["kube-proxy"]["cpu_s_per_gbit"]["x_direct"] == pytest.approx(1.2)
@@ -258,16 +273,22 @@ def test_summary_ratios_to_direct() -> None:
     json.dumps(doc)  # all of it is JSON
 
 
+DSR_TARGET = "dsr >= tunnel throughput, remote backend (judged on downloads: DSR changes the reply path)"
+
+
 def test_targets_met() -> None:
     v = _verdicts(report.document(result()))
     assert all(x in ("met", "-") for x in v.values()), v
+    # dsr uploads are slower here (7.5 vs 8.0): the request path is the same in both modes, not judged
+    assert v[DSR_TARGET] == "met"
     assert v["kube-proxy: new-connection (first-packet) latency at 10000 services within 1.1x of 1 (comparison only)"] == "-"
 
 
 def test_targets_missed() -> None:
-    v = _verdicts(report.document(result(tunnel_local=8.0, dsr_remote=7.0, ebpf_big_rtt=14.0, est_ns=150.0, program_s=1.5)))
+    v = _verdicts(report.document(result(tunnel_local=8.0, dsr_download=0.0, ebpf_big_rtt=14.0, est_ns=150.0,
+                                         program_s=1.5)))
     assert v["tunnel: NodePort throughput, local backend >= 0.9x direct"] == "missed"
-    assert v["dsr >= tunnel throughput, remote backend"] == "missed"
+    assert v[DSR_TARGET] == "missed"
     assert v["tunnel: new-connection (first-packet) latency at 10000 services within 1.1x of 1"] == "missed"
     assert v["from_wep: established-flow cost < 100 ns/packet"] == "missed"
     assert v["dsr: programming 10000 services < 1 s (per node)"] == "missed"

@@ -1,0 +1,248 @@
+"""The bench run: labs up, BPF per-packet costs, then rounds visiting every mode, labs down (always).
+
+Noise control on a small shared machine: the direct lab is up the whole time and every
+service-mode sample has a direct-routing partner taken under the same load: for latency the one
+client alternates connection by connection between the two labs; throughput and request-rate
+samples run back to back. The modes are visited in a rotated order each round, and the report
+uses medians over rounds.
+
+The result is one JSON-able dict of raw samples (report.py derives every figure from it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from netns_lab.bench import bpfcost, livecost, measure
+from netns_lab.bench import topo as btopo
+from netns_lab.bench.config import BACKENDS, BenchConfig
+from netns_lab.bench.labs import BenchLabs
+from netns_lab.bench.services import Programmer
+from netns_lab.errors import LabError
+
+RESULT_VERSION = 1
+EBPF_MODES = ("tunnel", "dsr")
+
+
+def livecost_root() -> str:
+    """Where the lab's programs are pinned (ebpf_nodeport.maps.PIN_ROOT)."""
+    from ebpf_nodeport.maps import PIN_ROOT
+
+    return PIN_ROOT
+Step = Callable[[str], None]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("MemTotal:"))
+            mem_gb = round(kb / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    virt = subprocess.run(["systemd-detect-virt"], capture_output=True, text=True).stdout.strip() or None
+    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    return {
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "virtualization": virt,
+        "python": platform.python_version(),
+        "iperf3": iperf,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (like Ctrl-C), so the labs are torn down either way."""
+    me = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != me:
+            os._exit(1)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Run:
+    """One bench run's state and raw results."""
+
+    def __init__(self, cfg: BenchConfig, step: Step, base: str | None = None):
+        self.cfg = cfg
+        self.step = step
+        self.base = base or f"bn{secrets.token_hex(3)}"
+        self.labs = BenchLabs(self.base)
+        self.client_ns = {"direct": f"nl-{self.labs.direct}-{btopo.CLIENT}", "lab": f"nl-{self.labs.lab}-{btopo.CLIENT}"}
+        self.res: dict[str, Any] = {
+            "version": RESULT_VERSION,
+            "config": cfg.to_dict(),
+            "machine": machine(),
+            "labs": {"service": self.labs.lab, "direct": self.labs.direct},
+            "mode_switches": [],
+            "throughput": {b: {f"{d}/{n}": {m: [] for m in cfg.modes} for d, n in cfg.flows()} for b in BACKENDS},
+            "newconn": {b: {k: {m: [] for m in cfg.modes} for k in ("sequential", "concurrent")} for b in BACKENDS},
+            "scaling": {m: {str(n): {"latency": {b: [] for b in BACKENDS}, "program_s": [], "change_one": [],
+                                     "remove_s": []} for n in cfg.services} for m in cfg.modes},
+            "bpf_cost": None,
+            "live_cost": {m: {b: [] for b in BACKENDS} for m in cfg.modes if m in EBPF_MODES},
+        }
+        self.prog: Programmer | None = None
+
+    # -- the whole run
+
+    def execute(self) -> dict[str, Any]:
+        """Measure everything; the labs are removed at the end, also on error or interrupt."""
+        t0 = time.monotonic()
+        self.res["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.labs.check_free()
+        with sigterm_as_interrupt():
+            try:
+                self._bpf_cost()
+                self.step("labs up")
+                self.res["labs"]["up"] = self.labs.up()
+                self.step("servers up")
+                nodes = [n.name for n in self.labs.topo.nodes]
+                self.prog = Programmer(self.labs.lab, self.labs.topo, self.labs.pod_ips, nodes)
+                self.prog.program([])  # the bench services, in kube-proxy mode (the lab came up in it)
+                self.step("bench services programmed")
+                for rnd in range(self.cfg.rounds):
+                    for mode in self.cfg.visit_order(rnd):
+                        self._visit(rnd, mode)
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish the clean-up even if interrupted again
+                try:
+                    self.res["labs"]["removed"] = self.labs.teardown()
+                finally:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.res["machine"]["loadavg_end"] = os.getloadavg()
+        self.res["elapsed_s"] = time.monotonic() - t0
+        return self.res
+
+    def _bpf_cost(self) -> None:
+        """Per-packet cost of each program's hot paths (BPF_PROG_TEST_RUN, own pins, removed at once)."""
+        self.step("compiling the datapath for BPF_PROG_TEST_RUN")
+        self.res["bpf_cost"] = bpfcost.run(self.base + "t", self.cfg.bpf_runs,
+                                           progress=lambda: self.step("BPF_PROG_TEST_RUN paths"))
+
+    # -- one mode
+
+    def _visit(self, rnd: int, mode: str) -> None:
+        """Switch the service lab to `mode`, program the bench services, measure everything once."""
+        assert self.prog is not None
+        if self.labs.mode != mode:
+            secs = self.labs.switch(mode)
+            self.res["mode_switches"].append({"round": rnd, "from": self.prog.mode, "to": mode, "s": secs})
+            self.prog.set_mode(mode, self.labs.state())
+            self.prog.program([])  # the switch programmed the lab's own services only
+        if mode in EBPF_MODES:
+            # every eBPF visit starts as after a fresh load: a conntrack map filled by the previous
+            # visit's ~50,000 connections would make this visit's new flows pay LRU eviction
+            self.res.setdefault("ct_cleared", []).append({"round": rnd, "mode": mode, "entries": self.prog.clear_conntrack()})
+        self.step(f"round {rnd + 1}: {mode}")
+        for backend in BACKENDS:
+            for direction, streams in self.cfg.flows():
+                self._throughput(mode, backend, direction, streams)
+        for backend in BACKENDS:
+            self._newconn(mode, backend)
+        for n in self.cfg.services:
+            self._scaling(mode, n)
+
+    def _throughput(self, mode: str, backend: str, direction: str, streams: int) -> None:
+        """One direct and one service sample, back to back."""
+        d_addr, d_port = self.labs.direct_target(backend, "iperf")
+        s_addr, s_port = self.labs.nodeport(backend, "iperf")
+        secs, down = self.cfg.iperf_seconds, direction == "down"
+        what = f"throughput {backend} {direction} x{streams}"
+        direct = measure.throughput(self.client_ns["direct"], d_addr, d_port, streams, secs, down)
+        self.step(f"{mode}: {what} (direct)")
+        svc = measure.throughput(self.client_ns["lab"], s_addr, s_port, streams, secs, down)
+        self.step(f"{mode}: {what}")
+        self.res["throughput"][backend][f"{direction}/{streams}"][mode].append({"direct": direct, "mode": svc})
+
+    def _newconn(self, mode: str, backend: str) -> None:
+        """New-connection samples paired with direct routing: sequential (latency; the client alternates
+        between the two labs, connection by connection) and concurrent (request rate; back to back)."""
+        d = self.labs.direct_target(backend, "http")
+        s = self.labs.nodeport(backend, "http")
+        alt = (self.client_ns["direct"], *d)
+
+        def sequential() -> dict[str, Any]:
+            return measure.connections(self.client_ns["lab"], *s, count=self.cfg.latency_count, alt=alt)
+
+        if mode in EBPF_MODES:
+            svc, live = self._with_live_cost(sequential)
+            self.res["live_cost"][mode][backend].append(live)
+        else:
+            svc = sequential()
+        direct = svc.pop("alt")
+        self.res["newconn"][backend]["sequential"][mode].append({"direct": direct, "mode": svc})
+        self.step(f"{mode}: new connections {backend} (sequential)")
+        kw = {"duration": self.cfg.rate_seconds, "concurrency": self.cfg.concurrency}
+        direct = measure.connections(self.client_ns["direct"], *d, **kw)
+        svc = measure.connections(self.client_ns["lab"], *s, **kw)
+        self.res["newconn"][backend]["concurrent"][mode].append({"direct": direct, "mode": svc})
+        self.step(f"{mode}: new connections {backend} (concurrent)")
+
+    def _with_live_cost(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+        """fn() with the kernel's BPF run-time statistics on; (its result, ns per run of each attached program)."""
+        pins = {n.name: os.path.join(livecost_root(), self.labs.lab, n.name) for n in self.labs.topo.nodes}
+        with livecost.stats_enabled() as on:
+            before = livecost.snapshot(pins) if on else {}
+            out = fn()
+            after = livecost.snapshot(pins) if on else {}
+        return out, livecost.delta(before, after)
+
+    def _scaling(self, mode: str, n: int) -> None:
+        """N extra services: time to program them, latency with them, time to change one, time to remove them."""
+        assert self.prog is not None
+        extras = btopo.extra_services(n)
+        rec = self.res["scaling"][mode][str(n)]
+        rec["program_s"].append(self.prog.program(extras))
+        for backend in BACKENDS:
+            alt = (self.client_ns["direct"], *self.labs.direct_target(backend, "http"))
+
+            def sample() -> dict[str, Any]:
+                return measure.connections(self.client_ns["lab"], *self.labs.nodeport(backend, "http"),
+                                           count=self.cfg.scaling_count, alt=alt)
+
+            if mode in EBPF_MODES:
+                svc, live = self._with_live_cost(sample)
+                rec.setdefault("live_cost", {b: [] for b in BACKENDS})[backend].append(live)
+            else:
+                svc = sample()
+            rec["latency"][backend].append({"direct": svc.pop("alt"), "mode": svc})
+        self.step(f"{mode}: {n} services programmed, latency measured")
+        rec["change_one"].append(self.prog.change_one(extras))
+        self.step(f"{mode}: one of {n} services changed")
+        rec["remove_s"].append(self.prog.program([]))
+        self.step(f"{mode}: {n} services removed")
+
+
+def run(cfg: BenchConfig, step: Step, base: str | None = None) -> dict[str, Any]:
+    """Run the bench; the raw result document. LabError on failure (labs removed by then)."""
+    try:
+        return Run(cfg, step, base).execute()
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"bench step timed out: {' '.join(map(str, exc.cmd))[:200]}") from None
