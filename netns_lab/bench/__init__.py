@@ -65,7 +65,7 @@ def _preflight(plot_file: Path | None, save: Path | None) -> None:
     "bench",
     epilog="""\b
 Examples:
-  netns-lab bench --quick                          # about 3 minutes on 2 cores
+  netns-lab bench --quick                          # about 3.5 minutes on 2 cores (full: 15)
   netns-lab bench --plot bench.png --save bench.json
   netns-lab bench --quick --services 1,100 -o json | jq .targets
   netns-lab bench --from-json bench.json --plot bench.png   # render a saved run again
