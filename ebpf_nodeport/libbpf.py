@@ -169,11 +169,12 @@ class TestRunResult:
 
 
 def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, ctx: bytes | None = None,
-                  out_size: int | None = None) -> TestRunResult:
+                  out_size: int | None = None, flags: int = 0) -> TestRunResult:
     """Run a loaded program on one packet in the kernel (BPF_PROG_TEST_RUN).
 
     `ctx` is an optional struct __sk_buff image (e.g. to set ifindex, mark, gso_size).
-    The output buffer leaves room for encapsulation growth.
+    `flags` are BPF_F_TEST_* (e.g. BPF_F_TEST_SKB_CHECKSUM_COMPLETE). The output
+    buffer leaves room for encapsulation growth.
     """
     size_out = out_size if out_size is not None else len(data) + 512
     din = ct.create_string_buffer(data, len(data))
@@ -185,6 +186,7 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, ctx: bytes | No
     opts.data_size_in = len(data)
     opts.data_size_out = size_out
     opts.repeat = repeat
+    opts.flags = flags
     cin = cout = None
     if ctx is not None:
         cin = ct.create_string_buffer(ctx, len(ctx))
@@ -193,7 +195,7 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, ctx: bytes | No
         opts.ctx_size_in = len(ctx)
         opts.ctx_out = ct.cast(cout, ct.c_void_p)
         opts.ctx_size_out = len(ctx)
-    _check(_lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), "bpf_prog_test_run_opts")
+    _check(_lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), f"bpf_prog_test_run_opts(flags={flags:#x})")
     return TestRunResult(opts.retval, dout.raw[: opts.data_size_out], opts.duration,
                          cout.raw[: opts.ctx_size_out] if cout is not None else None)
 

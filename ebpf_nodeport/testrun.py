@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import ctypes.util
-import errno
 import os
 import secrets
 import shutil
@@ -78,38 +77,11 @@ def skb_ctx(**fields: int) -> bytes:
     return bytes(SkbCtx(**fields))
 
 
-# --- raw test-run (with flags, which libbpf.prog_test_run does not expose) --------
-
 def run_prog(prog_fd: int, data: bytes, *, ctx: bytes | None = None, flags: int = 0,
              repeat: int = 1, out_room: int = 512) -> libbpf.TestRunResult:
     """BPF_PROG_TEST_RUN one packet; flags e.g. BPF_F_TEST_SKB_CHECKSUM_COMPLETE."""
-    if not flags:
-        return libbpf.prog_test_run(prog_fd, data, repeat=repeat, ctx=ctx, out_size=len(data) + out_room)
-    size_out = len(data) + out_room
-    din = ct.create_string_buffer(data, len(data))
-    dout = ct.create_string_buffer(size_out)
-    opts = libbpf.TestRunOpts()
-    opts.sz = ct.sizeof(libbpf.TestRunOpts)
-    opts.data_in = ct.cast(din, ct.c_void_p)
-    opts.data_out = ct.cast(dout, ct.c_void_p)
-    opts.data_size_in = len(data)
-    opts.data_size_out = size_out
-    opts.repeat = repeat
-    opts.flags = flags
-    cin = cout = None
-    if ctx is not None:
-        cin = ct.create_string_buffer(ctx, len(ctx))
-        cout = ct.create_string_buffer(len(ctx))
-        opts.ctx_in = ct.cast(cin, ct.c_void_p)
-        opts.ctx_size_in = len(ctx)
-        opts.ctx_out = ct.cast(cout, ct.c_void_p)
-        opts.ctx_size_out = len(ctx)
-    rc = libbpf._lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts))
-    if rc < 0:
-        err = -rc if rc < -1 else (ct.get_errno() or errno.EINVAL)
-        raise libbpf.BpfError(err, f"bpf_prog_test_run_opts(flags={flags:#x}): {os.strerror(err)}")
-    return libbpf.TestRunResult(opts.retval, dout.raw[: opts.data_size_out], opts.duration,
-                                cout.raw[: opts.ctx_size_out] if cout is not None else None)
+    return libbpf.prog_test_run(prog_fd, data, repeat=repeat, ctx=ctx, flags=flags,
+                                out_size=len(data) + out_room)
 
 
 # --- a private network namespace for the runs -------------------------------------
