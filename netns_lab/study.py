@@ -283,15 +283,24 @@ def trace_cmd(lab: str | None, node: str | None, client: str | None, port: int |
             click.echo(f"tracing {', '.join(nodes)} of lab {lab}" + (f" ({what})" if what else "")
                        + "; Ctrl-C to stop", err=True)
             deadline = time.monotonic() + duration if duration else None
-            while not stop.is_set():
-                wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
-                for rec in tracer.poll(wait):
+            def show(records: list[dict]) -> bool:
+                """Print records; True once --count is reached."""
+                nonlocal shown
+                for rec in records:
                     click.echo(json.dumps(rec) if output == "json" else rec["line"])
                     shown += 1
                     if count and shown >= count:
-                        break
-                if (count and shown >= count) or (deadline and time.monotonic() >= deadline):
-                    break
+                        return True
+                return False
+
+            done = False
+            while not stop.is_set() and not done and not (deadline and time.monotonic() >= deadline):
+                wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
+                done = show(tracer.poll(wait))
+            if not done:
+                # Stopped (Ctrl-C, end of --duration): what is already in the rings belongs to the
+                # packets the user just watched, so print it rather than drop it.
+                show(tracer.poll(0, settle_ms=0))
         finally:
             tracer.stop()
     click.echo(f"{shown} events; trace off on {', '.join(nodes)}", err=True)

@@ -163,7 +163,6 @@ def test_trace_emits_the_nat_and_tunnel_decisions(tunnel_lab: Lab) -> None:
         out = tunnel_lab.exec("host1", "curl", "-sS", "--fail", "--max-time", "10", "--local-port",
                               f"{base}-{base + 20}", "-o", "/dev/null", "-w", "%{local_port}", f"http://{FRONTEND}/")
         port = int(out.stdout)
-        time.sleep(1)
     finally:
         proc.send_signal(signal.SIGINT)                  # Ctrl-C: the flag must go off again
         stdout, stderr = proc.communicate(timeout=30)
