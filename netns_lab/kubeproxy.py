@@ -195,20 +195,39 @@ def _hook_key(rule: str) -> tuple[str, str] | None:
     return m.group(1), m.group(2)
 
 
-def install_text(rs: Ruleset, saved: str = "") -> str:
-    """iptables-restore --noflush input adding the ruleset; hooks already in `saved` are not repeated.
+def _table_install_text(table: str, chains: list[str], rules: list[str], hooks: list[str], saved: str) -> str:
+    """iptables-restore --noflush input for one table: declare `chains`, add `rules`, and the hooks not in `saved`.
 
     Declaring a chain (`:NAME - [0:0]`) creates it, or flushes it if it exists, so re-installing
     replaces the rules instead of duplicating them.
     """
-    _, saved_rules = _saved_nat(saved)
+    _, saved_rules = _saved_table(saved, table)
     present = {_hook_key(r) for r in saved_rules}
-    lines = ["*nat"]
-    lines += [f":{c} - [0:0]" for c in rs.chains]
-    lines += rs.rules
-    lines += [h for h in rs.hooks if _hook_key(h) not in present]
-    lines.append("COMMIT")
+    lines = [f"*{table}", *(f":{c} - [0:0]" for c in chains), *rules,
+             *(h for h in hooks if _hook_key(h) not in present), "COMMIT"]
     return "\n".join(lines) + "\n"
+
+
+def _table_removal_text(table: str, chains: list[str], saved: str) -> str | None:
+    """iptables-restore --noflush input removing, of `chains`, the ones present in `saved` and the hooks into them.
+
+    Only what is actually present is named, so the batch neither fails on a half-removed
+    state nor touches anyone else's rules. None: nothing to remove.
+    """
+    saved_chains, saved_rules = _saved_table(saved, table)
+    owned = set(chains)
+    hooks = [r for r in saved_rules if (k := _hook_key(r)) is not None and k[1] in owned]
+    present = [c for c in chains if c in saved_chains]
+    if not hooks and not present:
+        return None
+    lines = [f"*{table}", *("-D" + h[2:] for h in hooks), *(f"-F {c}" for c in present),
+             *(f"-X {c}" for c in present), "COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
+def install_text(rs: Ruleset, saved: str = "") -> str:
+    """iptables-restore --noflush input adding the ruleset's nat part; hooks already in `saved` are not repeated."""
+    return _table_install_text("nat", rs.chains, rs.rules, rs.hooks, saved)
 
 
 def sync_text(rs: Ruleset, saved: str = "", saved_filter: str = "") -> str:
@@ -226,48 +245,18 @@ def sync_text(rs: Ruleset, saved: str = "", saved_filter: str = "") -> str:
 
 def filter_install_text(rs: Ruleset, saved_filter: str = "") -> str:
     """iptables-restore --noflush input adding the ruleset's filter table part (KUBE-FORWARD and its hook)."""
-    _, saved_rules = _saved_table(saved_filter, "filter")
-    present = {_hook_key(r) for r in saved_rules}
-    lines = ["*filter"]
-    lines += [f":{c} - [0:0]" for c in rs.filter_chains]
-    lines += rs.filter_rules
-    lines += [h for h in rs.filter_hooks if _hook_key(h) not in present]
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return _table_install_text("filter", rs.filter_chains, rs.filter_rules, rs.filter_hooks, saved_filter)
 
 
 def filter_removal_text(rs: Ruleset, saved_filter: str) -> str | None:
     """iptables-restore --noflush input removing the ruleset's filter chains and hooks present; None if none."""
-    chains, saved_rules = _saved_table(saved_filter, "filter")
-    owned = set(rs.filter_chains)
-    hooks = [r for r in saved_rules if (k := _hook_key(r)) is not None and k[1] in owned]
-    present = [c for c in rs.filter_chains if c in chains]
-    if not hooks and not present:
-        return None
-    lines = ["*filter"] + ["-D" + h[2:] for h in hooks] + [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return _table_removal_text("filter", rs.filter_chains, saved_filter)
 
 
 def removal_text(rs: Ruleset, saved: str) -> str | None:
-    """iptables-restore --noflush input removing the ruleset's hooks and chains found in `saved`.
-
-    Only what this ruleset owns and what is actually present is named (plus per-service
-    chains of endpoints that are already gone), so the batch neither fails on a half-removed
-    state nor touches anyone else's rules. None: nothing to remove.
-    """
-    chains, saved_rules = _saved_nat(saved)
-    owned = set(rs.chains) | set(stale_chains(rs, saved))
-    hooks = [r for r in saved_rules if (k := _hook_key(r)) is not None and k[1] in owned]
-    present = [c for c in rs.chains if c in chains] + stale_chains(rs, saved)
-    if not hooks and not present:
-        return None
-    lines = ["*nat"]
-    lines += ["-D" + h[2:] for h in hooks]
-    lines += [f"-F {c}" for c in present]
-    lines += [f"-X {c}" for c in present]
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    """iptables-restore --noflush input removing the ruleset's nat hooks and chains found in `saved`,
+    plus per-service chains of endpoints that are already gone. None: nothing to remove."""
+    return _table_removal_text("nat", [*rs.chains, *stale_chains(rs, saved)], saved)
 
 
 # --------------------------------------------------------------------------- applying inside a node namespace

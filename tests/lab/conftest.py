@@ -6,6 +6,7 @@ tests see exactly what a user sees: exit codes, detached apps outliving `up`, st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,6 +59,10 @@ class Lab:
     def curl(self, url: str, member: str = "host1") -> str:
         """GET a URL from a member (host1 by default); the body."""
         return self.exec(member, "curl", "-sS", "--fail", "--max-time", "10", url).stdout
+
+    def pod_ip(self, pod: str) -> str:
+        """A pod's current address, from `status`."""
+        return next(p["ip"] for p in self.status()["pods"] if p["name"] == pod)
 
     def node_address(self, node: str) -> str:
         """A member's fabric address, from the lab's state."""
@@ -184,15 +189,22 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
         cli("down", "--name", name, check=False)
 
 
-@pytest.fixture(scope="module")
-def yaobank() -> Iterator[Lab]:
-    """One default kube-proxy lab shared by a module's read-only tests."""
-    lab = Lab(unique_lab("m"))
+@contextlib.contextmanager
+def running_lab(tag: str, *up_args: str) -> Iterator[Lab]:
+    """A default lab up under a unique name for the block; always taken down, also when `up` or the block fails."""
+    lab = Lab(unique_lab(tag))
     try:
-        cli("up", "--name", lab.name, "--mode", "kube-proxy")
+        cli("up", "--name", lab.name, *up_args, timeout=600)
         yield lab
     finally:
         cli("down", "--name", lab.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def yaobank() -> Iterator[Lab]:
+    """One default kube-proxy lab shared by a module's read-only tests."""
+    with running_lab("m", "--mode", "kube-proxy") as lab:
+        yield lab
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pytest
 from netns_lab import capture
 from netns_lab.nsexec import sysctl
 
-from .conftest import Lab, cli, unique_lab, wait_for
+from .conftest import Lab, cli, running_lab, unique_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -30,14 +30,10 @@ STRICT_RPF = {"net/ipv4/conf/all/rp_filter": "1", "net/ipv4/conf/default/rp_filt
 @pytest.fixture(scope="module")
 def dsr_lab() -> Iterator[Lab]:
     """A default lab brought up straight into DSR mode (`up --mode dsr`), strict rp_filter everywhere."""
-    lab = Lab(unique_lab("d"))
-    try:
-        cli("up", "--name", lab.name, "--mode", "dsr", timeout=600)
+    with running_lab("d", "--mode", "dsr") as lab:
         for member in ("control", "node1", "node2", "host1"):
             sysctl(lab.netns(member), STRICT_RPF)
         yield lab
-    finally:
-        cli("down", "--name", lab.name, check=False)
 
 
 def directions(cap: capture.Capture, client_port: int | None = None) -> tuple[int, int]:

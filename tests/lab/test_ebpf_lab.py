@@ -15,7 +15,7 @@ import pytest
 from ebpf_nodeport.datapath import NodeDatapath
 from netns_lab import dataplane, kubeproxy, naming
 
-from .conftest import Lab, cli, counter, host_python, unique_lab, wait_for
+from .conftest import Lab, cli, counter, host_python, running_lab, unique_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -27,12 +27,8 @@ LESSON_LINE = re.compile(r'^198\.19\.15\.254 - - \[\d\d/[A-Z][a-z]{2}/\d{4} \d\d
 @pytest.fixture(scope="module")
 def tunnel_lab() -> Lab:
     """A default lab brought up straight into eBPF Tunnel mode (`up --mode tunnel`)."""
-    lab = Lab(unique_lab("e"))
-    try:
-        cli("up", "--name", lab.name, "--mode", "tunnel", timeout=600)
+    with running_lab("e", "--mode", "tunnel") as lab:
         yield lab
-    finally:
-        cli("down", "--name", lab.name, check=False)
 
 
 def new_entries(lab: Lab, pod: str, action) -> list[dict]:

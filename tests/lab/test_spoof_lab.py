@@ -15,7 +15,7 @@ import pytest
 
 from netns_lab.capture import tcpdump
 
-from .conftest import Lab, cli, counter, host_python, unique_lab
+from .conftest import Lab, counter, host_python, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -26,16 +26,8 @@ VNI = 4096  # docs/datapath.md: TUNNEL_VNI
 
 @pytest.fixture(scope="module")
 def lab() -> Lab:
-    lab = Lab(unique_lab("sp"))
-    try:
-        cli("up", "--name", lab.name, "--mode", "tunnel", timeout=600)
+    with running_lab("sp", "--mode", "tunnel") as lab:
         yield lab
-    finally:
-        cli("down", "--name", lab.name, check=False)
-
-
-def pod_ip(lab: Lab, name: str) -> str:
-    return {p["name"]: p for p in lab.status()["pods"]}[name]["ip"]
 
 
 def send_from_host1(lab: Lab, scapy_expr: str, count: int = 3) -> None:
@@ -52,7 +44,7 @@ def eth0_mac(lab: Lab, member: str) -> str:
 
 @pytest.mark.parametrize("case", ["vxlan", "pod_source"])
 def test_forged_packets_from_host1_do_not_reach_the_pod(lab: Lab, case: str) -> None:
-    customer = pod_ip(lab, "customer")
+    customer = lab.pod_ip("customer")
     # Both MACs explicit: scapy has no route to a pod address from host1 and would leave the
     # source MAC zero, which the fabric bridge drops before node1 ever sees the frame.
     l2 = f"Ether(src='{eth0_mac(lab, 'host1')}', dst='{eth0_mac(lab, 'node1')}')"
@@ -66,7 +58,7 @@ def test_forged_packets_from_host1_do_not_reach_the_pod(lab: Lab, case: str) -> 
         # A packet claiming to come from summary-1, a pod on node1 itself, arriving from the
         # fabric. (A *remote* pod's address cannot be told apart from real traffic here: pod
         # traffic between nodes is routed natively, so it does arrive on eth0.)
-        frame = (f"{l2}/IP(src='{pod_ip(lab, 'summary-1')}', dst='{customer}')"
+        frame = (f"{l2}/IP(src='{lab.pod_ip('summary-1')}', dst='{customer}')"
                  f"/TCP(sport=40002, dport=80, flags='S')")
         reason = "DROP_SPOOFED"
     before = counter(lab, "node1", "from_hep", reason)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import CLI, Lab, cli, unique_lab
+from .conftest import CLI, Lab, cli, running_lab, unique_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -27,27 +27,16 @@ CLIENT, CONTROL, NODE1 = "198.19.15.254", "198.19.0.1", "198.19.0.2"
 FRONTEND = f"{CONTROL}:30180"
 
 
-def _lab(mode: str) -> Iterator[Lab]:
-    lab = Lab(unique_lab("st"))
-    try:
-        cli("up", "--name", lab.name, "--mode", mode, timeout=300)
-        yield lab
-    finally:
-        cli("down", "--name", lab.name, check=False, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def tunnel_lab() -> Iterator[Lab]:
-    yield from _lab("tunnel")
+    with running_lab("st", "--mode", "tunnel") as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def dsr_lab() -> Iterator[Lab]:
-    yield from _lab("dsr")
-
-
-def customer_ip(lab: Lab) -> str:
-    return next(p["ip"] for p in lab.status()["pods"] if p["name"] == "customer")
+    with running_lab("st", "--mode", "dsr") as lab:
+        yield lab
 
 
 def curl(lab: Lab) -> int:
@@ -103,7 +92,7 @@ def by_type(entries: list[dict]) -> dict[str, dict]:
 
 
 def test_conntrack_holds_the_tunnelled_connection(tunnel_lab: Lab) -> None:
-    backend = f"{customer_ip(tunnel_lab)}:80"
+    backend = f"{tunnel_lab.pod_ip('customer')}:80"
     port = curl(tunnel_lab)
     entries = settled(tunnel_lab, port)
     assert entries["node2"] == []
@@ -147,7 +136,7 @@ def test_counters_rise_as_the_packets_go(tunnel_lab: Lab) -> None:
 
 
 def test_trace_emits_the_nat_and_tunnel_decisions(tunnel_lab: Lab) -> None:
-    backend = f"{customer_ip(tunnel_lab)}:80"
+    backend = f"{tunnel_lab.pod_ip('customer')}:80"
     base = 30000 + secrets.randbelow(2000)
     proc = subprocess.Popen([*CLI, "trace", "--name", tunnel_lab.name, "--client", CLIENT, "--duration", "60",
                              "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -203,7 +192,7 @@ def test_nat_routes_config_dumps(tunnel_lab: Lab) -> None:
     nat = {n["node"]: n["frontends"] for n in dump(tunnel_lab, "nat")["nodes"]}
     np = next(f for f in nat["control"] if f["frontend"] == "*:30180")
     assert (np["service"], np["proto"], np["backend_count"], np["local_count"]) == ("yaobank/customer", "tcp", 1, 0)
-    assert [(b["backend"], b["node"]) for b in np["backends"]] == [(f"{customer_ip(tunnel_lab)}:80", "node1")]
+    assert [(b["backend"], b["node"]) for b in np["backends"]] == [(f"{tunnel_lab.pod_ip('customer')}:80", "node1")]
     assert next(f for f in nat["node1"] if f["frontend"] == "*:30180")["local_count"] == 1
     routes = dump(tunnel_lab, "routes", "--node", "node1")["nodes"]
     assert [n["node"] for n in routes] == ["node1"]
@@ -268,7 +257,7 @@ def test_dsr_connection_carries_the_dsr_flag_and_replies_skip_control(dsr_lab: L
     control = by_type(entries["control"])
     for e in control.values():
         assert e["dsr"] is True and "DSR" in e["flags"] and e["tunnel_peer_node"] == "node1"
-        assert (e["frontend"], e["backend"]) == (FRONTEND, f"{customer_ip(dsr_lab)}:80")
+        assert (e["frontend"], e["backend"]) == (FRONTEND, f"{dsr_lab.pod_ip('customer')}:80")
     [normal] = entries["node1"]
     assert normal["dsr"] is True and normal["frontend"] == FRONTEND and normal["tunnel_peer_node"] == "control"
     rev = control["NAT_REV"]
