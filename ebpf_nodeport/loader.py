@@ -179,11 +179,11 @@ def remove_pins(lab: str, node: str) -> bool:
     for name in os.listdir(directory):
         os.unlink(os.path.join(directory, name))
     os.rmdir(directory)
-    # Drop the lab's directory too once its last node is gone.
-    parent = os.path.dirname(directory)
-    try:
-        if parent.startswith(PIN_ROOT + "/") and not os.listdir(parent):
+    # Drop the lab's directory once its last node is gone, and the root once its last lab
+    # is (rmdir only removes an empty directory, and load() recreates parents as needed).
+    for parent in (os.path.dirname(directory), PIN_ROOT):
+        try:
             os.rmdir(parent)
-    except OSError:
-        pass
+        except OSError:
+            break
     return True

@@ -152,11 +152,12 @@ def teardown(lab: str) -> Removed:
     if run.exists():
         shutil.rmtree(run, ignore_errors=True)
         out.state = True
+    remove_empty_roots()  # the last lab leaves the machine as it found it, `--all` or not
     return out
 
 
 def remove_empty_roots() -> None:
-    """Drop /run/netns-lab and /sys/fs/bpf/netns-lab when no lab uses them (down --all)."""
+    """Drop /run/netns-lab and /sys/fs/bpf/netns-lab when no lab uses them (rmdir: only if empty)."""
     for root in (naming.RUN_ROOT, naming.BPF_ROOT):
         with contextlib.suppress(OSError):
             root.rmdir()
