@@ -252,8 +252,8 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 	 * datagram does: bytes after it in the frame (Ethernet padding) are
 	 * not part of it, however VXLAN-like they look. */
 	__u32 vx_off = outer->l4_off + sizeof(struct udphdr), end = outer->l4_end;
-	struct vxlan_np vx;
-	__be16 inner_proto;
+	struct vxlan_np vx, *vxp;
+	struct ethhdr *inner_eth;
 	struct pkt in;
 	struct ct_key k;
 	struct ct_value *v;
@@ -272,15 +272,14 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 	 * this program never sees together. */
 	if (outer->frag != FRAG_NONE)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
-	if (vx_off + sizeof(vx) > end ||
-	    bpf_skb_load_bytes(skb, vx_off, &vx, sizeof(vx)) < 0)
+	if (vx_off + sizeof(vx) > end || !(vxp = pkt_ptr(skb, vx_off, sizeof(vx))))
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	vx = *vxp;   /* kept: the parse below may pull, which moves the packet */
 	if (!(vx.flags & VXLAN_F_VNI) || (bpf_ntohl(vx.vni) >> 8) != conf->vni)
 		return verdict(st, REASON_DROP_TUN_BAD_VNI, TC_ACT_SHOT);
 	if (vx_off + sizeof(vx) + ETH_HLEN > end ||
-	    bpf_skb_load_bytes(skb, vx_off + sizeof(vx) + offsetof(struct ethhdr, h_proto),
-			       &inner_proto, sizeof(inner_proto)) < 0 ||
-	    inner_proto != bpf_htons(ETH_P_IP))
+	    !(inner_eth = pkt_ptr(skb, vx_off + sizeof(vx), ETH_HLEN)) ||
+	    inner_eth->h_proto != bpf_htons(ETH_P_IP))
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
 	if (parse_ipv4(skb, ETH_HLEN + VXLAN_ENCAP_LEN, end, &in) != PARSE_OK)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);

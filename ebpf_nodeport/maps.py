@@ -643,9 +643,15 @@ def ct_expired(key: CtKey, v: CtValue, now_ns: int, timeouts: dict[str, int] | N
     return now_ns > v.last_seen_ns and now_ns - v.last_seen_ns > ct_timeout_ns(key, v, timeouts)
 
 
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # Linux's id; Python names only some
+
+
 def ktime_ns() -> int:
-    """bpf_ktime_get_ns(): CLOCK_MONOTONIC."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    """The conntrack clock: bpf_ktime_get_coarse_ns(), i.e. CLOCK_MONOTONIC_COARSE.
+
+    The same clock the datapath stamps entries with, so an entry written just now is never
+    "in the future" (the fine clock runs up to a tick ahead of the coarse one)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 def ct_client_side(v: CtValue) -> str:

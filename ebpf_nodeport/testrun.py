@@ -471,7 +471,7 @@ class SimNode:
 
     def age(self, seconds: float, match: Callable[[Any, Any], bool] | None = None) -> int:
         """Make matching conntrack entries look idle for `seconds` (rewrites last_seen_ns and
-        created_ns); returns how many. bpf_ktime_get_ns() is CLOCK_MONOTONIC, which starts at
+        created_ns); returns how many. The conntrack clock is CLOCK_MONOTONIC(_COARSE), which starts at
         boot, so an entry cannot be made older than the machine's uptime."""
         from ebpf_nodeport.maps import ktime_ns
 

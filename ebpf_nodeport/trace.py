@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from . import libbpf
 from .maps import (CT_F_DSR, CT_FLAG_NAMES, MAP_SPECS, REASON_IDS, Event, NodeMaps, flag_names,
-                   ktime_ns, pin_dir)
+                   pin_dir)
 
 _TO_PEER = {REASON_IDS["NAT_NEW"], REASON_IDS["ENCAP"]}   # the packet left in VXLAN to tun_peer
 _PASS = REASON_IDS["PASS"]
@@ -166,7 +166,8 @@ class Tracer:
                 n.reader = NodeMaps.for_node(self.lab, n.name).events(self._collector(n.name))
                 n.poll_fd = libbpf.obj_get(path)
                 self._epoll.register(n.poll_fd, select.EPOLLIN)
-            self.start_ns = ktime_ns()
+            # Events carry bpf_ktime_get_ns(), the fine CLOCK_MONOTONIC (not the conntrack clock).
+            self.start_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             for n in self.nodes:
                 NodeDatapath(self.lab, n.name, None, n.ip).set_flags(trace=True)
                 n.traced = True

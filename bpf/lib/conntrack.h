@@ -120,13 +120,13 @@ static __always_inline int ct_expired(const struct ct_value *v, __u8 proto, __u6
  * absent. A NAT_FWD entry is returned as is: it lives and dies with its
  * NAT_REV entry, which the caller looks up next (the reply direction only
  * ever refreshes the NAT_REV entry, so the FWD timestamp alone would lie). */
-static __always_inline struct ct_value *ct_lookup(struct ct_key *k, const struct pkt *p)
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct pkt *p)
 {
 	struct ct_value *v = ct.lookup(k);
 
 	if (!v || v->type == CT_NAT_FWD)
 		return v;
-	if (ct_expired(v, k->proto, bpf_ktime_get_ns()) || ct_reopened(v, p)) {
+	if (ct_expired(v, k->proto, pkt_now(p)) || ct_reopened(v, p)) {
 		ct.delete(k);
 		return NULL;
 	}
@@ -145,11 +145,11 @@ static __always_inline __u64 skb_segs(struct __sk_buff *skb)
  * benignly across CPUs (a lost bit is re-set by the next segment); the
  * counters use atomic adds. */
 static __always_inline void ct_account(struct __sk_buff *skb, struct ct_value *v,
-				       int from_a, const struct pkt *p)
+				       int from_a, struct pkt *p)
 {
 	__u64 segs = skb_segs(skb);
 
-	v->last_seen_ns = bpf_ktime_get_ns();
+	v->last_seen_ns = pkt_now(p);
 	if (from_a) {
 		v->tcp_a |= p->tcp_flags;
 		__sync_fetch_and_add(&v->packets_ab, segs);
@@ -163,7 +163,7 @@ static __always_inline void ct_account(struct __sk_buff *skb, struct ct_value *v
 
 /* Create an entry for the connection whose client sent packet p to
  * (daddr, dport); the packet itself is accounted in it. */
-static __always_inline int ct_create(struct __sk_buff *skb, const struct pkt *p,
+static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p,
 				     __be32 daddr, __be16 dport, __u8 type, __u8 flags,
 				     __be32 nat_addr, __be16 nat_port, __be32 tun_peer)
 {
@@ -173,7 +173,7 @@ static __always_inline int ct_create(struct __sk_buff *skb, const struct pkt *p,
 
 	ct_key_make(&k, p->saddr, p->sport, daddr, dport, p->proto, &from_a);
 	__builtin_memset(&v, 0, sizeof(v));
-	v.created_ns = bpf_ktime_get_ns();
+	v.created_ns = pkt_now(p);
 	v.last_seen_ns = v.created_ns;
 	v.type = type;
 	v.flags = flags | (from_a ? 0 : CT_F_CLIENT_IS_B);

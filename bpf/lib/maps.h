@@ -130,7 +130,7 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64  created_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at creation */
+	__u64  created_ns;    /* CLOCK_MONOTONIC (coarse: one tick) at creation */
 	__u64  last_seen_ns;  /* updated on every packet */
 	__u8   type;          /* CT_NORMAL / CT_NAT_FWD / CT_NAT_REV */
 	__u8   flags;         /* CT_F_* */

@@ -1,19 +1,26 @@
 /* Header parsing: Ethernet -> IPv4 (IHL-aware) -> TCP/UDP ports.
  *
- * Headers are copied with bpf_skb_load_bytes rather than read in place:
- * it works whether or not they sit in the linear part of the skb (GSO/GRO
- * packets), and keeps the verifier's packet-range bookkeeping out of the
- * NAT code. Everything is validated before use, so a truncated or
- * inconsistent packet is reported, never rewritten. The bound is the
- * enclosing packet, not the frame: bytes past an IPv4 total length (Ethernet
- * padding, or whatever trails a datagram) belong to no header, and a tunnel's
- * inner packet must end inside the outer UDP datagram, not merely inside
- * the skb.
+ * Headers are read in place (direct packet access): a bpf_skb_load_bytes
+ * copy costs a helper call per header, which measured more than the rest of
+ * the parse together. A header not yet in the skb's linear part (possible
+ * on GRO/GSO packets) is pulled in first, see pkt_ptr(). Everything is
+ * validated before use, so a truncated or inconsistent packet is reported,
+ * never rewritten. The bound is the enclosing packet, not the frame: bytes
+ * past an IPv4 total length (Ethernet padding, or whatever trails a
+ * datagram) belong to no header, and a tunnel's inner packet must end
+ * inside the outer UDP datagram, not merely inside the skb.
  */
 #ifndef NP_PARSE_H
 #define NP_PARSE_H
 
 #include "lib/compat.h"
+
+/* Deepest offset a header read starts at: the inner TCP header of a
+ * tunnelled packet with IPv4 options is at most 14 + 50 + 60. A constant
+ * bound is also what lets the verifier accept variable offsets. */
+#ifndef MAX_HDR_OFF
+#define MAX_HDR_OFF 192
+#endif
 
 #define PARSE_OK         0
 #define PARSE_NOT_IPV4   1   /* ARP, IPv6, ...: not ours, pass untouched */
@@ -48,7 +55,56 @@ struct pkt {
 	__u8   df;         /* IP DF bit set */
 	__u8   has_ports;  /* TCP or UDP header present and valid */
 	__u8   pad;
+	__u64  now;        /* clock of this run, 0 until pkt_now() first reads it */
 };
+
+/* Pointer to len bytes at off in the packet, pulling them into the linear
+ * part when they are not there yet; NULL when the packet is shorter. Any
+ * helper that may move packet data (csum_replace, adjust_room, pull_data,
+ * store_bytes) invalidates it: take a fresh one after such a call. */
+/* skb->data and data_end loaded by an instruction that addresses the ctx
+ * register itself: left to clang, `skb + offsetof(data_end)` may be kept in
+ * a register (even spilled) across calls, and the verifier refuses any
+ * access through a ctx pointer that is not the ctx itself. */
+static __always_inline void *skb_field_ptr(struct __sk_buff *skb, const int off)
+{
+	__u64 v;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(v) : "r"(skb), "i"(off));
+	return (void *)(long)v;
+}
+#define SKB_DATA(skb)     skb_field_ptr(skb, offsetof(struct __sk_buff, data))
+#define SKB_DATA_END(skb) skb_field_ptr(skb, offsetof(struct __sk_buff, data_end))
+
+static __always_inline void *pkt_ptr(struct __sk_buff *skb, __u32 off, const __u32 len)
+{
+	void *data, *end;
+
+	if (off > MAX_HDR_OFF)
+		return NULL;
+	data = SKB_DATA(skb);
+	end = SKB_DATA_END(skb);
+	if (data + off + len <= end)
+		return data + off;
+	if (bpf_skb_pull_data(skb, off + len) < 0)
+		return NULL;
+	data = SKB_DATA(skb);
+	end = SKB_DATA_END(skb);
+	if (data + off + len > end)
+		return NULL;
+	return data + off;
+}
+
+/* One clock read per program run, and the coarse clock (a tick, a few ms,
+ * of resolution) since the fine one costs twice as much here and the
+ * shortest conntrack timeout is 5 s. Both are CLOCK_MONOTONIC, which is what
+ * user space compares entries against. */
+static __always_inline __u64 pkt_now(struct pkt *p)
+{
+	if (!p->now)
+		p->now = bpf_ktime_get_coarse_ns();
+	return p->now;
+}
 
 /* Parse the IPv4 header at l3_off and the TCP/UDP header after it. The
  * packet must end by `end` (skb->len for the frame's own packet, the outer
@@ -57,18 +113,20 @@ struct pkt {
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32 end,
 				      struct pkt *p)
 {
-	struct iphdr ip;
+	struct iphdr *ip;
 	__u32 hlen, tot;
 	__u16 frag_off;
 
-	if (end > skb->len || l3_off + sizeof(ip) > end)
+	p->now = 0;
+	if (end > skb->len || l3_off + sizeof(*ip) > end)
 		return PARSE_MALFORMED;
-	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)) < 0)
+	ip = pkt_ptr(skb, l3_off, sizeof(*ip));
+	if (!ip)
 		return PARSE_MALFORMED;
-	if (ip.version != 4 || ip.ihl < 5)
+	if (ip->version != 4 || ip->ihl < 5)
 		return PARSE_MALFORMED;
-	hlen = ip.ihl * 4;
-	tot = bpf_ntohs(ip.tot_len);
+	hlen = ip->ihl * 4;
+	tot = bpf_ntohs(ip->tot_len);
 	/* tot_len may be shorter than what encloses it (Ethernet padding), never longer. */
 	if (tot < hlen || l3_off + tot > end)
 		return PARSE_MALFORMED;
@@ -77,18 +135,18 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32
 	p->l4_off = l3_off + hlen;
 	p->ip_len = tot;
 	p->l4_end = l3_off + tot;
-	p->saddr = ip.saddr;
-	p->daddr = ip.daddr;
-	p->proto = ip.protocol;
-	p->ttl = ip.ttl;
-	p->tos = ip.tos;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->ttl = ip->ttl;
+	p->tos = ip->tos;
 	p->sport = 0;
 	p->dport = 0;
 	p->tcp_flags = 0;
 	p->has_ports = 0;
 	p->pad = 0;
 
-	frag_off = bpf_ntohs(ip.frag_off);
+	frag_off = bpf_ntohs(ip->frag_off);
 	p->df = !!(frag_off & IP_DF_BIT);
 	if (frag_off & IP_OFFSET_MASK)
 		p->frag = FRAG_LATER;
@@ -99,31 +157,34 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32
 	if (p->frag == FRAG_LATER)
 		return PARSE_OK;
 
-	if (ip.protocol == IPPROTO_TCP) {
-		struct tcphdr th;
+	/* From here on `ip` may be stale: pkt_ptr() can pull. */
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th;
 		__u32 thlen;
 
-		if (tot < hlen + sizeof(th))
+		if (tot < hlen + sizeof(*th))
 			return PARSE_MALFORMED;
-		if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+		th = pkt_ptr(skb, p->l4_off, sizeof(*th));
+		if (!th)
 			return PARSE_MALFORMED;
-		thlen = th.doff * 4;
-		if (thlen < sizeof(th) || hlen + thlen > tot)
+		thlen = th->doff * 4;
+		if (thlen < sizeof(*th) || hlen + thlen > tot)
 			return PARSE_MALFORMED;
-		p->sport = th.source;
-		p->dport = th.dest;
-		p->tcp_flags = ((__u8 *)&th)[13] & TCPF_TRACKED;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13] & TCPF_TRACKED;
 		p->has_ports = 1;
-	} else if (ip.protocol == IPPROTO_UDP) {
-		struct udphdr uh;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh;
 		__u32 ulen;
 
-		if (tot < hlen + sizeof(uh))
+		if (tot < hlen + sizeof(*uh))
 			return PARSE_MALFORMED;
-		if (bpf_skb_load_bytes(skb, p->l4_off, &uh, sizeof(uh)) < 0)
+		uh = pkt_ptr(skb, p->l4_off, sizeof(*uh));
+		if (!uh)
 			return PARSE_MALFORMED;
-		ulen = bpf_ntohs(uh.len);
-		if (ulen < sizeof(uh))
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh))
 			return PARSE_MALFORMED;
 		/* A first fragment's UDP length covers the whole datagram, most
 		 * of it in later fragments: only a whole datagram is bounded by it
@@ -133,8 +194,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32
 				return PARSE_MALFORMED;
 			p->l4_end = p->l4_off + ulen;
 		}
-		p->sport = uh.source;
-		p->dport = uh.dest;
+		p->sport = uh->source;
+		p->dport = uh->dest;
 		p->has_ports = 1;
 	}
 	return PARSE_OK;
@@ -143,11 +204,11 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32
 /* Parse the frame from the MAC header: only IPv4 is ours. */
 static __always_inline int parse_frame(struct __sk_buff *skb, struct pkt *p)
 {
-	struct ethhdr eth;
+	struct ethhdr *eth = pkt_ptr(skb, 0, sizeof(*eth));
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+	if (!eth)
 		return PARSE_NOT_IPV4;   /* runt frame: nothing we could act on */
-	if (eth.h_proto != bpf_htons(ETH_P_IP))
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return PARSE_NOT_IPV4;
 	return parse_ipv4(skb, ETH_HLEN, skb->len, p);
 }

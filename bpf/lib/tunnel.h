@@ -55,13 +55,17 @@ static __always_inline int tunnel_encap(struct __sk_buff *skb, const struct node
 					__u8 tos)
 {
 	struct encap_hdr h;
+	struct ethhdr *eth;
 	__u32 outer_len;
+	void *at;
 
 	__builtin_memset(&h, 0, sizeof(h));
 	/* The inner Ethernet header is the frame's own as it arrived: nobody
 	 * reads its MACs (the receiver strips it), keeping it costs nothing. */
-	if (bpf_skb_load_bytes(skb, 0, &h.eth, ETH_HLEN) < 0)
+	eth = pkt_ptr(skb, 0, ETH_HLEN);
+	if (!eth)
 		return -1;
+	__builtin_memcpy(&h.eth, eth, ETH_HLEN);
 	if (bpf_skb_adjust_room(skb, VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 				BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)) < 0)
@@ -92,7 +96,12 @@ static __always_inline int tunnel_encap(struct __sk_buff *skb, const struct node
 
 	h.eth.h_proto = bpf_htons(ETH_P_IP);
 
-	return bpf_skb_store_bytes(skb, ETH_HLEN, &h, VXLAN_ENCAP_LEN, 0);
+	/* adjust_room made the room in the linear part: written in place. */
+	at = pkt_ptr(skb, ETH_HLEN, VXLAN_ENCAP_LEN);
+	if (!at)
+		return -1;
+	__builtin_memcpy(at, &h, VXLAN_ENCAP_LEN);
+	return 0;
 }
 
 /* Strip outer IPv4 + UDP + VXLAN + inner Ethernet: the frame keeps the outer

@@ -43,6 +43,16 @@ int prim_empty(struct __sk_buff *skb) { return 0; }
 
 int prim_ktime(struct __sk_buff *skb) { return bpf_ktime_get_ns() == 0; }
 
+int prim_ktime_coarse(struct __sk_buff *skb) { return bpf_ktime_get_coarse_ns() == 0; }
+
+/* The same three headers read in place (direct packet access), as bpf/lib/parse.h does. */
+int prim_direct_headers(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data; struct iphdr *ip = data + 14; struct tcphdr *th = data + 34;
+    if ((void *)(th + 1) > end) return 2;
+    return (eth->h_proto + ip->ttl + th->doff) == 0;
+}
+
 int prim_load_headers(struct __sk_buff *skb) {
     struct ethhdr eth; struct iphdr ip; struct tcphdr th;
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0) return 2;
@@ -98,12 +108,30 @@ int prim_rewrite(struct __sk_buff *skb) {
     if (bpf_skb_store_bytes(skb, 36, &port, 2, 0) < 0) return 2;
     return 0;
 }
+
+/* The same rewrite as the datapath does it now: the two L4 checksum helpers, then the
+ * address, port and IPv4 header checksum written in place. */
+int prim_rewrite_direct(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    u32 addr; u16 port;
+    if (data + 54 > end) return 2;
+    addr = *(u32 *)(data + 30); port = *(u16 *)(data + 36);
+    if (bpf_l4_csum_replace(skb, 50, addr, addr, BPF_F_PSEUDO_HDR | 4) < 0) return 2;
+    if (bpf_l4_csum_replace(skb, 50, port, port, 2) < 0) return 2;
+    data = (void *)(long)skb->data; end = (void *)(long)skb->data_end;
+    if (data + 54 > end) return 2;
+    *(u32 *)(data + 30) = addr; *(u16 *)(data + 36) = port;
+    *(u16 *)(data + 24) = *(u16 *)(data + 24);
+    return 0;
+}
 """
 
 # name -> (what it is, how many of them the program does)
 PRIMITIVES = {
     "prim_ktime": ("bpf_ktime_get_ns()", 1),
+    "prim_ktime_coarse": ("bpf_ktime_get_coarse_ns()", 1),
     "prim_load_headers": ("bpf_skb_load_bytes x3 (Ethernet, IPv4, TCP headers)", 3),
+    "prim_direct_headers": ("the same 3 headers read in place (direct packet access)", 3),
     "prim_lru_hit": ("LRU hash lookup, 16-byte key, hit (conntrack)", 1),
     "prim_lru_miss": ("LRU hash lookup, 16-byte key, miss (conntrack)", 1),
     "prim_hash_miss": ("hash lookup, 8-byte key, miss (frontends)", 1),
@@ -111,6 +139,7 @@ PRIMITIVES = {
     "prim_percpu_inc": ("per-CPU array lookup + increment (counters)", 1),
     "prim_atomic4": ("4 atomic adds (conntrack packet/byte counters)", 4),
     "prim_rewrite": ("DNAT rewrite: 2 loads, 2 l4_csum + 1 l3_csum + 2 store_bytes", 7),
+    "prim_rewrite_direct": ("DNAT rewrite: 2 l4_csum, address/port/IPv4 checksum written in place", 2),
 }
 
 
