@@ -26,6 +26,7 @@ class BenchConfig:
     concurrency: int = 8
     scaling_count: int = 2000       # connections per latency sample with N extra services
     bpf_runs: int = 5000            # test runs per BPF path
+    ab_pairs: int = 4               # dsr/tunnel back-to-back pairs on the path DSR changes (0: none)
     modes: tuple[str, ...] = field(default=MODES)
 
     def to_dict(self) -> dict:
@@ -48,14 +49,19 @@ class BenchConfig:
                      + len(self.services) * 3 + 1)               # program+measure, change, remove; switch
         from netns_lab.bench.bpfcost import N_STEPS
 
-        return 4 + N_STEPS + self.rounds * len(self.modes) * per_visit
+        ab = 2 * self.ab_pairs if self.ab_modes() else 0
+        return 4 + N_STEPS + self.rounds * len(self.modes) * per_visit + ab
+
+    def ab_modes(self) -> bool:
+        """Whether the dsr-vs-tunnel pairs run (both modes measured, pairs asked for)."""
+        return self.ab_pairs > 0 and "tunnel" in self.modes and "dsr" in self.modes
 
 
 def preset(quick: bool, services: tuple[int, ...] = DEFAULT_SERVICES, rounds: int | None = None) -> BenchConfig:
     """The --quick (under 5 minutes here) or full (under 20) configuration."""
     if quick:
         cfg = BenchConfig(quick=True, services=services, rounds=1, iperf_seconds=2.0, latency_count=1000,
-                          rate_seconds=1.5, scaling_count=1000, bpf_runs=2000)
+                          rate_seconds=1.5, scaling_count=1000, bpf_runs=2000, ab_pairs=3)
     else:
         cfg = BenchConfig(quick=False, services=services)
     return cfg if rounds is None else replace(cfg, rounds=rounds)

@@ -140,6 +140,20 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     out["bpf"] = [{k: p.get(k) for k in ("program", "node", "path", "flow", "reason", "ns_per_packet", "ns_per_packet_repeat")}
                   for p in bpf.get("paths", [])]
     out["mode_switch_s"] = {m: median([s["s"] for s in res.get("mode_switches", []) if s["to"] == m]) for m in modes}
+    out["dsr_vs_tunnel"] = _dsr_vs_tunnel(res.get("dsr_vs_tunnel"))
+    return out
+
+
+def _dsr_vs_tunnel(ab: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Medians of the back-to-back dsr/tunnel pairs: each mode's figures and the per-pair ratios."""
+    if not ab or not ab.get("pairs"):
+        return None
+    pairs = ab["pairs"]
+    out: dict[str, Any] = {k: ab[k] for k in ("backend", "direction", "streams")}
+    out["pairs"] = len(pairs)
+    for k in ("gbit_per_s", "cpu_s_per_gbit"):
+        out[k] = {m: median([p[m][k] for p in pairs]) for m in ("tunnel", "dsr")}
+        out[f"{k}_dsr_over_tunnel"] = paired_ratio([p["dsr"][k] for p in pairs], [p["tunnel"][k] for p in pairs])
     return out
 
 
@@ -173,7 +187,15 @@ def targets(summary: dict[str, Any], res: dict[str, Any]) -> list[dict[str, Any]
         out.append({"target": f"{m}: NodePort throughput, local backend >= {TARGET_THROUGHPUT}x direct",
                     "measured": ", ".join(f"{_flow_label(f)}: {_x(v)}" for f, v in vals.items()),
                     "verdict": _verdict(all(v >= TARGET_THROUGHPUT for v in known) if known else None)})
-    if "dsr" in modes and "tunnel" in modes:
+    ab = summary.get("dsr_vs_tunnel")
+    if ab:
+        v, cpu = ab["gbit_per_s_dsr_over_tunnel"], ab["cpu_s_per_gbit_dsr_over_tunnel"]
+        out.append({"target": f"dsr >= tunnel throughput, remote backend (download x{ab['streams']}, the reply path "
+                              f"DSR changes; {ab['pairs']} back-to-back pairs)",
+                    "measured": f"dsr/tunnel {_x(v)} (Gbit/s {_num(ab['gbit_per_s']['dsr'], '{:.1f}')} vs "
+                                f"{_num(ab['gbit_per_s']['tunnel'], '{:.1f}')}); CPU s/Gbit dsr/tunnel {_x(cpu)}",
+                    "verdict": _verdict(None if v is None else v >= 1.0)})
+    elif "dsr" in modes and "tunnel" in modes:
         vals = {}
         for f in flows:  # each mode against its own direct partners, so load bursts do not decide it
             d = _get(summary, "throughput", f"remote/{f}", "dsr", "gbit_per_s", "x_direct")
@@ -322,6 +344,14 @@ def render(out: Console, doc: dict[str, Any]) -> None:
     if any(v is not None for _, _, v in upd):
         out.print("eBPF, the single map write that changes one service: "
                   + ", ".join(f"{m} N={n}: {v * 1e6:.0f} us" for m, n, v in upd if v is not None), highlight=False)
+    ab = s.get("dsr_vs_tunnel")
+    if ab:
+        t = _table(f"dsr vs tunnel, {ab['pairs']} back-to-back pairs ({ab['backend']} backend, "
+                   f"{_flow_label(ab['direction'] + '/' + str(ab['streams']))}): medians, (x) median of dsr/tunnel per pair",
+                   ["figure", "tunnel", "dsr"])
+        for k, label, fmt in (("gbit_per_s", "Gbit/s", "{:.2f}"), ("cpu_s_per_gbit", "CPU s per Gbit", "{:.3f}")):
+            t.add_row(label, _num(ab[k]["tunnel"], fmt), f"{_num(ab[k]['dsr'], fmt)} ({_x(ab[k + '_dsr_over_tunnel'])})")
+        out.print(t)
     sw = ", ".join(f"to {m}: {v:.2f} s" for m, v in s["mode_switch_s"].items() if v is not None)
     if sw:
         out.print(f"mode switch (netns-lab mode, median): {sw}", highlight=False)

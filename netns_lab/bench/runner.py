@@ -130,6 +130,7 @@ class Run:
                 for rnd in range(self.cfg.rounds):
                     for mode in self.cfg.visit_order(rnd):
                         self._visit(rnd, mode)
+                self._dsr_vs_tunnel()
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish the clean-up even if interrupted again
                 try:
@@ -151,11 +152,7 @@ class Run:
     def _visit(self, rnd: int, mode: str) -> None:
         """Switch the service lab to `mode`, program the bench services, measure everything once."""
         assert self.prog is not None
-        if self.labs.mode != mode:
-            secs = self.labs.switch(mode)
-            self.res["mode_switches"].append({"round": rnd, "from": self.prog.mode, "to": mode, "s": secs})
-            self.prog.set_mode(mode, self.labs.state())
-            self.prog.program([])  # the switch programmed the lab's own services only
+        self._switch(rnd, mode)
         if mode in EBPF_MODES:
             # every eBPF visit starts as after a fresh load: a conntrack map filled by the previous
             # visit's ~50,000 connections would make this visit's new flows pay LRU eviction
@@ -168,6 +165,34 @@ class Run:
             self._newconn(mode, backend)
         for n in self.cfg.services:
             self._scaling(mode, n)
+
+    def _switch(self, rnd: int | str, mode: str) -> None:
+        """`netns-lab mode <mode>` on the service lab (if not there yet), then the bench services again."""
+        assert self.prog is not None
+        if self.labs.mode != mode:
+            secs = self.labs.switch(mode)
+            self.res["mode_switches"].append({"round": rnd, "from": self.prog.mode, "to": mode, "s": secs})
+            self.prog.set_mode(mode, self.labs.state())
+            self.prog.program([])  # the switch programmed the lab's own services only
+
+    def _dsr_vs_tunnel(self) -> None:
+        """dsr against tunnel where DSR makes a difference (remote backend, download: the reply path),
+        in back-to-back pairs with alternating order: the two members of a pair see the same machine,
+        which the per-mode visits, minutes apart, do not."""
+        if not self.cfg.ab_modes():
+            return
+        streams = max(self.cfg.download_streams or self.cfg.streams)
+        addr, port = self.labs.nodeport("remote", "iperf")
+        pairs = self.res.setdefault("dsr_vs_tunnel", {"backend": "remote", "direction": "down",
+                                                      "streams": streams, "pairs": []})["pairs"]
+        for i in range(self.cfg.ab_pairs):
+            pair: dict[str, Any] = {}
+            for mode in (("tunnel", "dsr") if i % 2 == 0 else ("dsr", "tunnel")):
+                self._switch("dsr-vs-tunnel", mode)
+                pair[mode] = measure.throughput(self.client_ns["lab"], addr, port, streams,
+                                                self.cfg.iperf_seconds, True)
+                self.step(f"dsr vs tunnel, pair {i + 1}: {mode}")
+            pairs.append(pair)
 
     def _throughput(self, mode: str, backend: str, direction: str, streams: int) -> None:
         """One direct and one service sample, back to back."""

@@ -294,6 +294,27 @@ def test_targets_missed() -> None:
     assert v["dsr: programming 10000 services < 1 s (per node)"] == "missed"
 
 
+def _with_pairs(res: dict, dsr: float, tunnel: float) -> dict:
+    """The back-to-back dsr/tunnel pairs, three of them, with chosen Gbit/s."""
+    res["dsr_vs_tunnel"] = {"backend": "remote", "direction": "down", "streams": 4,
+                            "pairs": [{"tunnel": _tp(tunnel, 0.2), "dsr": _tp(dsr, 0.15)} for _ in range(3)]}
+    return res
+
+
+@pytest.mark.parametrize("dsr, verdict", [(9.0, "met"), (7.0, "missed")])
+def test_dsr_target_judged_on_back_to_back_pairs(dsr: float, verdict: str) -> None:
+    # the per-visit rows say the opposite (dsr_download); the pairs decide
+    doc = report.document(_with_pairs(result(dsr_download=0.0 if verdict == "met" else 1.0), dsr, 8.0))
+    ab = doc["summary"]["dsr_vs_tunnel"]
+    assert ab["gbit_per_s_dsr_over_tunnel"] == pytest.approx(dsr / 8.0)
+    assert ab["cpu_s_per_gbit_dsr_over_tunnel"] == pytest.approx(0.75)
+    dsr_targets = {k: x for k, x in _verdicts(doc).items() if k.startswith("dsr >= tunnel")}
+    assert list(dsr_targets.values()) == [verdict], dsr_targets
+    out = Console(record=True, width=250)
+    report.render(out, doc)
+    assert "dsr vs tunnel, 3 back-to-back pairs" in out.export_text()
+
+
 def test_target_not_applicable_without_10000_services() -> None:
     res = result()
     res["config"]["services"] = [1]
