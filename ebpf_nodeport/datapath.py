@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from . import loader, tc
 from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_NAT_REV, FE_F_CLUSTERIP,
@@ -201,6 +201,29 @@ class NodeDatapath:
         the new programs.
         """
         res = loader.load(self.lab, self.node, self.defines)
+        self._loaded(res, attach)
+        return res
+
+    @staticmethod
+    def load_all(dps: Sequence["NodeDatapath"], attach: bool = True) -> dict[str, loader.LoadResult]:
+        """load() for several nodes of one lab with one BCC compile (loader.load_nodes).
+
+        All must share the lab and the defines: the compiled code is the same for them.
+        """
+        if not dps:
+            return {}
+        lab, defines = dps[0].lab, dps[0].defines
+        for dp in dps:
+            if dp.lab != lab or dp.defines != defines:
+                raise ValueError(f"load_all: {dp.lab}/{dp.node} differs in lab or defines "
+                                 f"from {lab}/{dps[0].node}; load it on its own")
+        results = loader.load_nodes(lab, [dp.node for dp in dps], defines)
+        for dp in dps:
+            dp._loaded(results[dp.node], attach)
+        return results
+
+    def _loaded(self, res: loader.LoadResult, attach: bool) -> None:
+        """After the programs are pinned: write cfg (enabled, DSR/trace kept), attach if asked."""
         self.last_load = res
         with self.maps() as m:
             old = m.read_cfg()
@@ -211,7 +234,6 @@ class NodeDatapath:
                       "from_hep")
             for ifname in self.workloads():
                 self.attach_workload(ifname)
-        return res
 
     def _cfg(self, old: NodeCfg, flags: int) -> NodeCfg:
         """Full cfg value: explicit constructor values, else the pinned ones, else the netns."""

@@ -241,3 +241,92 @@ class RingBuffer:
 
     def __del__(self):
         self.close()
+
+
+# ---- map creation and program load without BCC (loader's per-node copies) -----------------
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+
+
+class _MapCreateOpts(ct.Structure):
+    """struct bpf_map_create_opts as libbpf 1.1 knows it (later fields stay zero)."""
+    _fields_ = [
+        ("sz", ct.c_size_t), ("btf_fd", ct.c_uint32), ("btf_key_type_id", ct.c_uint32),
+        ("btf_value_type_id", ct.c_uint32), ("btf_vmlinux_value_type_id", ct.c_uint32),
+        ("inner_map_fd", ct.c_uint32), ("map_flags", ct.c_uint32), ("map_extra", ct.c_uint64),
+        ("numa_node", ct.c_uint32), ("map_ifindex", ct.c_uint32),
+    ]
+
+
+class _ProgLoadOpts(ct.Structure):
+    """struct bpf_prog_load_opts as libbpf 1.1 knows it (later fields stay zero)."""
+    _fields_ = [
+        ("sz", ct.c_size_t), ("attempts", ct.c_int), ("expected_attach_type", ct.c_uint32),
+        ("prog_btf_fd", ct.c_uint32), ("prog_flags", ct.c_uint32), ("prog_ifindex", ct.c_uint32),
+        ("kern_version", ct.c_uint32), ("attach_btf_id", ct.c_uint32),
+        ("attach_prog_fd", ct.c_uint32), ("attach_btf_obj_fd", ct.c_uint32),
+        ("fd_array", ct.c_void_p), ("func_info", ct.c_void_p), ("func_info_cnt", ct.c_uint32),
+        ("func_info_rec_size", ct.c_uint32), ("line_info", ct.c_void_p),
+        ("line_info_cnt", ct.c_uint32), ("line_info_rec_size", ct.c_uint32),
+        ("log_level", ct.c_uint32), ("log_size", ct.c_uint32), ("log_buf", ct.c_void_p),
+    ]
+
+
+_lib.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32,
+                                ct.POINTER(_MapCreateOpts)]
+_lib.bpf_btf_get_fd_by_id.argtypes = [ct.c_uint32]
+_lib.bpf_prog_load.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_char_p, ct.c_size_t,
+                               ct.POINTER(_ProgLoadOpts)]
+
+_VERIFIER_LOG_BYTES = 4 << 20
+_VERIFIER_LOG_TAIL = 30     # lines of the log kept in the error: the refusal is at the end
+
+
+def map_create_like(template_fd: int) -> int:
+    """A new, empty map shaped like template_fd's: type, sizes, flags, name and BTF types.
+
+    Why the BTF too: `bpftool map dump` prints struct field names only for maps that
+    carry their key/value BTF types; the copy references the template's BTF object.
+    """
+    info = _MapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(template_fd, ct.byref(info), ct.byref(size)),
+           "bpf_obj_get_info_by_fd")
+    name = info.name.decode(errors="replace")
+    opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts), map_flags=info.map_flags,
+                          map_extra=info.map_extra)
+    btf_fd = -1
+    if info.btf_id:
+        btf_fd = _check(_lib.bpf_btf_get_fd_by_id(info.btf_id), f"bpf_btf_get_fd_by_id({info.btf_id})")
+        opts.btf_fd = btf_fd
+        opts.btf_key_type_id = info.btf_key_type_id
+        opts.btf_value_type_id = info.btf_value_type_id
+        opts.btf_vmlinux_value_type_id = info.btf_vmlinux_value_type_id
+    try:
+        return _check(_lib.bpf_map_create(info.type, info.name, info.key_size, info.value_size,
+                                          info.max_entries, ct.byref(opts)),
+                      f"bpf_map_create({name})")
+    finally:
+        if btf_fd >= 0:
+            os.close(btf_fd)
+
+
+def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL") -> int:
+    """Load raw instructions; returns the program fd. A refusal carries the verifier log's end.
+
+    The first try has no log (fast); only a refused program is loaded again with one.
+    """
+    buf = ct.create_string_buffer(insns, len(insns))
+    opts = _ProgLoadOpts(sz=ct.sizeof(_ProgLoadOpts))
+    args = (prog_type, name.encode(), license.encode(), buf, len(insns) // 8)
+    fd = _lib.bpf_prog_load(*args, ct.byref(opts))
+    if fd >= 0:
+        return fd
+    err = -fd if fd < -1 else (ct.get_errno() or errno.EINVAL)
+    log = ct.create_string_buffer(_VERIFIER_LOG_BYTES)
+    opts.log_level, opts.log_size, opts.log_buf = 1, _VERIFIER_LOG_BYTES, ct.addressof(log)
+    fd = _lib.bpf_prog_load(*args, ct.byref(opts))
+    if fd >= 0:  # accepted the second time: nothing to report
+        return fd
+    tail = "\n".join(log.value.decode(errors="replace").splitlines()[-_VERIFIER_LOG_TAIL:])
+    raise BpfError(err, f"bpf_prog_load({name}): {os.strerror(err)}\n{tail}")

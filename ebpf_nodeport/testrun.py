@@ -1,15 +1,16 @@
 """BPF_PROG_TEST_RUN harness: run the datapath programs on packets, per simulated node, no lab.
 
 Why: the programs are tested in the real kernel (verifier, helpers, maps) without
-namespaces, veths or attachment. Each simulated node gets its own compiled copy of
-the datapath with its own pinned maps (under a unique test lab name, so
+namespaces, veths or attachment. Each simulated node gets its own loaded copy of
+the datapath (one compile, relocated per node) with its own pinned maps (under a unique test lab name, so
 `netns-lab down --all` can still find leftovers), the maps are programmed from a
 `ClusterView`, and a packet is run through one entry program. The result carries the
 verdict, the packet after the program (parsed back with scapy), the counter deltas
 by reason name and the conntrack entries added, changed and removed.
 
-- SimCluster(view).load(): one SimNode per node (NodeDatapath.load(attach=False) +
-  sync(view)); close() removes every pin, also after a failed load.
+- SimCluster(view).load(): one SimNode per node (NodeDatapath.load_all(attach=False): one
+  compile, relocated onto each node's maps, + sync(view)); close() removes every pin, also
+  after a failed load.
 - SimNode.run(entry, frame) / SimCluster.walk(frame, hops): one run, or a packet's path
   across nodes with each output fed to the next hop (kernel forwarding applied between).
 - SimNode.age(seconds): conntrack time injection by rewriting the entries' timestamps.
@@ -431,9 +432,12 @@ class SimNode:
 
     def load(self) -> None:
         """Compile + pin (BCC), open the program pins and the maps."""
+        self.opened(self.dp.load(attach=False))
+
+    def opened(self, res: Any) -> None:
+        """After this node's load (its own or SimCluster's load_all): open its maps and programs."""
         from ebpf_nodeport.maps import NodeMaps
 
-        res = self.dp.load(attach=False)
         self.load_s = res.total_s
         self.maps = NodeMaps(self.dp.pin_dir)
         for entry in ENTRIES:
@@ -544,9 +548,13 @@ class SimCluster:
                                        fabric_mtu=fabric_mtu, defines=defines)
 
     def load(self) -> "SimCluster":
+        """Load every node with one BCC compile (NodeDatapath.load_all), then sync the view."""
+        from ebpf_nodeport.datapath import NodeDatapath
+
         try:
-            for n in self.nodes.values():
-                n.load()
+            results = NodeDatapath.load_all([n.dp for n in self.nodes.values()], attach=False)
+            for name, n in self.nodes.items():
+                n.opened(results[name])
             self.sync(self.view)
         except BaseException:
             self.close()

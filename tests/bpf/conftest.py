@@ -1,6 +1,7 @@
-"""Fixtures for the BPF_PROG_TEST_RUN tests: one compiled datapath per simulated node.
+"""Fixtures for the BPF_PROG_TEST_RUN tests: one loaded datapath per simulated node.
 
-Compiling costs ~1-2 s per node, so the cluster is session-scoped; every test starts
+The cluster costs one compile (~1-2 s; the other nodes get relocated copies, ~60 ms
+each), so it is session-scoped; every test starts
 from the base view (resynced), empty conntrack and the default cfg. Pins live under
 /sys/fs/bpf/netns-lab/ut<random>/ and are removed at the end of the session, also
 when tests fail (and `netns-lab down --all` finds them after a crash). Runs happen in

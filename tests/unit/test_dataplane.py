@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from ebpf_nodeport.loader import LoadResult
 from netns_lab import cli, dataplane, kubeproxy
 from netns_lab.felix import FelixConfig, for_mode
 from netns_lab.topology import default_topology, plan
@@ -67,3 +68,19 @@ def test_next_address_of_a_recreated_pod_is_new() -> None:
     assert dataplane._next_ip(st, "node1", "198.19.16.65") == "198.19.16.67"  # .65 is the old one, .66 summary-1
     st["pods"]["customer"]["ip"] = "198.19.16.67"
     assert dataplane._next_ip(st, "node1", "198.19.16.67") == "198.19.16.65"
+
+
+def test_load_lines_say_one_compile_and_a_load_per_node() -> None:
+    results = {
+        "control": LoadResult("/p/control", {}, 1.8, 0.040),
+        "node1": LoadResult("/p/node1", {}, 0.011, 0.051, clone_of="control"),
+        "node2": LoadResult("/p/node2", {}, 0.010, 0.050, clone_of="control"),
+    }
+    assert dataplane._load_lines(results, 2.01) == [
+        "control: datapath compiled and loaded in 1.84s (BCC 1.80s, verifier 40ms)",
+        "node1: control's compile loaded on node1's own maps in 0.06s (maps 11ms, verifier 51ms)",
+        "node2: control's compile loaded on node2's own maps in 0.06s (maps 10ms, verifier 50ms)",
+        "datapath: 1 BCC compile and 3 loads in 2.01s",
+    ]
+    assert dataplane._load_lines({"control": results["control"]}, 1.9)[-1] == \
+        "datapath: 1 BCC compile and 1 load in 1.90s"

@@ -1,0 +1,182 @@
+"""One compile, many nodes (loader.load_nodes): a relocated copy runs on its own node's maps.
+
+The first node of a load_nodes call is compiled by BCC; the others get its instructions
+with every map fd swapped for their own maps'. If a swap were missed, the copy would
+read and write the first node's maps: these tests give the two nodes different services
+and check that each node's program follows its own maps, counts in its own counters,
+tracks in its own conntrack, and that the kernel lists only its own maps for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import subprocess
+from typing import Any, Iterator
+
+import pytest
+
+from ebpf_nodeport import libbpf, loader
+from ebpf_nodeport.maps import MAP_SPECS, PROGRAMS, pin_dir
+from ebpf_nodeport.testrun import SimCluster, unique_lab
+
+from .expect import Encap, Nat, check_result
+from .topo import (CLIENT, CONTROL, CUSTOMER, MAC_NODE, NODE1, NP_CUSTOMER, NP_WEB, WEB, base_view,
+                   cport, follow, tcp)
+
+COMPILED, RELOCATED = "control", "node1"   # load_nodes compiles for the first node it is given
+
+
+def _without(name: str, port: int) -> Any:
+    """The base view without one service port: what makes the two nodes' maps differ."""
+    view = base_view()
+    return dataclasses.replace(view, services=[s for s in view.services
+                                               if (s.name, s.port) != (name, port)])
+
+
+# control serves the customer NodePort but not the web one; node1 the other way round.
+CONTROL_VIEW = _without("test/web", 8080)
+NODE1_VIEW = _without("yaobank/customer", 80)
+
+
+@pytest.fixture(scope="module")
+def pair(netns) -> Iterator[SimCluster]:
+    """control compiled, node1 relocated (SimCluster.load uses load_nodes), each with its own services."""
+    cl = SimCluster(base_view(), lab=unique_lab(), nodes=[COMPILED, RELOCATED])
+    try:
+        with netns.inside():
+            cl.load()
+            cl[COMPILED].dp.sync(CONTROL_VIEW)
+            cl[RELOCATED].dp.sync(NODE1_VIEW)
+        yield cl
+    finally:
+        cl.close()
+
+
+def _bpftool(*args: str) -> Any:
+    out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _map_ids(lab: str, node: str) -> dict[str, int]:
+    return {name: _bpftool("map", "show", "pinned", os.path.join(pin_dir(lab, node), name))["id"]
+            for name in MAP_SPECS}
+
+
+def _prog(lab: str, node: str, entry: str) -> dict[str, Any]:
+    return _bpftool("prog", "show", "pinned", loader.prog_pin(lab, node, entry))
+
+
+def test_relocated_node_was_not_compiled(pair):
+    """The premise: one BCC compile for the pair, node1's programs are control's, relocated."""
+    assert pair[COMPILED].dp.last_load.clone_of is None
+    assert pair[RELOCATED].dp.last_load.clone_of == COMPILED
+
+
+def test_each_node_serves_its_own_services(pair, netns):
+    """The NodePort only control's maps have works on control and passes on node1, and the
+    other way round; each run counts once in its own node's counters."""
+    with netns.inside():
+        p = cport()
+        res = pair.run(COMPILED, "from_hep", tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "S"))
+        check_result(res, "REDIRECT", "NAT_NEW",
+                     Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=NP_CUSTOMER))
+        res = pair.run(RELOCATED, "from_hep",
+                       tcp(CLIENT, cport(), NODE1, NP_CUSTOMER, "S", mac_dst=MAC_NODE["node1"]))
+        assert (res.verdict, res.reason) == ("OK", "PASS")
+
+        res = pair.run(RELOCATED, "from_hep",
+                       tcp(CLIENT, p, NODE1, NP_WEB, "S", mac_dst=MAC_NODE["node1"]))
+        check_result(res, "REDIRECT", "NAT_NEW",
+                     Encap(NODE1, CONTROL, Nat(dst=(WEB, 8080), ttl_dec=1), fe_port=NP_WEB))
+        res = pair.run(COMPILED, "from_hep", tcp(CLIENT, cport(), CONTROL, NP_WEB, "S"))
+        assert (res.verdict, res.reason) == ("OK", "PASS")
+
+
+def test_each_node_tracks_in_its_own_conntrack(pair, netns):
+    """A connection through node1 is in node1's conntrack only (and control's in control's)."""
+    with netns.inside():
+        pair.clear_ct()
+        res = pair.run(RELOCATED, "from_hep",
+                       tcp(CLIENT, cport(), NODE1, NP_WEB, "S", mac_dst=MAC_NODE["node1"]))
+        assert res.reason == "NAT_NEW"
+        assert len(pair[RELOCATED].ct_snapshot()) == 2          # NAT_FWD + NAT_REV
+        assert pair[COMPILED].ct_snapshot() == {}
+        pair.run(COMPILED, "from_hep", tcp(CLIENT, cport(), CONTROL, NP_CUSTOMER, "S"))
+        assert len(pair[COMPILED].ct_snapshot()) == 2
+        assert len(pair[RELOCATED].ct_snapshot()) == 2
+
+
+def test_kernel_lists_only_own_maps(pair):
+    """Every program of each node uses maps of that node and none of the other's."""
+    own = {n: set(_map_ids(pair.lab, n).values()) for n in (COMPILED, RELOCATED)}
+    assert not own[COMPILED] & own[RELOCATED]
+    for node, other in ((COMPILED, RELOCATED), (RELOCATED, COMPILED)):
+        for entry in PROGRAMS:
+            used = set(_prog(pair.lab, node, entry)["map_ids"])
+            assert used and used <= own[node], f"{node}/{entry} uses maps {used - own[node]} not its own"
+            assert not used & own[other]
+
+
+def test_relocated_maps_carry_btf(pair, netns):
+    """node1's maps were created by the loader, not BCC: same BTF as control's, so bpftool
+    prints struct fields by name."""
+    for name in MAP_SPECS:
+        shown = {n: _bpftool("map", "show", "pinned", os.path.join(pin_dir(pair.lab, n), name))
+                 for n in (COMPILED, RELOCATED)}
+        assert shown[RELOCATED].get("btf_id") == shown[COMPILED].get("btf_id"), name
+        assert {k: shown[RELOCATED][k] for k in ("type", "name", "bytes_key", "bytes_value",
+                                                 "max_entries", "flags")} == \
+               {k: shown[COMPILED][k] for k in ("type", "name", "bytes_key", "bytes_value",
+                                                "max_entries", "flags")}, name
+    cfg = _bpftool("map", "dump", "pinned", os.path.join(pin_dir(pair.lab, RELOCATED), "cfg"))
+    value = cfg[0].get("formatted", cfg[0])["value"]
+    assert set(value) == {"node_ip", "host_ifindex", "vni", "tunnel_port", "fabric_mtu", "flags"}
+    with netns.inside():
+        pair.run(RELOCATED, "from_hep", tcp(CLIENT, cport(), NODE1, NP_WEB, "S", mac_dst=MAC_NODE["node1"]))
+    ct = _bpftool("map", "dump", "pinned", os.path.join(pin_dir(pair.lab, RELOCATED), "ct"))
+    assert ct, "node1's program tracked nothing in node1's conntrack"
+    assert set(ct[0].get("formatted", ct[0])["key"]) >= {"addr_a", "addr_b", "port_a", "port_b", "proto"}
+
+
+def test_reload_keeps_maps_and_flows(netns):
+    """load_nodes on loaded nodes replaces the programs and keeps every map: services and an
+    open connection survive, on both nodes, also with the roles swapped (node1 compiled,
+    control relocated onto its existing maps)."""
+    cl = SimCluster(base_view(), lab=unique_lab(), nodes=[COMPILED, RELOCATED])
+    try:
+        with netns.inside():
+            cl.load()
+            p = cport()
+            syn = {COMPILED: tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "S"),
+                   RELOCATED: tcp(CLIENT, p, NODE1, NP_WEB, "S", mac_dst=MAC_NODE["node1"])}
+            first = {n: cl.run(n, "from_hep", syn[n]) for n in syn}
+            assert all(r.reason == "NAT_NEW" for r in first.values())
+            maps_before = {n: _map_ids(cl.lab, n) for n in syn}
+            progs_before = {n: _prog(cl.lab, n, "from_hep")["id"] for n in syn}
+
+            results = loader.load_nodes(cl.lab, [RELOCATED, COMPILED])
+            assert results[COMPILED].clone_of == RELOCATED and results[RELOCATED].clone_of is None
+            for n, res in results.items():
+                assert set(res.reused_maps) == set(MAP_SPECS), n
+                assert _map_ids(cl.lab, n) == maps_before[n], f"{n}: a map was replaced"
+                assert _prog(cl.lab, n, "from_hep")["id"] != progs_before[n], f"{n}: program not replaced"
+                node = cl[n]
+                for fd in node.prog_fds.values():
+                    os.close(fd)
+                node.prog_fds = {e: libbpf.obj_get(node.dp.prog_path(e)) for e in PROGRAMS}
+            # The client's next segment: established (ENCAP, not NAT_NEW) from the kept conntrack.
+            check_result(cl.run(COMPILED, "from_hep", follow(first[COMPILED].input)), "REDIRECT", "ENCAP",
+                         Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=NP_CUSTOMER))
+            check_result(cl.run(RELOCATED, "from_hep", follow(first[RELOCATED].input)), "REDIRECT", "ENCAP",
+                         Encap(NODE1, CONTROL, Nat(dst=(WEB, 8080), ttl_dec=1), fe_port=NP_WEB))
+    finally:
+        cl.close()
+
+
+def test_refused_program_reports_the_verifier_log():
+    """A relocated load the kernel refuses says why (the end of the verifier's log)."""
+    exit_only = struct.pack("<BBhi", 0x95, 0, 0, 0)      # returns r0 without setting it
+    with pytest.raises(libbpf.BpfError, match="R0 !read_ok"):
+        libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, "bad", exit_only)
