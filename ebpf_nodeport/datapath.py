@@ -17,8 +17,8 @@ from . import loader, tc
 from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_NAT_REV, FE_F_CLUSTERIP,
                    FE_F_NODEPORT, PROGRAMS, RT_F_LOCAL, TUNNEL_PORT, TUNNEL_VNI, Addr, BeKey,
                    BeValue, CtKey, CtValue, FeKey, FeValue, MapView, NodeCfg, NodeInfo, NodeMaps,
-                   RouteInfo, RouteKey, SvcMeta, U32, ct_expired, ct_rev_key_of_fwd, ip2int,
-                   ktime_ns, pin_dir, proto_num)
+                   RouteInfo, RouteKey, SvcMeta, U32, ct_expired, ct_rev_key_of_fwd, int2ip,
+                   ip2int, ktime_ns, pin_dir, proto_num)
 
 MODES = ("tunnel", "dsr")
 DEFAULT_FABRIC_MTU = 1500
@@ -59,12 +59,12 @@ class Service:
         if self.cluster_ip is None and self.node_port is None:
             raise ValueError(f"service {self.name}: needs a cluster_ip or a node_port")
         if self.cluster_ip is not None:
-            cip = ipaddress.IPv4Address(self.cluster_ip)
+            cip = ip2int(self.cluster_ip)
             # Address 0 in nat_fe is the NodePort wildcard; a ClusterIP must be a unicast address.
-            if cip.is_unspecified or cip.is_multicast or cip == ipaddress.IPv4Address("255.255.255.255"):
-                raise ValueError(f"service {self.name}: cluster_ip {cip} is not a unicast address")
+            if cip == 0 or cip >> 28 == 0xE or cip == 0xFFFFFFFF:
+                raise ValueError(f"service {self.name}: cluster_ip {int2ip(cip)} is not a unicast address")
         for b in self.backends:
-            ipaddress.IPv4Address(b.addr)
+            ip2int(b.addr)
             if not 0 < b.port < 65536:
                 raise ValueError(f"service {self.name}: backend port {b.port} out of range")
 
@@ -106,22 +106,62 @@ class SyncStats:
         return any(self.written.values()) or any(self.deleted.values()) or self.ct_flushed > 0
 
 
-def _reconcile(view: MapView, desired: dict, stats: SyncStats, name: str,
-               delete: bool = True) -> None:
-    """Make the map hold exactly `desired` (write differing entries, delete others)."""
-    current = dict(view.items())
-    written = 0
-    for k, v in desired.items():
-        if current.get(k) != v:
-            view.put(k, v)
-            written += 1
-    deleted = 0
-    if delete:
-        for k in current:
-            if k not in desired:
-                deleted += view.delete(k)
-    stats.written[name] = stats.written.get(name, 0) + written
+def _write_changed(view: MapView, desired: dict[bytes, bytes], current: dict[bytes, bytes],
+                   stats: SyncStats, name: str) -> list[bytes]:
+    """Write the desired entries that `current` (the map as read) lacks or holds otherwise; their keys."""
+    changed = [k for k, v in desired.items() if current.get(k) != v]
+    for k in changed:
+        view.put(k, desired[k])
+    stats.written[name] = stats.written.get(name, 0) + len(changed)
+    return changed
+
+
+def _delete_stale(view: MapView, desired: dict[bytes, bytes], current: dict[bytes, bytes],
+                  written: list[bytes], stats: SyncStats, name: str) -> list[bytes]:
+    """Delete the entries of `current` (the map as read) that are not desired; their keys.
+
+    `written` (from _write_changed) tells how many desired keys were new; when `current`
+    has no more keys than the rest, every one of them is desired and nothing is scanned.
+    """
+    new = sum(1 for k in written if k not in current)
+    stale = [k for k in current if k not in desired] if len(current) > len(desired) - new else []
+    deleted = sum(view.delete(k) for k in stale)
     stats.deleted[name] = stats.deleted.get(name, 0) + deleted
+    return stale
+
+
+def _reconcile(view: MapView, desired: dict[bytes, bytes], stats: SyncStats, name: str) -> None:
+    """Make the map hold exactly `desired`: one bulk read, then the differing writes and deletes."""
+    current = view.raw_items()
+    written = _write_changed(view, desired, current, stats, name)
+    _delete_stale(view, desired, current, written, stats, name)
+
+
+def _service_ids(meta: dict[bytes, bytes]) -> dict[bytes, int]:
+    """svc_meta value (the padded name, as sync() writes it) -> service id, from the map as read."""
+    unpack_id = U32.unpacker()
+    return {v: unpack_id(k)[0] for k, v in meta.items()}
+
+
+def _claim(fes: dict[bytes, bytes], key: bytes, value: bytes, name: str) -> None:
+    """Add one frontend; two services may not share one."""
+    if key in fes:
+        raise ValueError(f"frontend {FeKey.from_bytes(key).to_dict()} claimed by two services "
+                         f"(second: {name})")
+    fes[key] = value
+
+
+class _Addresses(dict):
+    """addr -> (its integer, is it in one of the given pod blocks); each address parsed once."""
+
+    def __init__(self, blocks: list[tuple[int, int]]):
+        super().__init__()
+        self.blocks = blocks          # (network, netmask) as integers
+
+    def __missing__(self, addr: str) -> tuple[int, bool]:
+        ip = ip2int(addr)
+        self[addr] = hit = (ip, any(ip & mask == net for net, mask in self.blocks))
+        return hit
 
 
 def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
@@ -335,75 +375,95 @@ class NodeDatapath:
                 m.write_cfg(new_cfg)
                 stats.written["cfg"] = 1
 
-            _reconcile(m.nodes, {Addr(ip2int(a)): NodeInfo(0) for a in view.nodes.values()},
+            _reconcile(m.nodes, {Addr.pack(ip2int(a)): NodeInfo.pack(0) for a in view.nodes.values()},
                        stats, "nodes")
             me = ip2int(self.node_ip)
             routes = {}
             for cidr, node_ip in view.pod_blocks.items():
                 n = ip2int(node_ip)
-                routes[RouteKey.cidr(cidr)] = RouteInfo(n, RT_F_LOCAL if n == me else 0)
+                routes[bytes(RouteKey.cidr(cidr))] = RouteInfo.pack(n, RT_F_LOCAL if n == me else 0)
             _reconcile(m.routes, routes, stats, "routes")
-            _reconcile(m.dsr_optout, {RouteKey.cidr(c): U32(1) for c in view.dsr_optout},
+            _reconcile(m.dsr_optout, {bytes(RouteKey.cidr(c)): U32.pack(1) for c in view.dsr_optout},
                        stats, "dsr_optout")
             self._sync_services(m, view, stats)
         return stats
 
-    def _is_local(self, addr: str, blocks: list[tuple[ipaddress.IPv4Network, str]]) -> bool:
-        ip = ipaddress.IPv4Address(addr)
-        return any(ip in net and node_ip == self.node_ip for net, node_ip in blocks)
+    def _addresses(self, view: ClusterView) -> _Addresses:
+        """Backend address facts for this node: its own pod blocks as integer masks."""
+        me = ip2int(self.node_ip)
+        mine = []
+        for cidr, node_ip in view.pod_blocks.items():
+            if ip2int(node_ip) == me:
+                net = ipaddress.IPv4Network(cidr, strict=False)
+                mine.append((int(net.network_address), int(net.netmask)))
+        return _Addresses(mine)
 
     def _sync_services(self, m: NodeMaps, view: ClusterView, stats: SyncStats) -> None:
-        blocks = sorted(((ipaddress.IPv4Network(c, strict=False), str(ipaddress.IPv4Address(n)))
-                         for c, n in view.pod_blocks.items()),
-                        key=lambda x: x[0].prefixlen, reverse=True)
-        # Stable ids: a service keeps its id as long as its meta name exists.
-        ids = {v.name.decode(errors="replace"): k.value for k, v in m.svc_meta.items()}
+        """nat_fe/nat_be/svc_meta from the view: each map read once, diffed and written as bytes."""
+        cur_meta = m.svc_meta.raw_items()
+        cur_be = m.nat_be.raw_items()
+        cur_fe = m.nat_fe.raw_items()
+        meta, bes, fes = self._desired_services(view, _service_ids(cur_meta))
+        # Order keeps the datapath consistent at every step: names, then new
+        # backends, then frontends (counts), then what became stale.
+        meta_written = _write_changed(m.svc_meta, meta, cur_meta, stats, "svc_meta")
+        be_written = _write_changed(m.nat_be, bes, cur_be, stats, "nat_be")
+        fe_written = _write_changed(m.nat_fe, fes, cur_fe, stats, "nat_fe")
+        _delete_stale(m.nat_fe, fes, cur_fe, fe_written, stats, "nat_fe")
+        be_deleted = _delete_stale(m.nat_be, bes, cur_be, be_written, stats, "nat_be")
+        _delete_stale(m.svc_meta, meta, cur_meta, meta_written, stats, "svc_meta")
+        # A backend is gone when an entry that held it changed and no entry holds it now.
+        old = {cur_be[k] for k in be_written + be_deleted if k in cur_be}
+        gone = {BeValue.unpack(v) for v in old - set(bes.values())} if old else set()
+        if gone:
+            stats.ct_flushed = self._flush_backends(m, gone)
+
+    def _desired_services(self, view: ClusterView, ids: dict[bytes, int]
+                          ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
+        """svc_meta, nat_be and nat_fe entries (key bytes -> value bytes) for the view's services.
+
+        `ids` (svc_meta value -> id, as read) gains the ids given to new services. Local
+        backends come first: the C picks among the first local_count for Local policy.
+        """
+        addresses = self._addresses(view)
+        pack_id, pack_meta = U32.packer(), SvcMeta.packer()
+        pack_be_key, pack_be = BeKey.packer(), BeValue.packer()
+        pack_fe_key, pack_fe = FeKey.packer(), FeValue.packer()
         used = set(ids.values())
         next_id = 1
-        meta: dict[U32, SvcMeta] = {}
+        meta: dict[bytes, bytes] = {}
+        bes: dict[bytes, bytes] = {}
+        fes: dict[bytes, bytes] = {}
         seen: set[str] = set()
-        fes: dict[FeKey, FeValue] = {}
-        bes: dict[BeKey, BeValue] = {}
         for svc in view.services:
             name = svc.meta_name
             if name in seen:
                 raise ValueError(f"service {name} listed twice")
             seen.add(name)
-            if name not in ids:
+            # Stable ids: a service keeps its id as long as svc_meta holds its name.
+            meta_value = pack_meta(SvcMeta.encode(name))
+            sid = ids.get(meta_value)
+            if sid is None:       # new service: the lowest free id
                 while next_id in used:
                     next_id += 1
-                ids[name] = next_id
+                sid = ids[meta_value] = next_id
                 used.add(next_id)
-            sid = ids[name]
-            meta[U32(sid)] = SvcMeta.make(name)
-            local = [b for b in svc.backends if self._is_local(b.addr, blocks)]
-            ordered = local + [b for b in svc.backends if b not in local]
-            for i, b in enumerate(ordered):
-                bes[BeKey(sid, i)] = BeValue(addr=ip2int(b.addr), port=b.port)
+            meta[pack_id(sid)] = meta_value
+            local, remote = [], []
+            for b in svc.backends:
+                ip, is_local = addresses[b.addr]
+                (local if is_local else remote).append(pack_be(ip, b.port))
+            for i, value in enumerate(local + remote):
+                bes[pack_be_key(sid, i)] = value
             proto = proto_num(svc.proto)
-            frontends = []
+            count = len(local) + len(remote)
             if svc.cluster_ip:
-                frontends.append((FeKey.make(svc.cluster_ip, svc.port, proto), FE_F_CLUSTERIP))
+                _claim(fes, pack_fe_key(ip2int(svc.cluster_ip), svc.port, proto),
+                       pack_fe(sid, count, len(local), FE_F_CLUSTERIP), name)
             if svc.node_port:
-                frontends.append((FeKey.make(0, svc.node_port, proto), FE_F_NODEPORT))
-            for key, flag in frontends:
-                if key in fes:
-                    raise ValueError(f"frontend {key.to_dict()} claimed by two services "
-                                     f"(second: {name})")
-                fes[key] = FeValue(svc_id=sid, count=len(ordered), local_count=len(local),
-                                   flags=flag)
-
-        old_backends = {(v.addr, v.port) for _, v in m.nat_be.items()}
-        # Order keeps the datapath consistent at every step: names, then new
-        # backends, then frontends (counts), then what became stale.
-        _reconcile(m.svc_meta, meta, stats, "svc_meta", delete=False)
-        _reconcile(m.nat_be, bes, stats, "nat_be", delete=False)
-        _reconcile(m.nat_fe, fes, stats, "nat_fe")
-        _reconcile(m.nat_be, bes, stats, "nat_be")
-        _reconcile(m.svc_meta, meta, stats, "svc_meta")
-        gone = old_backends - {(v.addr, v.port) for v in bes.values()}
-        if gone:
-            stats.ct_flushed = self._flush_backends(m, gone)
+                _claim(fes, pack_fe_key(0, svc.node_port, proto),
+                       pack_fe(sid, count, len(local), FE_F_NODEPORT), name)
+        return meta, bes, fes
 
     @staticmethod
     def _flush_backends(m: NodeMaps, gone: set[tuple[int, int]]) -> int:
