@@ -274,7 +274,8 @@ class U64(_Struct):
 
 class NodeCfg(_Struct):
     _fields_ = [("node_ip", BE32), ("host_ifindex", ct.c_uint32), ("vni", ct.c_uint32),
-                ("tunnel_port", ct.c_uint16), ("fabric_mtu", ct.c_uint16), ("flags", ct.c_uint32)]
+                ("tunnel_port", ct.c_uint16), ("fabric_mtu", ct.c_uint16), ("flags", ct.c_uint32),
+                ("sync_token", ct.c_uint32)]
     _addr_fields = ("node_ip",)
 
     def to_dict(self) -> dict[str, Any]:

@@ -113,10 +113,11 @@ def cluster_view(st: dict[str, Any], felix: FelixConfig) -> ClusterView:
     )
 
 
-def datapath(st: dict[str, Any], node: str) -> NodeDatapath:
-    """The eBPF datapath handle of one node (state lives in its pins, so this is cheap)."""
+def datapath(st: dict[str, Any], node: str, keep_state: bool = False) -> NodeDatapath:
+    """The eBPF datapath handle of one node (state lives in its pins, so this is cheap);
+    keep_state for a long-running programmer (see NodeDatapath)."""
     n = nodes_of(st)[node]
-    return NodeDatapath(st["lab"], node, n["netns"], n["address"], naming.UPLINK)
+    return NodeDatapath(st["lab"], node, n["netns"], n["address"], naming.UPLINK, keep_state=keep_state)
 
 
 def loaded_nodes(st: dict[str, Any]) -> list[str]:

@@ -29,6 +29,8 @@ struct node_cfg {
 	__u16  tunnel_port;   /* VXLAN UDP port (host order) */
 	__u16  fabric_mtu;    /* MTU of eth0: bound for encapsulated packets */
 	__u32  flags;         /* CFG_F_* */
+	__u32  sync_token;    /* user space only: changed by every sync() that writes the service
+			       * maps, so a long-running programmer knows its copy is current */
 };
 
 /* Per-node settings written by ebpf_nodeport; read once per packet. */

@@ -4,7 +4,9 @@ kube-proxy mode: what kube-proxy does. A full sync is one iptables-restore batch
 every service's chains (kubeproxy.install: iptables-save, then restore); changing one service's
 endpoint is kube-proxy's minimal sync, a batch rewriting only that service's chains.
 eBPF modes: what the lab's dataplane does, NodeDatapath.sync(view) per node, with the lab's own
-services plus the bench's; one service changed is the same call with one backend moved, and as a
+services plus the bench's, from one long-lived keep_state handle per node (as Felix keeps its own
+copy of the maps: a sync diffs against what it wrote, and rebuilds only changed services, while
+no one else has synced); one service changed is the same call with one backend moved, and as a
 lower bound the single map write that change needs (a direct map view update).
 
 Times are per node (every node gets the same services; a node programs its own maps or
@@ -45,11 +47,13 @@ class Programmer:
         self.nodes = nodes
         self.mode = "kube-proxy"
         self.st: dict[str, Any] | None = None
+        self._dps: dict[str, Any] = {}     # node -> its keep_state NodeDatapath, for this mode
 
     def set_mode(self, mode: str, st: dict[str, Any]) -> None:
         """Follow a mode switch (st: the lab's state after it)."""
         self.mode = mode
         self.st = st
+        self._dps = {}
 
     # -- kube-proxy
 
@@ -122,7 +126,9 @@ class Programmer:
         view = self._view(extras, moved)
         times = []
         for n in self.nodes:
-            dp = dataplane.datapath(self.st, n)
+            # One handle per node for the whole run, keeping what it wrote, as a long-running
+            # agent does (kube-proxy's minimal sync above also knows what it wrote before).
+            dp = self._dps.get(n) or self._dps.setdefault(n, dataplane.datapath(self.st, n, keep_state=True))
             t = time.perf_counter()
             dp.sync(view)
             times.append(time.perf_counter() - t)

@@ -281,3 +281,50 @@ def test_sync_from_a_fresh_process(cluster):
     assert {k: v for k, v in ids.items() if k != "sync/child:80/tcp"} == \
         {k: v for k, v in ids_before.items() if k != "sync/svc40:80/tcp"}
     assert not node.dp.sync(view).changed
+
+
+def _keeper(cluster, node: str = "control") -> NodeDatapath:
+    """A long-running programmer's NodeDatapath (as felix keeps its own copy of the maps)."""
+    return NodeDatapath(cluster.lab, node, None, cluster[node].ip, keep_state=True)
+
+
+def test_keep_state_changes_one_service_without_reading_the_maps_back(cluster, monkeypatch):
+    """A keep_state object that programmed 300 services changes one of them by writing that
+    one nat_be entry, without reading the service maps back, and the maps hold the view."""
+    extra = _extra(N_EXTRA)
+    node, keeper = cluster["control"], _keeper(cluster)
+    keeper.sync(_view(extra))
+    reads: list[str] = []
+    raw_items = maps.MapView.raw_items
+
+    def counted(self):
+        reads.append(os.path.basename(self.path))
+        return raw_items(self)
+
+    monkeypatch.setattr(maps.MapView, "raw_items", counted)
+    idx = next(i for i, s in enumerate(extra) if len(s.backends) == 1)
+    moved = list(extra)
+    moved[idx] = dataclasses.replace(extra[idx], backends=[Backend(SPARE_REMOTE, 9001)])
+    stats = keeper.sync(_view(moved))
+    assert stats.written == _counts(nat_be=1) and stats.deleted == _counts()
+    assert not {"svc_meta", "nat_be", "nat_fe"} & set(reads), f"read back: {reads}"
+    monkeypatch.undo()
+    assert _programmed(node)[0] == _expected(_view(moved), CONTROL)
+    assert not _fresh(cluster).sync(_view(moved)).changed
+
+
+def test_keep_state_does_not_trust_itself_after_another_sync(cluster):
+    """Another process syncs another view in between (removes a service, moves a backend): the
+    keep_state object's next sync of its own view sees the maps as they are, not as it left
+    them, and puts its view back exactly."""
+    extra = _extra(N_EXTRA)
+    node, keeper = cluster["control"], _keeper(cluster)
+    view = _view(extra)
+    keeper.sync(view)
+    other = [dataclasses.replace(s, backends=[Backend(SPARE_REMOTE, 7)]) if s.name == "sync/svc7" else s
+             for s in extra if s.name != "sync/svc40"]
+    _fresh(cluster).sync(_view(other))
+    stats = keeper.sync(view)
+    assert stats.written["svc_meta"] == 1 and stats.written["nat_be"] == 3, stats.written
+    assert _programmed(node)[0] == _expected(view, CONTROL)
+    assert not keeper.sync(view).changed

@@ -133,8 +133,8 @@ def test_routes_nodes_cfg_decode_from_kernel_bytes() -> None:
     rk = RouteKey.from_bytes(struct.pack("=I", 26) + socket.inet_aton("198.19.16.64"))
     ri = RouteInfo.from_bytes(socket.inet_aton(NODE1) + struct.pack("=I", 0))
     node = Addr.from_bytes(socket.inet_aton(NODE2))
-    cfg = NodeCfg.from_bytes(socket.inet_aton(NODE1) + struct.pack("=IIHHI", 3, 4096, 4789, 1500,
-                                                                     CFG_F_ENABLED | CFG_F_DSR))
+    cfg = NodeCfg.from_bytes(socket.inet_aton(NODE1) + struct.pack("=IIHHII", 3, 4096, 4789, 1500,
+                                                                     CFG_F_ENABLED | CFG_F_DSR, 77))
     s = snap("node1", cfg=cfg, routes=[(rk, ri)], nodes=[node])
     r = dump.route_records(s)
     assert r["pod_blocks"] == [{"cidr": "198.19.16.64/26", "node_ip": NODE1, "node": "node1", "local": False}]
