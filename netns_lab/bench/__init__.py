@@ -69,6 +69,7 @@ Examples:
   netns-lab bench --plot bench.png --save bench.json
   netns-lab bench --quick --services 1,100 -o json | jq .targets
   netns-lab bench --from-json bench.json --plot bench.png   # render a saved run again
+  netns-lab bench --from-json bench.json -o markdown        # its tables as Markdown (docs)
 \b
 Brings up its own two labs (names bn<hex> and bn<hex>d) and always removes them, also on
 failure or Ctrl-C. See docs/bench.md for what each figure means.""",
@@ -78,8 +79,8 @@ failure or Ctrl-C. See docs/bench.md for what each figure means.""",
               metavar="N,N,...", help="Extra service counts for the scaling runs.")
 @click.option("--rounds", type=click.IntRange(1, 20), default=None,
               help="Visits of every mode (default: 1 with --quick, else 3).")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="Output format (json: every raw sample, the figures and the targets).")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True,
+              help="Output format (json: every raw sample, the figures and the targets; markdown: the tables).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the PNG plot (latency vs services, throughput per mode).")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -106,6 +107,10 @@ def bench(quick: bool, services: tuple[int, ...], rounds: int | None, output: st
         plot.plot(doc, plot_file)
     if output == "json":
         click.echo(json.dumps(doc, indent=1))
+    elif output == "markdown":
+        md = report.Markdown()
+        report.render(md, doc)
+        click.echo(md.text(), nl=False)
     else:
         report.render(console(), doc)
         if plot_file is not None:

@@ -26,7 +26,7 @@ class BenchConfig:
     concurrency: int = 8
     scaling_count: int = 2000       # connections per latency sample with N extra services
     bpf_runs: int = 5000            # test runs per BPF path
-    ab_pairs: int = 4               # dsr/tunnel back-to-back pairs on the path DSR changes (0: none)
+    ab_pairs: int = 10              # dsr/tunnel back-to-back pairs on the path DSR changes (0: none)
     modes: tuple[str, ...] = field(default=MODES)
 
     def to_dict(self) -> dict:
@@ -61,7 +61,7 @@ def preset(quick: bool, services: tuple[int, ...] = DEFAULT_SERVICES, rounds: in
     """The --quick (under 5 minutes here) or full (under 20) configuration."""
     if quick:
         cfg = BenchConfig(quick=True, services=services, rounds=1, iperf_seconds=2.0, latency_count=1000,
-                          rate_seconds=1.5, scaling_count=1000, bpf_runs=2000, ab_pairs=3)
+                          rate_seconds=1.5, scaling_count=1000, bpf_runs=2000, ab_pairs=6)
     else:
         cfg = BenchConfig(quick=False, services=services)
     return cfg if rounds is None else replace(cfg, rounds=rounds)

@@ -139,7 +139,11 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     bpf = res.get("bpf_cost") or {}
     out["bpf"] = [{k: p.get(k) for k in ("program", "node", "path", "flow", "reason", "ns_per_packet", "ns_per_packet_repeat")}
                   for p in bpf.get("paths", [])]
-    out["mode_switch_s"] = {m: median([s["s"] for s in res.get("mode_switches", []) if s["to"] == m]) for m in modes}
+    # Per (from, to): into eBPF from kube-proxy loads the programs, tunnel <-> dsr is a map sync.
+    switches: dict[str, list[float]] = {}
+    for sw in res.get("mode_switches", []):
+        switches.setdefault(f"{sw['from']} -> {sw['to']}", []).append(sw["s"])
+    out["mode_switch_s"] = {k: median(v) for k, v in switches.items()}
     out["dsr_vs_tunnel"] = _dsr_vs_tunnel(res.get("dsr_vs_tunnel"))
     return out
 
@@ -154,6 +158,8 @@ def _dsr_vs_tunnel(ab: dict[str, Any] | None) -> dict[str, Any] | None:
     for k in ("gbit_per_s", "cpu_s_per_gbit"):
         out[k] = {m: median([p[m][k] for p in pairs]) for m in ("tunnel", "dsr")}
         out[f"{k}_dsr_over_tunnel"] = paired_ratio([p["dsr"][k] for p in pairs], [p["tunnel"][k] for p in pairs])
+        each = [ratio(p["dsr"][k], p["tunnel"][k]) for p in pairs]
+        out[f"{k}_pair_ratios"] = [r for r in each if r is not None]
     return out
 
 
@@ -192,8 +198,9 @@ def targets(summary: dict[str, Any], res: dict[str, Any]) -> list[dict[str, Any]
         v, cpu = ab["gbit_per_s_dsr_over_tunnel"], ab["cpu_s_per_gbit_dsr_over_tunnel"]
         out.append({"target": f"dsr >= tunnel throughput, remote backend (download x{ab['streams']}, the reply path "
                               f"DSR changes; {ab['pairs']} back-to-back pairs)",
-                    "measured": f"dsr/tunnel {_x(v)} (Gbit/s {_num(ab['gbit_per_s']['dsr'], '{:.1f}')} vs "
-                                f"{_num(ab['gbit_per_s']['tunnel'], '{:.1f}')}); CPU s/Gbit dsr/tunnel {_x(cpu)}",
+                    "measured": f"dsr/tunnel {_x(v)}{_range(ab['gbit_per_s_pair_ratios'])} (Gbit/s "
+                                f"{_num(ab['gbit_per_s']['dsr'], '{:.1f}')} vs {_num(ab['gbit_per_s']['tunnel'], '{:.1f}')}); "
+                                f"CPU s/Gbit dsr/tunnel {_x(cpu)}{_range(ab['cpu_s_per_gbit_pair_ratios'])}",
                     "verdict": _verdict(None if v is None else v >= 1.0)})
     elif "dsr" in modes and "tunnel" in modes:
         vals = {}
@@ -252,6 +259,11 @@ def _key_label(key: str) -> str:
     return f"{backend}, {_flow_label(flow)}"
 
 
+def _range(ratios: list[float]) -> str:
+    """' (pairs 0.84-1.07x)': how far single pairs scatter around a median ratio."""
+    return f" (pairs {min(ratios):.2f}-{max(ratios):.2f}x)" if len(ratios) > 1 else ""
+
+
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
@@ -265,6 +277,37 @@ def _cell(fig: dict[str, Any], fmt: str = "{:.1f}") -> str:
     return f"{_num(fig.get('value'), fmt)} ({_x(fig.get('x_direct'))})"
 
 
+class Markdown:
+    """Stands in for a rich Console in render(): the same tables as Markdown (what docs/bench.md
+    and the README show, so a saved run's tables are regenerated, never retyped)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def print(self, obj: Any, **_: Any) -> None:
+        """A Table becomes a titled Markdown table; a string a paragraph (rich markup dropped)."""
+        if isinstance(obj, Table):
+            cols = [_plain(str(c.header)) for c in obj.columns]
+            rows = zip(*(c._cells for c in obj.columns)) if obj.columns else []   # rich keeps cells per column
+            lines = [f"**{_plain(str(obj.title or ''))}**", "", "| " + " | ".join(cols) + " |",
+                     "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(_plain(str(cell)).replace("|", "\\|") for cell in row) + " |"
+                      for row in rows]
+            self.parts.append("\n".join(lines))
+        else:
+            self.parts.append(_plain(str(obj)))
+
+    def text(self) -> str:
+        return "\n\n".join(self.parts) + "\n"
+
+
+def _plain(markup: str) -> str:
+    """Text without rich markup ([bold], [green]...[/])."""
+    from rich.text import Text
+
+    return Text.from_markup(markup).plain
+
+
 def _table(title: str, columns: list[str]) -> Table:
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
@@ -272,7 +315,7 @@ def _table(title: str, columns: list[str]) -> Table:
     return t
 
 
-def render(out: Console, doc: dict[str, Any]) -> None:
+def render(out: Console | Markdown, doc: dict[str, Any]) -> None:
     """All tables: throughput, CPU/Gbit, new connections, scaling, programming, BPF cost, targets."""
     res, s = doc, doc["summary"]
     modes = list(res["config"]["modes"])
@@ -352,7 +395,7 @@ def render(out: Console, doc: dict[str, Any]) -> None:
         for k, label, fmt in (("gbit_per_s", "Gbit/s", "{:.2f}"), ("cpu_s_per_gbit", "CPU s per Gbit", "{:.3f}")):
             t.add_row(label, _num(ab[k]["tunnel"], fmt), f"{_num(ab[k]['dsr'], fmt)} ({_x(ab[k + '_dsr_over_tunnel'])})")
         out.print(t)
-    sw = ", ".join(f"to {m}: {v:.2f} s" for m, v in s["mode_switch_s"].items() if v is not None)
+    sw = ", ".join(f"{k}: {v:.2f} s" for k, v in sorted(s["mode_switch_s"].items()) if v is not None)
     if sw:
         out.print(f"mode switch (netns-lab mode, median): {sw}", highlight=False)
 

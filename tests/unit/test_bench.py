@@ -334,6 +334,17 @@ def test_render_tables() -> None:
     assert "0.95x" in text
 
 
+def test_render_markdown_has_every_table_and_no_markup() -> None:
+    md = report.Markdown()
+    report.render(md, report.document(result()))
+    text = md.text()
+    assert "| target | measured | verdict |" in text and "| met |" in text
+    assert text.count("\n|---|") == 7   # throughput, CPU, new connections, scaling, programming, BPF, targets
+    assert "[green]" not in text and "[bold]" not in text
+    assert "0.95x" in text
+    assert "kube-proxy -> tunnel: 8.00 s" in text
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from netns_lab.bench import plot
