@@ -93,6 +93,7 @@ class MapInfo:
     max_entries: int
     name: str
     btf_id: int
+    map_flags: int = 0
 
 
 def map_info(fd: int) -> MapInfo:
@@ -100,7 +101,7 @@ def map_info(fd: int) -> MapInfo:
     size = ct.c_uint32(ct.sizeof(info))
     _check(_lib.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "bpf_obj_get_info_by_fd")
     return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
-                   info.name.decode(errors="replace"), info.btf_id)
+                   info.name.decode(errors="replace"), info.btf_id, info.map_flags)
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

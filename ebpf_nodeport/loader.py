@@ -109,8 +109,8 @@ def _drop_incompatible_pins(directory: str, specs: dict[str, MapSpec]) -> tuple[
             info = libbpf.map_info(fd)
         finally:
             os.close(fd)
-        if (info.type, info.key_size, info.value_size, info.max_entries) != (
-                spec.map_type, spec.key_size, spec.value_size, spec.max_entries):
+        if (info.type, info.key_size, info.value_size, info.max_entries, info.map_flags) != (
+                spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.map_flags):
             os.unlink(path)
         else:
             kept.append(name)

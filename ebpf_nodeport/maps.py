@@ -10,6 +10,7 @@ reason/flag names, the conntrack key normalisation and timeouts, the flow hash.
 from __future__ import annotations
 
 import ctypes as ct
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -389,6 +390,7 @@ class Event(_Struct):
 
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY = 1, 2, 6
 BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_RINGBUF = 9, 11, 27
+BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU = 1, 2
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,7 @@ class MapSpec:
     value: type | None
     max_entries: int
     max_define: str | None = None   # the overridable MAX_* behind max_entries
+    map_flags: int = 0              # BPF_F_* as the C declares them (a pin with others is stale)
 
     @property
     def key_size(self) -> int:
@@ -412,13 +415,13 @@ class MapSpec:
 
 _SPECS = (
     MapSpec("cfg", BPF_MAP_TYPE_ARRAY, U32, NodeCfg, 1),
-    MapSpec("nodes", BPF_MAP_TYPE_HASH, Addr, NodeInfo, 256, "MAX_NODES"),
-    MapSpec("routes", BPF_MAP_TYPE_LPM_TRIE, RouteKey, RouteInfo, 1024, "MAX_ROUTES"),
-    MapSpec("dsr_optout", BPF_MAP_TYPE_LPM_TRIE, RouteKey, U32, 64, "MAX_DSR_OPTOUT"),
-    MapSpec("nat_fe", BPF_MAP_TYPE_HASH, FeKey, FeValue, 65536, "MAX_SERVICES"),
-    MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS"),
-    MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES"),
-    MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("nodes", BPF_MAP_TYPE_HASH, Addr, NodeInfo, 256, "MAX_NODES", BPF_F_NO_PREALLOC),
+    MapSpec("routes", BPF_MAP_TYPE_LPM_TRIE, RouteKey, RouteInfo, 1024, "MAX_ROUTES", BPF_F_NO_PREALLOC),
+    MapSpec("dsr_optout", BPF_MAP_TYPE_LPM_TRIE, RouteKey, U32, 64, "MAX_DSR_OPTOUT", BPF_F_NO_PREALLOC),
+    MapSpec("nat_fe", BPF_MAP_TYPE_HASH, FeKey, FeValue, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
+    MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
+    MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
+    MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT", BPF_F_NO_COMMON_LRU),
     MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
     MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),
 )
@@ -433,7 +436,7 @@ def map_specs(defines: dict[str, object] | None = None) -> dict[str, MapSpec]:
     for name, spec in MAP_SPECS.items():
         override = defines.get(spec.max_define) if spec.max_define else None
         if isinstance(override, int):
-            spec = MapSpec(spec.name, spec.map_type, spec.key, spec.value, override, spec.max_define)
+            spec = dataclasses.replace(spec, max_entries=override)
         out[name] = spec
     return out
 

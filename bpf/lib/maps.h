@@ -148,8 +148,13 @@ struct ct_value {
 	__u64  bytes_ba;
 };
 
-/* Connections, both directions in one normalised entry; LRU evicts when full. */
-BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct));
+/* Connections, both directions in one normalised entry; LRU evicts when full.
+ * Per-CPU LRU lists: with the common list, once entries had been deleted (expiry
+ * on lookup, a client reusing a port, the GC) about 1% of inserts took ~100 us
+ * refilling the CPU's free list from the shared one (first-packet RTT p99 3x;
+ * docs/bench.md finding 2). The cost: each CPU evicts from its own share,
+ * MAX_CT / CPUs, so a CPU creating most flows reaches its share first. */
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct), BPF_F_NO_COMMON_LRU);
 
 /* ---- observability -------------------------------------------------------- */
 
