@@ -149,12 +149,11 @@ struct ct_value {
 };
 
 /* Connections, both directions in one normalised entry; LRU evicts when full.
- * Per-CPU LRU lists: with the common list, once entries had been deleted (expiry
- * on lookup, a client reusing a port, the GC) about 1% of inserts took ~100 us
- * refilling the CPU's free list from the shared one (first-packet RTT p99 3x;
- * docs/bench.md finding 2). The cost: each CPU evicts from its own share,
- * MAX_CT / CPUs, so a CPU creating most flows reaches its share first. */
-BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct), BPF_F_NO_COMMON_LRU);
+ * One common LRU list, not per-CPU ones (BPF_F_NO_COMMON_LRU): measured here, the
+ * per-CPU lists made every new flow 0.5-1.5 us dearer and give each CPU only
+ * MAX_CT / CPUs; the common list instead costs ~1% of inserts ~100 us once
+ * entries have been deleted (docs/bench.md, finding 2). */
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct));
 
 /* ---- observability -------------------------------------------------------- */
 

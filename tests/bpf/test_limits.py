@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
@@ -19,26 +18,11 @@ from .topo import (CLIENT, CONTROL, CUSTOMER, MAC_CALI, MAC_POD, NODE1, NODE2, N
 
 
 def _fill_ct(node, n: int) -> None:
-    """n NAT_REV entries for made-up external clients, all fresh (so none is expired),
-    inserted from every CPU in turn: the map's LRU lists are per CPU (BPF_F_NO_COMMON_LRU),
-    each holding its share of MAX_CT, as flows arriving on every CPU would fill them."""
-    cpus = sorted(os.sched_getaffinity(0))
-    assert len(cpus) == libbpf.num_possible_cpus(), "the test needs every CPU to fill every LRU list"
-    try:
-        for j, cpu in enumerate(cpus):
-            os.sched_setaffinity(0, {cpu})
-            share = n // len(cpus) + (1 if j < n % len(cpus) else 0)
-            _fill_ct_here(node, share, first=j * (n // len(cpus) + 1))
-    finally:
-        os.sched_setaffinity(0, cpus)
-
-
-def _fill_ct_here(node, n: int, first: int) -> None:
-    """n fresh NAT_REV entries numbered from `first`, inserted from the CPU this runs on."""
+    """n NAT_REV entries for made-up external clients, all fresh (so none is expired)."""
     now = maps.ktime_ns()
     base = int(ipaddress.IPv4Address("203.0.113.0"))
     ct = node.maps.ct
-    for i in range(first, first + n):
+    for i in range(n):
         k, _ = maps.ct_key(base + (i >> 8), 1024 + (i & 0xFF), CUSTOMER, 80, "tcp")
         v = maps.CtValue(created_ns=now, last_seen_ns=now, type=maps.CT_NAT_REV, flags=maps.CT_F_NODEPORT,
                          tcp_a=maps.TCPF_SYN | maps.TCPF_ACK, tcp_b=maps.TCPF_SYN | maps.TCPF_ACK,
@@ -47,9 +31,8 @@ def _fill_ct_here(node, n: int, first: int) -> None:
 
 
 def test_conntrack_full_lru_still_works(cluster):
-    """control's and node1's conntrack hold MAX_CT (65536) live entries (filled from every
-    CPU); a new NodePort connection through both is still created, NATed and answered (the
-    LRU makes room)."""
+    """control's and node1's conntrack hold MAX_CT (65536) live entries; a new NodePort
+    connection through both is still created, NATed and answered (the LRU makes room)."""
     for name in ("control", "node1"):
         node = cluster[name]
         cap = node.maps.ct.info.max_entries
