@@ -256,14 +256,5 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 
 int from_wep(struct __sk_buff *skb)
 {
-	struct node_cfg *conf = node_conf();
-	struct run_state st;
-	int action;
-
-	__builtin_memset(&st, 0, sizeof(st));
-	if (!conf)
-		action = verdict(&st, REASON_PASS, TC_ACT_OK);
-	else
-		action = wep_handle(skb, conf, &st);
-	return run_finish(skb, conf, HOOK_FROM_WEP, &st, action);
+	return entry_run(skb, HOOK_FROM_WEP, wep_handle);
 }

@@ -76,14 +76,5 @@ static __always_inline int twep_handle(struct __sk_buff *skb, const struct node_
 
 int to_wep(struct __sk_buff *skb)
 {
-	struct node_cfg *conf = node_conf();
-	struct run_state st;
-	int action;
-
-	__builtin_memset(&st, 0, sizeof(st));
-	if (!conf)
-		action = verdict(&st, REASON_PASS, TC_ACT_OK);
-	else
-		action = twep_handle(skb, conf, &st);
-	return run_finish(skb, conf, HOOK_TO_WEP, &st, action);
+	return entry_run(skb, HOOK_TO_WEP, twep_handle);
 }

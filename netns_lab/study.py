@@ -238,6 +238,21 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def _tracing(tracer: Any) -> Iterator[threading.Event]:
+    """The tracer started (its refusal as a LabError) and always stopped again, under
+    _stop_on_signals: what `trace` and `explain` both run their packets in."""
+    with _stop_on_signals() as stop:
+        try:
+            tracer.start()
+        except TraceError as exc:
+            raise LabError(str(exc)) from None
+        try:
+            yield stop
+        finally:
+            tracer.stop()
+
+
 @click.command(
     "trace",
     epilog="""\b
@@ -273,36 +288,29 @@ def trace_cmd(lab: str | None, node: str | None, client: str | None, port: int |
     tracer = Tracer(lab, nodes, names=addr_names(st), holder_dir=_trace_holders(lab), client=client,
                     port=port, include_pass=include_pass)
     shown = 0
-    with _stop_on_signals() as stop:
-        try:
-            tracer.start()
-        except TraceError as exc:
-            raise LabError(str(exc)) from None
-        try:
-            what = ", ".join(f for f in (client and f"client {client}", port and f"port {port}") if f)
-            click.echo(f"tracing {', '.join(nodes)} of lab {lab}" + (f" ({what})" if what else "")
-                       + "; Ctrl-C to stop", err=True)
-            deadline = time.monotonic() + duration if duration else None
-            def show(records: list[dict]) -> bool:
-                """Print records; True once --count is reached."""
-                nonlocal shown
-                for rec in records:
-                    click.echo(json.dumps(rec) if output == "json" else rec["line"])
-                    shown += 1
-                    if count and shown >= count:
-                        return True
-                return False
+    with _tracing(tracer) as stop:
+        what = ", ".join(f for f in (client and f"client {client}", port and f"port {port}") if f)
+        click.echo(f"tracing {', '.join(nodes)} of lab {lab}" + (f" ({what})" if what else "")
+                   + "; Ctrl-C to stop", err=True)
+        deadline = time.monotonic() + duration if duration else None
+        def show(records: list[dict]) -> bool:
+            """Print records; True once --count is reached."""
+            nonlocal shown
+            for rec in records:
+                click.echo(json.dumps(rec) if output == "json" else rec["line"])
+                shown += 1
+                if count and shown >= count:
+                    return True
+            return False
 
-            done = False
-            while not stop.is_set() and not done and not (deadline and time.monotonic() >= deadline):
-                wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
-                done = show(tracer.poll(wait))
-            if not done:
-                # Stopped (Ctrl-C, end of --duration): what is already in the rings belongs to the
-                # packets the user just watched, so print it rather than drop it.
-                show(tracer.poll(0, settle_ms=0))
-        finally:
-            tracer.stop()
+        done = False
+        while not stop.is_set() and not done and not (deadline and time.monotonic() >= deadline):
+            wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
+            done = show(tracer.poll(wait))
+        if not done:
+            # Stopped (Ctrl-C, end of --duration): what is already in the rings belongs to the
+            # packets the user just watched, so print it rather than drop it.
+            show(tracer.poll(0, settle_ms=0))
     click.echo(f"{shown} events; trace off on {', '.join(nodes)}", err=True)
     return 0
 
@@ -445,20 +453,13 @@ def explain_cmd(lab: str | None, output: str | None) -> int:
     before = snapshot("counters")
     tracer = Tracer(lab, nodes, names=names, holder_dir=_trace_holders(lab), client=tgt["client"])
     events: list[dict[str, Any]] = []
-    with _stop_on_signals() as stop:
-        try:
-            tracer.start()
-        except TraceError as exc:
-            raise LabError(str(exc)) from None
-        try:
-            cmd = ["ip", "netns", "exec", host_ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                   "--max-time", "10", "--local-port", f"{port}-{port + 20}", f"http://{fe}/"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-            deadline = time.monotonic() + 0.6
-            while time.monotonic() < deadline and not stop.is_set():
-                events.extend(tracer.poll(100))
-        finally:
-            tracer.stop()
+    with _tracing(tracer) as stop:
+        cmd = ["ip", "netns", "exec", host_ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+               "--max-time", "10", "--local-port", f"{port}-{port + 20}", f"http://{fe}/"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline and not stop.is_set():
+            events.extend(tracer.poll(100))
         if stop.is_set():
             raise KeyboardInterrupt
     # curl may have had to take another port of the range: learn it from the events.

@@ -122,4 +122,25 @@ static __always_inline struct node_cfg *node_conf(void)
 	return conf;
 }
 
+/* An attach point's handler: decides the run, filling st (see verdict()). */
+typedef int (*entry_handler)(struct __sk_buff *skb, const struct node_cfg *conf,
+			     struct run_state *st);
+
+/* The whole body of every entry function: the node's cfg (absent or
+ * disabled: pass everything), the attach point's handler, then run_finish().
+ * Always inlined with a constant handler, so the call is a direct one. */
+static __always_inline int entry_run(struct __sk_buff *skb, __u8 hook, entry_handler handle)
+{
+	struct node_cfg *conf = node_conf();
+	struct run_state st;
+	int action;
+
+	__builtin_memset(&st, 0, sizeof(st));
+	if (!conf)
+		action = verdict(&st, REASON_PASS, TC_ACT_OK);
+	else
+		action = handle(skb, conf, &st);
+	return run_finish(skb, conf, hook, &st, action);
+}
+
 #endif /* NP_EVENTS_H */
