@@ -67,8 +67,10 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	struct be_value *be = be_pick(fe, hash);
 	__be32 be_addr, fe_addr, peer;
-	__be16 be_port, fe_port;
-	__u8 flags, np_flags = 0;
+	__be16 be_port, fe_port, cport;
+	__u8 flags, np_flags = 0, reason = REASON_NAT_NEW;
+	struct ct_key rk;
+	int rev_from_a;
 
 	if (!be)
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
@@ -94,18 +96,36 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	fe_port = p->dport;
 	/* Creation cannot fail on an LRU map short of ENOMEM; without entries
 	 * the reply would still find none and pass, so carry on regardless. */
-	ct_create(skb, p, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, peer);
-	ct_create(skb, p, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer);
+	cport = p->sport;
+	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
+	if (!ct_lookup(&rk, p)) {
+		ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer, 0);
+	} else {
+		/* (client, backend) is a live connection already: this one, e.g.
+		 * the same client port through another frontend, gets a new
+		 * client port. Not DSR: only we can give replies the old back. */
+		flags &= ~CT_F_DSR;
+		np_flags = 0;
+		cport = ct_create_psnat(skb, p, be_addr, be_port, CT_NAT_REV, flags,
+					fe_addr, fe_port, peer);
+		if (!cport)
+			return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
+		flags |= CT_F_PSNAT;
+		reason = REASON_PSNAT;
+	}
+	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, peer,
+		  cport != p->sport ? cport : 0);
 	st->ct_flags = flags;
 
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0 ||
+	    rewrite_l3l4(skb, p, 1, p->saddr, cport) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
 	if (!peer) {
 		skb->mark |= SKB_MARK_BYPASS;
-		return verdict(st, REASON_NAT_NEW, TC_ACT_OK);   /* the kernel routes it to the pod */
+		return verdict(st, reason, TC_ACT_OK);   /* the kernel routes it to the pod */
 	}
-	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_port, REASON_NAT_NEW);
+	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_port, reason);
 }
 
 /* Later packet of an external client's connection (NAT_FWD hit). */
@@ -115,17 +135,18 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 {
 	__be32 be_addr = fwd->nat_addr, peer;
 	__be16 be_port = fwd->nat_port, fe_port = p->dport;
+	__be16 cport = fwd->cl_port ? fwd->cl_port : p->sport;   /* the client's port toward the backend */
 	struct ct_value *rev;
 	struct ct_key rk;
 	int rev_from_a;
 	__u8 np_flags;
 
-	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
+	ct_key_make(&rk, p->saddr, cport, be_addr, be_port, p->proto, &rev_from_a);
 	rev = ct_lookup(&rk, p);
-	if (!rev || rev->type != CT_NAT_REV) {
+	if (!rev || rev->type != CT_NAT_REV || rev->cl_port != (fwd->cl_port ? p->sport : 0)) {
 		/* The connection's state (NAT_REV) expired or was evicted, or the
-		 * client reopened the 4-tuple, or another kind of entry now holds
-		 * that key (as the GC judges it): the FWD leg goes with it. */
+		 * client reopened the 4-tuple, or another entry now holds that key
+		 * (as the GC judges it): the FWD leg goes with it. */
 		ct.delete(fwd_key);
 		return HEP_RETRY_NEW;
 	}
@@ -141,7 +162,8 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 	ct_account(skb, fwd, fwd_from_a, p);
 	ct_account(skb, rev, rev_from_a, p);
 
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0 ||
+	    rewrite_l3l4(skb, p, 1, p->saddr, cport) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
 	if (!peer) {
@@ -158,7 +180,7 @@ static __always_inline int hep_icmp(struct __sk_buff *skb, const struct node_cfg
 				    struct pkt *p, struct run_state *st)
 {
 	__be32 be_addr, peer;
-	__be16 be_port, fe_port;
+	__be16 be_port, fe_port, cport;
 	struct ct_value *v, *rev;
 	struct icmp_err e;
 	struct ct_key k;
@@ -169,12 +191,14 @@ static __always_inline int hep_icmp(struct __sk_buff *skb, const struct node_cfg
 	ct_key_make(&k, e.q_saddr, e.q_sport, e.q_daddr, e.q_dport, e.q_proto, &q_from_a);
 	v = ct_lookup(&k, p);
 	/* The quote is a reply we sent as the frontend: (frontend -> client). */
-	if (!v || v->type != CT_NAT_FWD || (v->flags & CT_F_POD_CLIENT) || ct_from_client(v, q_from_a))
+	if (!v || v->type != CT_NAT_FWD || (v->flags & (CT_F_POD_CLIENT | CT_F_FROM_TUNNEL)) ||
+	    ct_from_client(v, q_from_a))
 		return verdict(st, v ? REASON_CT_EST : REASON_PASS, TC_ACT_OK);
 	be_addr = v->nat_addr;
 	be_port = v->nat_port;
 	fe_port = e.q_sport;
-	ct_key_make(&k, e.q_daddr, e.q_dport, be_addr, be_port, e.q_proto, &q_from_a);
+	cport = v->cl_port ? v->cl_port : e.q_dport;   /* the client's port toward the backend */
+	ct_key_make(&k, e.q_daddr, cport, be_addr, be_port, e.q_proto, &q_from_a);
 	rev = ct_lookup(&k, p);
 	if (!rev)
 		return verdict(st, REASON_PASS, TC_ACT_OK);
@@ -182,7 +206,8 @@ static __always_inline int hep_icmp(struct __sk_buff *skb, const struct node_cfg
 	st->ct_flags = rev->flags;
 	if (peer && p->ttl <= 1)
 		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
-	if (icmp_err_to_backend(skb, p, &e, be_addr, be_port) < 0)
+	if (icmp_err_to_backend(skb, p, &e, be_addr, be_port) < 0 ||
+	    (cport != e.q_dport && icmp_err_rewrite_quote(skb, &e, 0, e.q_daddr, cport) < 0))
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
 	if (!peer) {
@@ -193,13 +218,117 @@ static __always_inline int hep_icmp(struct __sk_buff *skb, const struct node_cfg
 	return hep_encap_out(skb, conf, p, st, peer, 0, fe_port, REASON_ENCAP);
 }
 
+/* Backend node: is v the entry of the flow ingress node peer tunnels us
+ * for its NodePort fe_port, seen from the client's side? */
+static __always_inline int tun_flow_is(const struct ct_value *v, __be32 peer, __be16 fe_port,
+				       int from_a)
+{
+	return v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && v->tun_peer == peer &&
+	       v->nat_port == fe_port && ct_from_client(v, from_a);
+}
+
+/* Backend node: the entry of a flow from ingress node peer whose client
+ * port we replaced, found through its FWD entry (client, peer:fe_port);
+ * NULL if none. *cport gets the port the pod knows the client by. Only
+ * looked at when the packet's own 4-tuple is not that flow's. */
+static __always_inline struct ct_value *tun_psnat_lookup(struct pkt *p, __be32 client,
+							 __be16 client_port, __be32 be_addr,
+							 __be16 be_port, __u8 proto, __be32 peer,
+							 __be16 fe_port, __be16 *cport, int *from_a)
+{
+	struct ct_value *fwd, *v;
+	struct ct_key fk, k;
+	int fwd_from_a;
+
+	ct_key_make(&fk, client, client_port, peer, fe_port, proto, &fwd_from_a);
+	fwd = ct.lookup(&fk);
+	if (!fwd || fwd->type != CT_NAT_FWD || !(fwd->flags & CT_F_FROM_TUNNEL) ||
+	    fwd->tun_peer != peer || fwd->nat_addr != be_addr || fwd->nat_port != be_port)
+		return NULL;
+	*cport = fwd->cl_port;
+	ct_key_make(&k, client, *cport, be_addr, be_port, proto, from_a);
+	v = ct_lookup(&k, p);
+	if (!v || !tun_flow_is(v, peer, fe_port, *from_a) || v->cl_port != client_port) {
+		ct.delete(&fk);   /* its flow is gone: the FWD leg goes with it */
+		return NULL;
+	}
+	return v;
+}
+
+/* Backend node: a request-direction packet tunnelled by ingress node peer;
+ * v is the entry under its own 4-tuple (NULL if none). Delivered to the pod
+ * with the client's address intact (its port replaced when another live
+ * connection already is that 4-tuple). */
+static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt *in,
+					      struct run_state *st, __be32 peer,
+					      const struct vxlan_np *vx, struct ct_value *v, int from_a)
+{
+	__be16 cport = in->sport;
+	__u8 reason = REASON_DECAP;
+	struct ct_value *rv;
+	int rv_from_a;
+
+	if (v && tun_flow_is(v, peer, vx->fe_port, from_a) && !v->cl_port) {
+		/* Later packet of a flow we know. */
+		st->ct_flags = v->flags;
+		ct_account(skb, v, from_a, in);
+	} else if (vx->fe_port &&
+		   (rv = tun_psnat_lookup(in, in->saddr, in->sport, in->daddr, in->dport, in->proto,
+					  peer, vx->fe_port, &cport, &rv_from_a))) {
+		/* Later packet of a flow whose client port we replaced. */
+		st->ct_flags = rv->flags;
+		ct_account(skb, rv, rv_from_a, in);
+	} else {
+		__u8 flags = CT_F_FROM_TUNNEL | CT_F_TUNNEL;
+
+		/* Port 0 marks a reply: one for a flow we do not track must not
+		 * be delivered with an un-NATed source. */
+		if (!vx->fe_port)
+			return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
+		if (vx->np_flags & VXH_F_DSR)
+			flags |= CT_F_DSR;
+		/* The frontend is the ingress node (outer source) + the NodePort
+		 * carried in the VXLAN header: a DSR reply needs both. */
+		if (!v) {
+			ct_create(skb, in, in->sport, in->daddr, in->dport, CT_NORMAL, flags, peer,
+				  vx->fe_port, peer, 0);
+		} else {
+			/* The 4-tuple is another live connection's, e.g. the same
+			 * client port through another node or our own NodePort. */
+			cport = ct_create_psnat(skb, in, in->daddr, in->dport, CT_NORMAL, flags,
+						peer, vx->fe_port, peer);
+			if (!cport)
+				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
+			flags |= CT_F_PSNAT;
+			ct_create(skb, in, in->sport, peer, vx->fe_port, CT_NAT_FWD, flags,
+				  in->daddr, in->dport, peer, cport);
+			reason = REASON_PSNAT;
+		}
+		st->ct_flags = flags;
+	}
+	if (tunnel_decap(skb) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	if (cport != in->sport) {
+		in->l3_off -= VXLAN_ENCAP_LEN;
+		in->l4_off -= VXLAN_ENCAP_LEN;
+		if (rewrite_l3l4(skb, in, 1, in->saddr, cport) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, in);
+	}
+	/* The client's address is intact: the kernel routes it to the pod. */
+	skb->mark |= SKB_MARK_BYPASS;
+	return verdict(st, reason, TC_ACT_OK);
+}
+
 /* An ICMP error inside VXLAN from node `peer`. */
 static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct node_cfg *conf,
-					   struct pkt *in, struct run_state *st, __be32 peer)
+					   struct pkt *in, struct run_state *st, __be32 peer,
+					   const struct vxlan_np *vx)
 {
 	struct ct_value *v;
 	struct icmp_err e;
 	struct ct_key k;
+	__be16 cport;
 	int q_from_a, ret;
 
 	if (icmp_err_parse(skb, in, &e) != ICMP_ERR_OK)
@@ -211,7 +340,7 @@ static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct n
 	if (v && v->type == CT_NAT_REV && !(v->flags & CT_F_POD_CLIENT) &&
 	    v->tun_peer == peer && ct_from_client(v, q_from_a)) {
 		__be32 fe_addr = v->nat_addr;
-		__be16 fe_port = v->nat_port;
+		__be16 fe_port = v->nat_port, cl_port = v->cl_port;
 
 		st->ct_flags = v->flags;
 		if (in->ttl <= 1)
@@ -222,6 +351,7 @@ static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct n
 		in->l4_off -= VXLAN_ENCAP_LEN;
 		icmp_err_shift(&e, VXLAN_ENCAP_LEN);
 		if (icmp_err_to_client(skb, in, &e, fe_addr, fe_port) < 0 ||
+		    (cl_port && icmp_err_rewrite_quote(skb, &e, 1, e.q_saddr, cl_port) < 0) ||
 		    ttl_decrement(skb, in) != TTL_OK)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st_left(st, in);
@@ -231,16 +361,27 @@ static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct n
 		return verdict(st, REASON_REV_NAT, ret);
 	}
 	/* Backend node: about the backend's own reply, already translated by
-	 * the ingress node: deliver. */
-	if (v && v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) &&
-	    v->tun_peer == peer && !ct_from_client(v, q_from_a)) {
-		st->ct_flags = v->flags;
-		if (tunnel_decap(skb) < 0)
-			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		skb->mark |= SKB_MARK_BYPASS;
-		return verdict(st, REASON_DECAP, TC_ACT_OK);
+	 * the ingress node: deliver (to the port the pod knows the client by). */
+	cport = e.q_dport;
+	if (!(v && v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) &&
+	      v->tun_peer == peer && !ct_from_client(v, q_from_a) && !v->cl_port)) {
+		v = NULL;
+		if (vx->fe_port)
+			v = tun_psnat_lookup(in, e.q_daddr, e.q_dport, e.q_saddr, e.q_sport,
+					     e.q_proto, peer, vx->fe_port, &cport, &q_from_a);
 	}
-	return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
+	if (!v)
+		return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
+	st->ct_flags = v->flags;
+	if (tunnel_decap(skb) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	if (cport != e.q_dport) {
+		icmp_err_shift(&e, VXLAN_ENCAP_LEN);
+		if (icmp_err_rewrite_quote(skb, &e, 0, e.q_daddr, cport) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	}
+	skb->mark |= SKB_MARK_BYPASS;
+	return verdict(st, REASON_DECAP, TC_ACT_OK);
 }
 
 /* VXLAN to our address: outer is the parsed outer packet. */
@@ -286,7 +427,7 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 	st_arrived(st, &in);
 	st->tun_peer = peer;
 	if (in.proto == IPPROTO_ICMP)
-		return hep_tunnel_icmp(skb, conf, &in, st, peer);
+		return hep_tunnel_icmp(skb, conf, &in, st, peer, &vx);
 	/* We only ever tunnel TCP/UDP with ports and ICMP errors: anything else is bogus. */
 	if (!in.has_ports)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
@@ -298,7 +439,7 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 	if (v && v->type == CT_NAT_REV && !(v->flags & CT_F_POD_CLIENT) &&
 	    v->tun_peer == peer && !ct_from_client(v, from_a)) {
 		__be32 fe_addr = v->nat_addr;
-		__be16 fe_port = v->nat_port;
+		__be16 fe_port = v->nat_port, cl_port = v->cl_port;
 		int ret;
 
 		st->ct_flags = v->flags;
@@ -310,6 +451,7 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 		in.l3_off -= VXLAN_ENCAP_LEN;
 		in.l4_off -= VXLAN_ENCAP_LEN;
 		if (rewrite_l3l4(skb, &in, 1, fe_addr, fe_port) < 0 ||
+		    (cl_port && rewrite_l3l4(skb, &in, 0, in.daddr, cl_port) < 0) ||
 		    ttl_decrement(skb, &in) != TTL_OK)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st_left(st, &in);
@@ -320,31 +462,7 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		return verdict(st, REASON_REV_NAT, ret);
 	}
-
-	/* Backend node, later packet of a flow we already know. */
-	if (v && v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) &&
-	    v->tun_peer == peer && v->nat_port == vx.fe_port && ct_from_client(v, from_a)) {
-		st->ct_flags = v->flags;
-		ct_account(skb, v, from_a, &in);
-	} else {
-		__u8 flags = CT_F_FROM_TUNNEL | CT_F_TUNNEL;
-
-		/* Port 0 marks a reply: one for a flow we do not track must not
-		 * be delivered with an un-NATed source. */
-		if (!vx.fe_port)
-			return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
-		if (vx.np_flags & VXH_F_DSR)
-			flags |= CT_F_DSR;
-		/* The frontend is the ingress node (outer source) + the NodePort
-		 * carried in the VXLAN header: a DSR reply needs both. */
-		ct_create(skb, &in, in.daddr, in.dport, CT_NORMAL, flags, peer, vx.fe_port, peer);
-		st->ct_flags = flags;
-	}
-	if (tunnel_decap(skb) < 0)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	/* The client's address is intact: the kernel routes it to the pod. */
-	skb->mark |= SKB_MARK_BYPASS;
-	return verdict(st, REASON_DECAP, TC_ACT_OK);
+	return hep_tunnel_request(skb, &in, st, peer, &vx, v, from_a);
 }
 
 static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_cfg *conf,

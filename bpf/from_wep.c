@@ -22,16 +22,19 @@
 
 #define WEP_RETRY_NEW -1000
 
-/* Source rewritten to the frontend, forwarded out of eth0 to the client. */
+/* Source rewritten to the frontend (and the destination port to the
+ * client's own, cl_port, when we replaced it), forwarded out of eth0 to
+ * the client. */
 static __always_inline int wep_reply_out(struct __sk_buff *skb, const struct node_cfg *conf,
 					 struct pkt *p, struct run_state *st,
-					 __be32 fe_addr, __be16 fe_port, __u8 reason)
+					 __be32 fe_addr, __be16 fe_port, __be16 cl_port, __u8 reason)
 {
 	int ret;
 
 	if (p->ttl <= 1)
 		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
 	if (rewrite_l3l4(skb, p, 1, fe_addr, fe_port) < 0 ||
+	    (cl_port && rewrite_l3l4(skb, p, 0, p->daddr, cl_port) < 0) ||
 	    ttl_decrement(skb, p) != TTL_OK)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
@@ -56,7 +59,7 @@ static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct 
 		__be16 fe_port = v->nat_port;
 
 		ct_account(skb, v, from_a, p);
-		return wep_reply_out(skb, conf, p, st, fe_addr, fe_port, REASON_DSR_REPLY);
+		return wep_reply_out(skb, conf, p, st, fe_addr, fe_port, v->cl_port, REASON_DSR_REPLY);
 	}
 	/* The pod's MTU (fabric - 50) makes this impossible unless misconfigured:
 	 * no ICMP toward our own pod, just count it. */
@@ -65,7 +68,8 @@ static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct 
 	if (p->ttl <= 1)
 		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
 	ct_account(skb, v, from_a, p);
-	if (ttl_decrement(skb, p) != TTL_OK)
+	if ((v->cl_port && rewrite_l3l4(skb, p, 0, p->daddr, v->cl_port) < 0) ||
+	    ttl_decrement(skb, p) != TTL_OK)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	/* Replies carry no frontend port and no flags. */
@@ -120,8 +124,8 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
 	be_addr = be->addr;
 	be_port = be->port;
-	ct_create(skb, p, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0);
-	ct_create(skb, p, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0);
+	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0, 0);
+	ct_create(skb, p, p->sport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0, 0);
 	st->ct_flags = flags;
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
@@ -151,6 +155,10 @@ static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg
 	/* Backend node, about the client's request: like a reply. */
 	if (v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && q_from_client) {
 		__be32 peer = v->tun_peer;
+
+		/* The quote is the client's packet: its own port back first. */
+		if (v->cl_port && icmp_err_rewrite_quote(skb, &e, 1, e.q_saddr, v->cl_port) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 
 		if (v->flags & CT_F_DSR) {
 			__be32 fe_addr = v->nat_addr;
@@ -187,6 +195,7 @@ static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg
 		if (p->ttl <= 1)
 			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
 		if (icmp_err_to_client(skb, p, &e, fe_addr, fe_port) < 0 ||
+		    (v->cl_port && icmp_err_rewrite_quote(skb, &e, 1, e.q_saddr, v->cl_port) < 0) ||
 		    ttl_decrement(skb, p) != TTL_OK)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st_left(st, p);
@@ -234,7 +243,7 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 			if ((v->flags & CT_F_POD_CLIENT) || v->tun_peer)
 				return verdict(st, REASON_CT_EST, TC_ACT_OK);
 			ct_account(skb, v, from_a, &p);
-			return wep_reply_out(skb, conf, &p, st, v->nat_addr, v->nat_port,
+			return wep_reply_out(skb, conf, &p, st, v->nat_addr, v->nat_port, v->cl_port,
 					     REASON_REV_NAT);
 		}
 		if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && from_client) {

@@ -18,7 +18,7 @@ from . import loader, tc
 from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_NAT_REV, FE_F_CLUSTERIP,
                    FE_F_NODEPORT, PROGRAMS, RT_F_LOCAL, TUNNEL_PORT, TUNNEL_VNI, Addr, BeKey,
                    BeValue, CtKey, CtValue, FeKey, FeValue, MapView, NodeCfg, NodeInfo, NodeMaps,
-                   RouteInfo, RouteKey, SvcMeta, U32, ct_expired, ct_rev_key_of_fwd, int2ip,
+                   RouteInfo, RouteKey, SvcMeta, U32, ct_expired, ct_partner_type, ct_rev_key_of_fwd, int2ip,
                    ip2int, ktime_ns, pin_dir, proto_num)
 
 MODES = ("tunnel", "dsr")
@@ -277,8 +277,9 @@ def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
     """Delete expired conntrack entries with the C's rules; returns how many were deleted.
 
     NORMAL and NAT_REV entries expire on their own timestamps and TCP state
-    (conntrack.h ct_timeout). A NAT_FWD entry lives exactly as long as its
-    NAT_REV entry: the reply direction refreshes only the latter.
+    (conntrack.h ct_timeout). A NAT_FWD entry lives exactly as long as the entry it
+    belongs to (its NAT_REV, or a backend node's NORMAL): the reply direction refreshes
+    only the latter.
     """
     now = ktime_ns() if now_ns is None else now_ns
     entries: dict[CtKey, CtValue] = dict(ct_view.items())
@@ -296,7 +297,7 @@ def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
             dead.add(k)
             continue
         rev = entries.get(rk) or ct_view.get(rk)   # the REV may be newer than the snapshot
-        if rev is None or rev.type != CT_NAT_REV:
+        if rev is None or rev.type != ct_partner_type(v):
             dead.add(k)
     return sum(ct_view.delete(k) for k in dead)
 

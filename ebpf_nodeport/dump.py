@@ -24,7 +24,7 @@ from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CFG_FLAG_NAMES, CT_F_C
                    CT_TIMEOUTS_NS, CT_TYPES, FE_F_NODEPORT, FE_FLAG_NAMES, HOOKS, MAP_SPECS,
                    MAX_REASONS, N_HOOKS, PROTO_NAMES, REASON_DESCRIPTIONS, REASONS, RT_F_LOCAL,
                    SEC_NS, TCP_FLAG_NAMES, Addr, BeKey, BeValue, CtKey, CtValue, FeKey, FeValue,
-                   NodeCfg, NodeMaps, RouteInfo, RouteKey, ct_expired, ct_rev_key_of_fwd,
+                   NodeCfg, NodeMaps, RouteInfo, RouteKey, ct_expired, ct_partner_type, ct_rev_key_of_fwd,
                    ct_timeout_ns, flag_names, int2ip, ktime_ns, reason_name)
 
 KINDS = ("nat", "backends", "conntrack", "counters", "routes", "config")
@@ -257,6 +257,12 @@ def conntrack_records(snap: Snapshot, timeouts: dict[str, int] | None = None) ->
     for k, v in snap.ct:
         client_is_b = bool(v.flags & CT_F_CLIENT_IS_B)
         c_addr, c_port = (k.addr_b, k.port_b) if client_is_b else (k.addr_a, k.port_a)
+        # Source-port collision (CT_F_PSNAT): the backend knows the client by another port.
+        psnat_port = None
+        if v.cl_port and v.type == CT_NAT_FWD:
+            psnat_port = v.cl_port
+        elif v.cl_port:
+            c_port, psnat_port = v.cl_port, c_port
         o_addr, o_port = (k.addr_a, k.port_a) if client_is_b else (k.addr_b, k.port_b)
         nat = (v.nat_addr, v.nat_port) if v.nat_addr or v.nat_port else None
         if v.type == CT_NAT_FWD:
@@ -269,8 +275,8 @@ def conntrack_records(snap: Snapshot, timeouts: dict[str, int] | None = None) ->
         if v.type == CT_NAT_FWD:
             rk = ct_rev_key_of_fwd(k, v)
             rev = entries.get(rk)
-            follows = "NAT_REV"
-            if rev is not None and rev.type == CT_NAT_REV:
+            follows = CT_TYPES[ct_partner_type(v)]
+            if rev is not None and rev.type == ct_partner_type(v):
                 judge_k, judge_v = rk, rev
             else:
                 judge_v = None
@@ -300,6 +306,7 @@ def conntrack_records(snap: Snapshot, timeouts: dict[str, int] | None = None) ->
             "type": CT_TYPES.get(v.type, str(v.type)),
             "entry": ENTRY_NAMES.get(v.type, str(v.type)),
             "client": endpoint(*c), "client_addr": c[0], "client_port": c[1],
+            "psnat_port": psnat_port,
             "frontend": endpoint(fe_addr, fe_port), "frontend_addr": fe_addr, "frontend_port": fe_port,
             "backend": endpoint(*b) if be else None, "backend_addr": b[0], "backend_port": b[1],
             "service": name, "service_port": sport, "service_key": svc_meta,
@@ -508,7 +515,10 @@ def _render_conntrack(node: dict[str, Any], out: Console) -> None:
             state = "[red]no reverse entry[/]"
         flags = [f for f in e["flags"] if f != "CLIENT_IS_B"]
         expiry = "[red]expired[/]" if e["expired"] else duration(e["expires_in_s"])
-        t.add_row(e["proto"], e["client"], e["frontend"] or "-", e["backend"] or "-",
+        client = e["client"]
+        if e["psnat_port"]:     # the backend knows the client by another port
+            client += f" (as :{e['psnat_port']})"
+        t.add_row(e["proto"], client, e["frontend"] or "-", e["backend"] or "-",
                   e["entry"], state, peer, ", ".join(flags) or "-",
                   f"{e['packets']['from_client']}/{e['bytes']['from_client']}",
                   f"{e['packets']['to_client']}/{e['bytes']['to_client']}",

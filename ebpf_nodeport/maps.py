@@ -41,7 +41,7 @@ RT_F_LOCAL = 1
 FE_F_NODEPORT, FE_F_CLUSTERIP = 1, 2
 CT_NORMAL, CT_NAT_FWD, CT_NAT_REV = 0, 1, 2
 CT_F_TUNNEL, CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT = 1, 2, 4, 8
-CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT = 16, 32, 64
+CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT, CT_F_PSNAT = 16, 32, 64, 128
 TCPF_FIN, TCPF_SYN, TCPF_RST, TCPF_ACK = 0x01, 0x02, 0x04, 0x10
 
 TUNNEL_VNI = 4096
@@ -52,6 +52,7 @@ VXLAN_F_VNI = 0x08
 VXH_F_DSR = 0x01
 VXLAN_ENCAP_LEN = 50            # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 SKB_MARK_BYPASS = 0x01000000     # from_hep marks what it NATs/decaps and hands to the kernel (config.h)
+PSNAT_START, PSNAT_LEN = 20000, 10000   # client ports given on a source-port collision (config.h)
 
 HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP = 0, 1, 2
 HOOKS = {HOOK_FROM_HEP: "from_hep", HOOK_FROM_WEP: "from_wep", HOOK_TO_WEP: "to_wep"}
@@ -60,10 +61,10 @@ MAX_REASONS = 32
 
 REASONS: dict[int, str] = {
     0: "PASS", 1: "NAT_NEW", 2: "NAT_EST", 3: "REV_NAT", 4: "ENCAP", 5: "DECAP",
-    6: "DSR_REPLY", 7: "CT_EST",
+    6: "DSR_REPLY", 7: "CT_EST", 8: "PSNAT",
     16: "DROP_MALFORMED", 17: "DROP_TUN_UNKNOWN_SRC", 18: "DROP_TUN_BAD_VNI",
     19: "DROP_NO_BACKEND", 20: "DROP_FRAG_NEEDED", 21: "DROP_SPOOFED",
-    22: "DROP_ENCAP_FAIL", 23: "DROP_TTL", 24: "DROP_TUN_NO_FLOW",
+    22: "DROP_ENCAP_FAIL", 23: "DROP_TTL", 24: "DROP_TUN_NO_FLOW", 25: "DROP_PSNAT_FAIL",
 }
 REASON_IDS: dict[str, int] = {v: k for k, v in REASONS.items()}
 REASON_DESCRIPTIONS: dict[str, str] = {
@@ -75,6 +76,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DECAP": "decapsulated, delivered (no NAT on this node)",
     "DSR_REPLY": "reply rewritten and sent straight to the client",
     "CT_EST": "tracked flow, no rewrite needed here",
+    "PSNAT": "new connection whose 4-tuple was taken: client port replaced",
     "DROP_MALFORMED": "truncated/invalid headers",
     "DROP_TUN_UNKNOWN_SRC": "VXLAN from an address that is not a node",
     "DROP_TUN_BAD_VNI": "VXLAN with another VNI",
@@ -84,12 +86,13 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_ENCAP_FAIL": "a helper failed (adjust_room, store, csum, redirect)",
     "DROP_TTL": "TTL would reach 0 in a BPF-forwarded packet",
     "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
+    "DROP_PSNAT_FAIL": "4-tuple taken and no free client port found",
 }
 
 CT_TYPES = {CT_NORMAL: "NORMAL", CT_NAT_FWD: "NAT_FWD", CT_NAT_REV: "NAT_REV"}
 CT_FLAG_NAMES = {CT_F_TUNNEL: "TUNNEL", CT_F_DSR: "DSR", CT_F_FROM_TUNNEL: "FROM_TUNNEL",
                  CT_F_NODEPORT: "NODEPORT", CT_F_CLUSTERIP: "CLUSTERIP",
-                 CT_F_CLIENT_IS_B: "CLIENT_IS_B", CT_F_POD_CLIENT: "POD_CLIENT"}
+                 CT_F_CLIENT_IS_B: "CLIENT_IS_B", CT_F_POD_CLIENT: "POD_CLIENT", CT_F_PSNAT: "PSNAT"}
 CFG_FLAG_NAMES = {CFG_F_DSR: "DSR", CFG_F_TRACE: "TRACE", CFG_F_ENABLED: "ENABLED"}
 FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP"}
 TCP_FLAG_NAMES = {TCPF_SYN: "SYN", TCPF_ACK: "ACK", TCPF_FIN: "FIN", TCPF_RST: "RST"}
@@ -356,7 +359,7 @@ class CtValue(_Struct):
     _fields_ = [("created_ns", ct.c_uint64), ("last_seen_ns", ct.c_uint64),
                 ("type", ct.c_uint8), ("flags", ct.c_uint8), ("tcp_a", ct.c_uint8),
                 ("tcp_b", ct.c_uint8), ("nat_addr", BE32), ("nat_port", BE16),
-                ("pad", ct.c_uint16), ("tun_peer", BE32),
+                ("cl_port", BE16), ("tun_peer", BE32),
                 ("packets_ab", ct.c_uint64), ("packets_ba", ct.c_uint64),
                 ("bytes_ab", ct.c_uint64), ("bytes_ba", ct.c_uint64)]
     _addr_fields = ("nat_addr", "tun_peer")
@@ -764,10 +767,18 @@ def ct_client_side(v: CtValue) -> str:
 
 
 def ct_rev_key_of_fwd(key: CtKey, v: CtValue) -> CtKey:
-    """The NAT_REV key (client, backend) belonging to a NAT_FWD entry (client, frontend)."""
+    """The key (client, backend) of the entry a NAT_FWD entry (client, frontend) belongs to.
+
+    That entry is a NAT_REV, or on a backend node (FROM_TUNNEL) the NORMAL entry of a flow
+    whose client port it replaced; with CT_F_PSNAT the client has port cl_port toward the backend."""
     if v.flags & CT_F_CLIENT_IS_B:
         client, cport = key.addr_b, key.port_b
     else:
         client, cport = key.addr_a, key.port_a
-    rk, _ = ct_key(client, cport, v.nat_addr, v.nat_port, key.proto)
+    rk, _ = ct_key(client, v.cl_port or cport, v.nat_addr, v.nat_port, key.proto)
     return rk
+
+
+def ct_partner_type(v: CtValue) -> int:
+    """Type of the entry a NAT_FWD follows: NORMAL for a backend node's (FROM_TUNNEL), else NAT_REV."""
+    return CT_NORMAL if v.flags & CT_F_FROM_TUNNEL else CT_NAT_REV

@@ -64,6 +64,21 @@
 #define SKB_MARK_BYPASS 0x01000000
 #endif
 
+/* Source-port collision: a new connection whose (client address, port,
+ * backend) is already another live connection's, e.g. the same client port
+ * through two nodes' NodePorts to one pod, would be one 4-tuple to the pod.
+ * It gets a client port drawn from this range instead (Felix's default
+ * bpfPSNATPorts, 20000:29999), PSNAT_RETRIES draws at most. */
+#ifndef PSNAT_START
+#define PSNAT_START 20000
+#endif
+#ifndef PSNAT_LEN
+#define PSNAT_LEN 10000
+#endif
+#ifndef PSNAT_RETRIES
+#define PSNAT_RETRIES 3
+#endif
+
 /* Outer UDP source ports come from this range (RFC 7348 recommends the
  * dynamic range so that ECMP in the fabric can spread flows). */
 #define TUNNEL_SPORT_BASE 49152

@@ -161,35 +161,71 @@ static __always_inline void ct_account(struct __sk_buff *skb, struct ct_value *v
 	}
 }
 
-/* Create an entry for the connection whose client sent packet p to
- * (daddr, dport); the packet itself is accounted in it. */
-static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p,
+static __always_inline void ct_fill(struct ct_value *v, struct __sk_buff *skb,
+				    const struct pkt *p, int from_a, __u8 type, __u8 flags,
+				    __be32 nat_addr, __be16 nat_port, __be32 tun_peer, __be16 cl_port)
+{
+	__builtin_memset(v, 0, sizeof(*v));
+	v->created_ns = pkt_now(p);
+	v->last_seen_ns = v->created_ns;
+	v->type = type;
+	v->flags = flags | (from_a ? 0 : CT_F_CLIENT_IS_B);
+	v->nat_addr = nat_addr;
+	v->nat_port = nat_port;
+	v->cl_port = cl_port;
+	v->tun_peer = tun_peer;
+	if (from_a) {
+		v->tcp_a = p->tcp_flags;
+		v->packets_ab = skb_segs(skb);
+		v->bytes_ab = p->ip_len;
+	} else {
+		v->tcp_b = p->tcp_flags;
+		v->packets_ba = skb_segs(skb);
+		v->bytes_ba = p->ip_len;
+	}
+}
+
+/* Create an entry for the connection whose client sent packet p (from its
+ * port sport) to (daddr, dport); the packet itself is accounted in it. */
+static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p, __be16 sport,
 				     __be32 daddr, __be16 dport, __u8 type, __u8 flags,
-				     __be32 nat_addr, __be16 nat_port, __be32 tun_peer)
+				     __be32 nat_addr, __be16 nat_port, __be32 tun_peer,
+				     __be16 cl_port)
 {
 	struct ct_key k;
 	struct ct_value v;
 	int from_a;
 
-	ct_key_make(&k, p->saddr, p->sport, daddr, dport, p->proto, &from_a);
-	__builtin_memset(&v, 0, sizeof(v));
-	v.created_ns = pkt_now(p);
-	v.last_seen_ns = v.created_ns;
-	v.type = type;
-	v.flags = flags | (from_a ? 0 : CT_F_CLIENT_IS_B);
-	v.nat_addr = nat_addr;
-	v.nat_port = nat_port;
-	v.tun_peer = tun_peer;
-	if (from_a) {
-		v.tcp_a = p->tcp_flags;
-		v.packets_ab = skb_segs(skb);
-		v.bytes_ab = p->ip_len;
-	} else {
-		v.tcp_b = p->tcp_flags;
-		v.packets_ba = skb_segs(skb);
-		v.bytes_ba = p->ip_len;
-	}
+	ct_key_make(&k, p->saddr, sport, daddr, dport, p->proto, &from_a);
+	ct_fill(&v, skb, p, from_a, type, flags, nat_addr, nat_port, tun_peer, cl_port);
 	return ct.update(&k, &v);
+}
+
+/* Source-port collision (config.h): the entry for (client, backend) of a
+ * new connection, under a client port drawn from the PSNAT range that no
+ * entry holds (inserted only if absent, so two CPUs never share one). The
+ * entry keeps the client's own port for the replies. Returns the new port,
+ * 0 when every draw was taken. */
+static __always_inline __be16 ct_create_psnat(struct __sk_buff *skb, struct pkt *p,
+					      __be32 be_addr, __be16 be_port, __u8 type,
+					      __u8 flags, __be32 nat_addr, __be16 nat_port,
+					      __be32 tun_peer)
+{
+	struct ct_key k;
+	struct ct_value v;
+	int from_a;
+
+#pragma unroll
+	for (int i = 0; i < PSNAT_RETRIES; i++) {
+		__be16 port = bpf_htons(PSNAT_START + bpf_get_prandom_u32() % PSNAT_LEN);
+
+		ct_key_make(&k, p->saddr, port, be_addr, be_port, p->proto, &from_a);
+		ct_fill(&v, skb, p, from_a, type, flags | CT_F_PSNAT, nat_addr, nat_port,
+			tun_peer, p->sport);
+		if (ct.insert(&k, &v) == 0)
+			return port;
+	}
+	return 0;
 }
 
 #endif /* NP_CONNTRACK_H */

@@ -20,6 +20,7 @@
 #define REASON_DECAP            5   /* decapsulated, delivered (no NAT on this node) */
 #define REASON_DSR_REPLY        6   /* reply rewritten and sent straight to the client */
 #define REASON_CT_EST           7   /* tracked flow, no rewrite needed here */
+#define REASON_PSNAT            8   /* new connection whose 4-tuple was taken: client port replaced */
 
 #define REASON_DROP_MALFORMED        16  /* truncated/invalid headers */
 #define REASON_DROP_TUN_UNKNOWN_SRC  17  /* VXLAN from an address that is not a node */
@@ -30,5 +31,6 @@
 #define REASON_DROP_ENCAP_FAIL       22  /* a helper failed (adjust_room, store, csum, change_tail) */
 #define REASON_DROP_TTL              23  /* TTL would reach 0 in a BPF-forwarded packet */
 #define REASON_DROP_TUN_NO_FLOW      24  /* tunnelled reply for a flow this node does not track */
+#define REASON_DROP_PSNAT_FAIL       25  /* 4-tuple taken and no free client port in PSNAT_RETRIES draws */
 
 #endif /* NP_COUNTERS_H */

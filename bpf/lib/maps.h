@@ -109,7 +109,8 @@ BPF_TABLE_PINNED("hash", __u32, struct svc_meta, svc_meta, MAX_SERVICES, PIN(svc
 /* ---- conntrack -------------------------------------------------------------- */
 
 #define CT_NORMAL  0          /* tracked, no NAT on this node (backend node of a tunnelled flow) */
-#define CT_NAT_FWD 1          /* (client, frontend): nat = backend */
+#define CT_NAT_FWD 1          /* (client, frontend): nat = backend. On a backend node (FROM_TUNNEL):
+			       * (client, ingress node:NodePort) of a flow whose port it replaced */
 #define CT_NAT_REV 2          /* (client, backend): nat = frontend; holds state and counters */
 
 #define CT_F_TUNNEL       1   /* the flow crosses the tunnel to/from tun_peer */
@@ -119,6 +120,7 @@ BPF_TABLE_PINNED("hash", __u32, struct svc_meta, svc_meta, MAX_SERVICES, PIN(svc
 #define CT_F_CLUSTERIP   16   /* frontend was a ClusterIP */
 #define CT_F_CLIENT_IS_B 32   /* the client is side b of the key */
 #define CT_F_POD_CLIENT  64   /* client is a local pod: reverse NAT happens in to_wep */
+#define CT_F_PSNAT      128   /* the client's port was replaced (source-port collision): see cl_port */
 
 /* Normalised: (addr_a, port_a) <= (addr_b, port_b) as host-order numbers,
  * so both directions of a connection find the same entry. */
@@ -140,7 +142,8 @@ struct ct_value {
 	__u8   tcp_b;         /* same, from side b */
 	__be32 nat_addr;      /* FWD: backend; REV: frontend; NORMAL from tunnel: frontend */
 	__be16 nat_port;
-	__u16  pad;
+	__be16 cl_port;       /* CT_F_PSNAT only: FWD = the port the client has toward the backend;
+			       * REV/NORMAL = the client's own port (replies get it back); else 0 */
 	__be32 tun_peer;      /* node the flow is tunnelled to/from, 0 = none */
 	__u64  packets_ab;    /* from side a to side b */
 	__u64  packets_ba;

@@ -95,6 +95,42 @@ def host_python(lab: Lab, script: str, timeout: float = 300) -> str:
     return proc.stdout
 
 
+COLLIDE_SCRIPT = r"""
+import json, socket, sys
+first, second, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def sock():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # two sockets, one client port
+    s.bind(("0.0.0.0", port))
+    s.settimeout(5)
+    return s
+def get(s):
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: yaobank\r\n\r\n")
+        data = b""
+        while b"</html>" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return "ok" if b"2389.45 USD" in data else "bad page"
+    except OSError as exc:
+        return repr(exc)
+a = sock(); a.connect((first, 30180))
+b = sock(); b.connect((second, 30180))
+print(json.dumps([get(a), get(b), get(a), get(b)]))
+"""
+
+
+def same_port_twice(lab: Lab, first: str, second: str, port: int) -> list[str]:
+    """From host1, two live keep-alive connections from one client port to the customer NodePort
+    on two node addresses, two requests on each, interleaved: what each request got."""
+    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, "-c", COLLIDE_SCRIPT,
+                           first, second, str(port)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def lab_namespaces(lab: str, netns_dir: Path = naming.NETNS_DIR) -> list[str]:
     """Namespaces of `lab` present under a /run/netns directory."""
     try:

@@ -17,7 +17,7 @@ import pytest
 from netns_lab import capture
 from netns_lab.nsexec import sysctl
 
-from .conftest import Lab, cli, running_lab, unique_lab, wait_for
+from .conftest import Lab, cli, counter, running_lab, same_port_twice, unique_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -217,3 +217,13 @@ def test_lesson_walkthrough() -> None:
         assert cli("status", "--name", name, check=False).returncode != 0  # it brought the lab up, so it took it down
     finally:
         cli("down", "--name", name, check=False)
+
+
+def test_same_client_port_through_two_nodes_at_once(dsr_lab: Lab) -> None:
+    """DSR: one client port through control and node2 at once to the customer pod on node1. node1
+    gives the second a PSNAT port and its DSR replies carry the client's own port back."""
+    psnat_before = counter(dsr_lab, "node1", "from_hep", "PSNAT")
+    dsr_before = counter(dsr_lab, "node1", "from_wep", "DSR_REPLY")
+    assert same_port_twice(dsr_lab, CONTROL, "198.19.0.3", 41004) == ["ok", "ok", "ok", "ok"]
+    assert counter(dsr_lab, "node1", "from_hep", "PSNAT") == psnat_before + 1
+    assert counter(dsr_lab, "node1", "from_wep", "DSR_REPLY") > dsr_before  # replies still went straight back

@@ -15,7 +15,7 @@ import pytest
 from ebpf_nodeport.datapath import NodeDatapath
 from netns_lab import dataplane, kubeproxy, naming
 
-from .conftest import Lab, cli, counter, host_python, running_lab, unique_lab, wait_for
+from .conftest import Lab, cli, counter, host_python, running_lab, same_port_twice, unique_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -155,6 +155,23 @@ bad = [r for r in seq + conc if r is not True]
 print(len(seq), len(conc), len(bad), bad[:3])
 """
     assert host_python(tunnel_lab, script).strip().split(maxsplit=3) == ["1000", "100", "0", "[]"]
+
+
+@pytest.mark.parametrize("first,second,port", [
+    ("control", "node2", 41001),   # both tunnelled to node1: the backend node replaces the port
+    ("control", "node1", 41002),   # tunnelled, then node1's own NodePort: node1 as ingress replaces it
+    ("node1", "control", 41003),   # local first, then tunnelled
+])
+def test_same_client_port_through_two_nodes_at_once(tunnel_lab: Lab, first: str, second: str, port: int) -> None:
+    """One client port, two live connections through two nodes to the one customer pod: the pod
+    would see one 4-tuple. The second gets a PSNAT port on node1; both keep answering."""
+    psnat_before = counter(tunnel_lab, "node1", "from_hep", "PSNAT")
+    box: list[str] = []
+    entries = new_entries(tunnel_lab, "customer",
+                          lambda: box.extend(same_port_twice(tunnel_lab, NODES[first], NODES[second], port)))
+    assert box == ["ok", "ok", "ok", "ok"], box
+    assert counter(tunnel_lab, "node1", "from_hep", "PSNAT") == psnat_before + 1
+    assert {e["client"] for e in entries} == {HOST1}  # the client's address is still preserved
 
 
 def test_bad_patches_are_refused_and_change_nothing(tunnel_lab: Lab) -> None:
