@@ -94,31 +94,38 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	}
 	fe_addr = p->daddr;
 	fe_port = p->dport;
-	/* Creation cannot fail on an LRU map short of ENOMEM; without entries
-	 * the reply would still find none and pass, so carry on regardless. */
+	/* Creation cannot fail on an LRU map short of ENOMEM (or a held key
+	 * below); without entries the reply would still find none and pass,
+	 * so carry on regardless. Inserting first costs nothing extra when the
+	 * key is free, the usual case; a held key is looked at only then. */
 	cport = p->sport;
 	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
-	if (!ct_lookup(&rk, p)) {
-		ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer, 0);
-	} else {
-		/* (client, backend) is a live connection already: this one, e.g.
-		 * the same client port through another frontend, gets a new
-		 * client port. Not DSR: only we can give replies the old back. */
-		flags &= ~CT_F_DSR;
-		np_flags = 0;
-		cport = ct_create_psnat(skb, p, be_addr, be_port, CT_NAT_REV, flags,
-					fe_addr, fe_port, peer);
-		if (!cport)
-			return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
-		flags |= CT_F_PSNAT;
-		reason = REASON_PSNAT;
+	if (ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer, 0,
+		      CT_NEW_ONLY) == -EEXIST) {
+		if (!ct_lookup(&rk, p)) {
+			/* An expired or closed connection's, deleted by the lookup. */
+			ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port,
+				  peer, 0, CT_REPLACE);
+		} else {
+			/* (client, backend) is a live connection already: this one,
+			 * e.g. the same client port through another node, gets a new
+			 * client port. Not DSR: only we can give replies the old back. */
+			flags &= ~CT_F_DSR;
+			np_flags = 0;
+			cport = ct_create_psnat(skb, p, be_addr, be_port, CT_NAT_REV, flags,
+						fe_addr, fe_port, peer);
+			if (!cport)
+				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
+			flags |= CT_F_PSNAT;
+			reason = REASON_PSNAT;
+		}
 	}
 	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, peer,
-		  cport != p->sport ? cport : 0);
+		  cport != p->sport ? cport : 0, CT_REPLACE);
 	st->ct_flags = flags;
 
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0 ||
-	    rewrite_l3l4(skb, p, 1, p->saddr, cport) < 0)
+	    (cport != p->sport && rewrite_l3l4(skb, p, 1, p->saddr, cport) < 0))
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
 	if (!peer) {
@@ -163,7 +170,7 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 	ct_account(skb, rev, rev_from_a, p);
 
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0 ||
-	    rewrite_l3l4(skb, p, 1, p->saddr, cport) < 0)
+	    (cport != p->sport && rewrite_l3l4(skb, p, 1, p->saddr, cport) < 0))
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
 	if (!peer) {
@@ -268,11 +275,15 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 	struct ct_value *rv;
 	int rv_from_a;
 
+	/* A SYN whose own 4-tuple is free opens a connection with no need of a
+	 * replaced port: the FWD lookup, a cache miss on every new connection,
+	 * is skipped (a replaced flow's SYN retransmitted after the 4-tuple's
+	 * holder left just takes the 4-tuple itself). */
 	if (v && tun_flow_is(v, peer, vx->fe_port, from_a) && !v->cl_port) {
 		/* Later packet of a flow we know. */
 		st->ct_flags = v->flags;
 		ct_account(skb, v, from_a, in);
-	} else if (vx->fe_port &&
+	} else if (vx->fe_port && (v || !tcp_opening(in)) &&
 		   (rv = tun_psnat_lookup(in, in->saddr, in->sport, in->daddr, in->dport, in->proto,
 					  peer, vx->fe_port, &cport, &rv_from_a))) {
 		/* Later packet of a flow whose client port we replaced. */
@@ -291,7 +302,7 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 		 * carried in the VXLAN header: a DSR reply needs both. */
 		if (!v) {
 			ct_create(skb, in, in->sport, in->daddr, in->dport, CT_NORMAL, flags, peer,
-				  vx->fe_port, peer, 0);
+				  vx->fe_port, peer, 0, CT_REPLACE);
 		} else {
 			/* The 4-tuple is another live connection's, e.g. the same
 			 * client port through another node or our own NodePort. */
@@ -301,7 +312,7 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
 			flags |= CT_F_PSNAT;
 			ct_create(skb, in, in->sport, peer, vx->fe_port, CT_NAT_FWD, flags,
-				  in->daddr, in->dport, peer, cport);
+				  in->daddr, in->dport, peer, cport, CT_REPLACE);
 			reason = REASON_PSNAT;
 		}
 		st->ct_flags = flags;

@@ -124,8 +124,8 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
 	be_addr = be->addr;
 	be_port = be->port;
-	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0, 0);
-	ct_create(skb, p, p->sport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0, 0);
+	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0, 0, CT_REPLACE);
+	ct_create(skb, p, p->sport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0, 0, CT_REPLACE);
 	st->ct_flags = flags;
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);

@@ -99,16 +99,18 @@ static __always_inline __u64 ct_timeout(const struct ct_value *v, __u8 proto)
 	return CT_TIMEOUT_TCP_SYN;
 }
 
+/* A TCP SYN without ACK: the first packet of a connection (or its retransmit). */
+static __always_inline int tcp_opening(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+}
+
 /* A closed or closing TCP entry met by a fresh SYN: the client reuses the
  * 4-tuple for a new connection, which must get a fresh entry (and a fresh
  * backend choice), not inherit the dying one. */
 static __always_inline int ct_reopened(const struct ct_value *v, const struct pkt *p)
 {
-	__u8 all = v->tcp_a | v->tcp_b;
-
-	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
-		return 0;
-	return (all & (TCPF_RST | TCPF_FIN)) != 0;
+	return tcp_opening(p) && ((v->tcp_a | v->tcp_b) & (TCPF_RST | TCPF_FIN)) != 0;
 }
 
 static __always_inline int ct_expired(const struct ct_value *v, __u8 proto, __u64 now)
@@ -162,7 +164,7 @@ static __always_inline void ct_account(struct __sk_buff *skb, struct ct_value *v
 }
 
 static __always_inline void ct_fill(struct ct_value *v, struct __sk_buff *skb,
-				    const struct pkt *p, int from_a, __u8 type, __u8 flags,
+				    struct pkt *p, int from_a, __u8 type, __u8 flags,
 				    __be32 nat_addr, __be16 nat_port, __be32 tun_peer, __be16 cl_port)
 {
 	__builtin_memset(v, 0, sizeof(*v));
@@ -185,12 +187,15 @@ static __always_inline void ct_fill(struct ct_value *v, struct __sk_buff *skb,
 	}
 }
 
+#define CT_REPLACE 0   /* ct_create: overwrite whatever holds the key */
+#define CT_NEW_ONLY 1  /* ct_create: fail (-EEXIST) if the key is held */
+
 /* Create an entry for the connection whose client sent packet p (from its
  * port sport) to (daddr, dport); the packet itself is accounted in it. */
 static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p, __be16 sport,
 				     __be32 daddr, __be16 dport, __u8 type, __u8 flags,
 				     __be32 nat_addr, __be16 nat_port, __be32 tun_peer,
-				     __be16 cl_port)
+				     __be16 cl_port, int how)
 {
 	struct ct_key k;
 	struct ct_value v;
@@ -198,7 +203,7 @@ static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p, __be1
 
 	ct_key_make(&k, p->saddr, sport, daddr, dport, p->proto, &from_a);
 	ct_fill(&v, skb, p, from_a, type, flags, nat_addr, nat_port, tun_peer, cl_port);
-	return ct.update(&k, &v);
+	return how == CT_NEW_ONLY ? ct.insert(&k, &v) : ct.update(&k, &v);
 }
 
 /* Source-port collision (config.h): the entry for (client, backend) of a
