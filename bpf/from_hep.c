@@ -99,9 +99,9 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	 * so carry on regardless. Inserting first costs nothing extra when the
 	 * key is free, the usual case; a held key is looked at only then. */
 	cport = p->sport;
-	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 	if (ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer, 0,
 		      CT_NEW_ONLY) == -EEXIST) {
+		ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 		if (!ct_lookup(&rk, p)) {
 			/* An expired or closed connection's, deleted by the lookup. */
 			ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port,
@@ -275,14 +275,14 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 	struct ct_value *rv;
 	int rv_from_a;
 
-	/* A SYN whose own 4-tuple is free opens a connection with no need of a
-	 * replaced port: the FWD lookup, a cache miss on every new connection,
-	 * is skipped (a replaced flow's SYN retransmitted after the 4-tuple's
-	 * holder left just takes the 4-tuple itself). */
 	if (v && tun_flow_is(v, peer, vx->fe_port, from_a) && !v->cl_port) {
 		/* Later packet of a flow we know. */
 		st->ct_flags = v->flags;
 		ct_account(skb, v, from_a, in);
+	/* A SYN whose own 4-tuple is free opens a connection with no need of a
+	 * replaced port: the FWD lookup, a cache miss on every new connection,
+	 * is skipped (a replaced flow's SYN retransmitted after the 4-tuple's
+	 * holder left just takes the 4-tuple itself). */
 	} else if (vx->fe_port && (v || !tcp_opening(in)) &&
 		   (rv = tun_psnat_lookup(in, in->saddr, in->sport, in->daddr, in->dport, in->proto,
 					  peer, vx->fe_port, &cport, &rv_from_a))) {

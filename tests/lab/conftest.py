@@ -87,9 +87,9 @@ def counter(lab: Lab, node: str, hook: str, reason: str) -> int:
         return m.counter(hook, reason)
 
 
-def host_python(lab: Lab, script: str, timeout: float = 300) -> str:
-    """Run a Python snippet inside host1's namespace; its stdout."""
-    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, "-c", script],
+def host_python(lab: Lab, script: str, *args: str, timeout: float = 300) -> str:
+    """Run a Python snippet (with sys.argv[1:] = args) inside host1's namespace; its stdout."""
+    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, "-c", script, *args],
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -125,10 +125,7 @@ print(json.dumps([get(a), get(b), get(a), get(b)]))
 def same_port_twice(lab: Lab, first: str, second: str, port: int) -> list[str]:
     """From host1, two live keep-alive connections from one client port to the customer NodePort
     on two node addresses, two requests on each, interleaved: what each request got."""
-    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, "-c", COLLIDE_SCRIPT,
-                           first, second, str(port)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(host_python(lab, COLLIDE_SCRIPT, first, second, str(port), timeout=60))
 
 
 def lab_namespaces(lab: str, netns_dir: Path = naming.NETNS_DIR) -> list[str]:
