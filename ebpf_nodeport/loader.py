@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import libbpf
-from .maps import MAP_SPECS, PROGRAMS, PIN_ROOT, MapSpec, map_specs, pin_dir
+from .abi import MAP_SPECS, PROGRAMS, MapSpec, map_specs
+from .maps import PIN_ROOT, pin_dir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY_FILES = tuple(f"{p}.c" for p in PROGRAMS)
@@ -233,7 +234,7 @@ def relocate_map_fds(insns: bytes, fds: dict[int, int], what: str = "program") -
             if src == BPF_PSEUDO_MAP_FD:
                 if imm not in fds:
                     raise LoaderError(f"{what}: instruction {i} loads map fd {imm}, which is "
-                                      "not one of the datapath's maps (maps.MAP_SPECS)")
+                                      "not one of the datapath's maps (abi.MAP_SPECS)")
                 struct.pack_into("<i", out, i * 8 + 4, fds[imm])
             elif src:
                 kind = _PSEUDO_LD_NAMES.get(src, f"unknown pseudo source {src}")
@@ -262,7 +263,7 @@ class _Template:
         bad = [name for name, fd in fds.items() if fd < 0]
         if bad:
             raise LoaderError(f"BCC has no table {', '.join(bad)}: bpf/lib/maps.h and "
-                              "maps.MAP_SPECS disagree")
+                              "abi.MAP_SPECS disagree")
         return cls({p: bpf.dump_func(p) for p in PROGRAMS}, fds)
 
 
