@@ -262,16 +262,20 @@ def _packer(cls: type[_Struct]) -> struct.Struct | None:
 class U32(_Struct):
     """A host-order __u32 key (array index, service id)."""
     _fields_ = [("value", ct.c_uint32)]
+    _scalar = True
 
 
 class Addr(_Struct):
     """A __be32 address key (nodes map)."""
     _fields_ = [("addr", BE32)]
     _addr_fields = ("addr",)
+    _scalar = True
 
 
 class U64(_Struct):
+    """A __u64 value (a per-CPU counter slot)."""
     _fields_ = [("value", ct.c_uint64)]
+    _scalar = True
 
 
 class NodeCfg(_Struct):
@@ -387,6 +391,27 @@ class Event(_Struct):
         return d
 
 
+# ---- layouts: what BTF is compared with -------------------------------------------------
+
+class LayoutField(NamedTuple):
+    """One member of a struct as BTF describes it: name, byte offset, size in bytes."""
+    name: str
+    offset: int
+    size: int
+
+
+Layout = tuple[LayoutField, ...]
+
+
+def layout(cls: type[_Struct]) -> Layout:
+    """The C layout cls mirrors: its fields' names, offsets and sizes, as btf.Btf.layout() reads
+    them. A wrapper of a plain C scalar (U32, Addr, U64: `_scalar`) is one unnamed field."""
+    if getattr(cls, "_scalar", False):
+        return (LayoutField("", 0, ct.sizeof(cls)),)
+    return tuple(LayoutField(name, getattr(cls, name).offset, ct.sizeof(ctype))
+                 for name, ctype, *_ in cls._fields_)
+
+
 # ---- map specs --------------------------------------------------------------------------
 
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY = 1, 2, 6
@@ -412,6 +437,14 @@ class MapSpec:
     @property
     def value_size(self) -> int:
         return ct.sizeof(self.value) if self.value else 0
+
+    @property
+    def key_layout(self) -> Layout | None:
+        return layout(self.key) if self.key else None
+
+    @property
+    def value_layout(self) -> Layout | None:
+        return layout(self.value) if self.value else None
 
 
 _SPECS = (

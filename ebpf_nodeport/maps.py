@@ -75,17 +75,9 @@ class MapView(Generic[K, V]):
     def raw_items(self) -> dict[bytes, bytes]:
         """Every entry as key bytes -> value bytes, read in bulk where the kernel allows.
 
-        BPF_MAP_LOOKUP_BATCH costs one syscall per few thousand entries; where the kernel
-        has no batch ops for the map type (LPM tries on older kernels) it is iterated,
-        two syscalls per entry (those maps are small here).
+        BPF_MAP_LOOKUP_BATCH costs one syscall per few thousand entries (libbpf.map_all).
         """
-        ksize, vsize = ct.sizeof(self.key_type), ct.sizeof(self.value_type)
-        try:
-            return libbpf.map_lookup_batch(self.fd, ksize, vsize)
-        except libbpf.BpfError as exc:
-            if exc.errno not in libbpf.BATCH_UNSUPPORTED:
-                raise
-        return libbpf.map_items(self.fd, ksize, vsize)
+        return libbpf.map_all(self.fd, ct.sizeof(self.key_type), ct.sizeof(self.value_type))
 
     def keys(self) -> Iterator[K]:
         for raw in self.raw_items():
