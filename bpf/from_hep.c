@@ -298,8 +298,8 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 			flags |= CT_F_DSR;
 		/* The frontend is the ingress node (outer source) + the NodePort
 		 * carried in the VXLAN header: a DSR reply needs both. */
-		struct ct_new n = { .sport = in->sport, .daddr = in->daddr, .dport = in->dport,
-				    .type = CT_NORMAL, .flags = flags, .nat_addr = peer,
+		struct ct_new n = { .type = CT_NORMAL, .flags = flags, .sport = in->sport,
+				    .daddr = in->daddr, .dport = in->dport, .nat_addr = peer,
 				    .nat_port = vx->fe_port, .tun_peer = peer };
 
 		if (!v) {
@@ -311,8 +311,8 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 			if (!cport)
 				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
 			flags |= CT_F_PSNAT;
-			n = (struct ct_new){ .sport = in->sport, .daddr = peer, .dport = vx->fe_port,
-					     .type = CT_NAT_FWD, .flags = flags, .nat_addr = in->daddr,
+			n = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = in->sport,
+					     .daddr = peer, .dport = vx->fe_port, .nat_addr = in->daddr,
 					     .nat_port = in->dport, .tun_peer = peer, .cl_port = cport };
 			ct_create(skb, in, &n, CT_REPLACE);
 			reason = REASON_PSNAT;

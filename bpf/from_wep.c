@@ -114,12 +114,10 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
 	be_addr = be->addr;
 	be_port = be->port;
-	fwd = (struct ct_new){ .sport = p->sport, .daddr = fe_addr, .dport = fe_port,
-			       .type = CT_NAT_FWD, .flags = flags, .nat_addr = be_addr,
-			       .nat_port = be_port };
-	rev = (struct ct_new){ .sport = p->sport, .daddr = be_addr, .dport = be_port,
-			       .type = CT_NAT_REV, .flags = flags, .nat_addr = fe_addr,
-			       .nat_port = fe_port };
+	fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = p->sport, .daddr = fe_addr,
+			       .dport = fe_port, .nat_addr = be_addr, .nat_port = be_port };
+	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
+			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port };
 	ct_create(skb, p, &fwd, CT_REPLACE);
 	ct_create(skb, p, &rev, CT_REPLACE);
 	st->ct_flags = flags;
