@@ -21,8 +21,6 @@
 #include "lib/icmp.h"
 #include "lib/events.h"
 
-#define HEP_RETRY_NEW -1000   /* stale NAT_FWD removed: handle as a new connection */
-
 /* Too big to encapsulate: tell a DF sender the MTU that fits, else drop. */
 static __always_inline int hep_too_big(struct __sk_buff *skb, const struct node_cfg *conf,
 				       const struct pkt *p, struct run_state *st)
@@ -53,10 +51,7 @@ static __always_inline int hep_encap_out(struct __sk_buff *skb, const struct nod
 	if (tunnel_encap(skb, conf, peer, np_flags, fe_port, hash, p->tos) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st->tun_peer = peer;
-	ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-	if (ret != TC_ACT_REDIRECT)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	return verdict(st, reason, ret);
+	return verdict_redirect(st, conf, reason);
 }
 
 /* First packet of a connection to frontend fe. */
@@ -69,6 +64,7 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	__be32 be_addr, fe_addr, peer;
 	__be16 be_port, fe_port, cport;
 	__u8 flags, np_flags = 0, reason = REASON_NAT_NEW;
+	struct ct_new rev, fwd;
 	struct ct_key rk;
 	int rev_from_a;
 
@@ -99,29 +95,31 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	 * so carry on regardless. Inserting first costs nothing extra when the
 	 * key is free, the usual case; a held key is looked at only then. */
 	cport = p->sport;
-	if (ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, peer, 0,
-		      CT_NEW_ONLY) == -EEXIST) {
+	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
+			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port, .tun_peer = peer };
+	if (ct_create(skb, p, &rev, CT_NEW_ONLY) == -EEXIST) {
 		ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 		if (!ct_lookup(&rk, p)) {
 			/* An expired or closed connection's, deleted by the lookup. */
-			ct_create(skb, p, cport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port,
-				  peer, 0, CT_REPLACE);
+			ct_create(skb, p, &rev, CT_REPLACE);
 		} else {
 			/* (client, backend) is a live connection already: this one,
 			 * e.g. the same client port through another node, gets a new
 			 * client port. Not DSR: only we can give replies the old back. */
 			flags &= ~CT_F_DSR;
+			rev.flags = flags;
 			np_flags = 0;
-			cport = ct_create_psnat(skb, p, be_addr, be_port, CT_NAT_REV, flags,
-						fe_addr, fe_port, peer);
+			cport = ct_create_psnat(skb, p, &rev);
 			if (!cport)
 				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
 			flags |= CT_F_PSNAT;
 			reason = REASON_PSNAT;
 		}
 	}
-	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, peer,
-		  cport != p->sport ? cport : 0, CT_REPLACE);
+	fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = p->sport, .daddr = fe_addr,
+			       .dport = fe_port, .nat_addr = be_addr, .nat_port = be_port, .tun_peer = peer,
+			       .cl_port = cport != p->sport ? cport : 0 };
+	ct_create(skb, p, &fwd, CT_REPLACE);
 	st->ct_flags = flags;
 
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0 ||
@@ -155,7 +153,7 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 		 * client reopened the 4-tuple, or another entry now holds that key
 		 * (as the GC judges it): the FWD leg goes with it. */
 		ct.delete(fwd_key);
-		return HEP_RETRY_NEW;
+		return CT_RETRY_NEW;
 	}
 	peer = rev->tun_peer;
 	st->ct_flags = rev->flags;
@@ -300,28 +298,30 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 			flags |= CT_F_DSR;
 		/* The frontend is the ingress node (outer source) + the NodePort
 		 * carried in the VXLAN header: a DSR reply needs both. */
+		struct ct_new n = { .type = CT_NORMAL, .flags = flags, .sport = in->sport,
+				    .daddr = in->daddr, .dport = in->dport, .nat_addr = peer,
+				    .nat_port = vx->fe_port, .tun_peer = peer };
+
 		if (!v) {
-			ct_create(skb, in, in->sport, in->daddr, in->dport, CT_NORMAL, flags, peer,
-				  vx->fe_port, peer, 0, CT_REPLACE);
+			ct_create(skb, in, &n, CT_REPLACE);
 		} else {
 			/* The 4-tuple is another live connection's, e.g. the same
 			 * client port through another node or our own NodePort. */
-			cport = ct_create_psnat(skb, in, in->daddr, in->dport, CT_NORMAL, flags,
-						peer, vx->fe_port, peer);
+			cport = ct_create_psnat(skb, in, &n);
 			if (!cport)
 				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
 			flags |= CT_F_PSNAT;
-			ct_create(skb, in, in->sport, peer, vx->fe_port, CT_NAT_FWD, flags,
-				  in->daddr, in->dport, peer, cport, CT_REPLACE);
+			n = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = in->sport,
+					     .daddr = peer, .dport = vx->fe_port, .nat_addr = in->daddr,
+					     .nat_port = in->dport, .tun_peer = peer, .cl_port = cport };
+			ct_create(skb, in, &n, CT_REPLACE);
 			reason = REASON_PSNAT;
 		}
 		st->ct_flags = flags;
 	}
-	if (tunnel_decap(skb) < 0)
+	if (tunnel_decap(skb, in, NULL) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	if (cport != in->sport) {
-		in->l3_off -= VXLAN_ENCAP_LEN;
-		in->l4_off -= VXLAN_ENCAP_LEN;
 		if (rewrite_l3l4(skb, in, 1, in->saddr, cport) < 0)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st_left(st, in);
@@ -340,7 +340,7 @@ static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct n
 	struct icmp_err e;
 	struct ct_key k;
 	__be16 cport;
-	int q_from_a, ret;
+	int q_from_a;
 
 	if (icmp_err_parse(skb, in, &e) != ICMP_ERR_OK)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);   /* we tunnel no other ICMP */
@@ -356,20 +356,14 @@ static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct n
 		st->ct_flags = v->flags;
 		if (in->ttl <= 1)
 			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
-		if (tunnel_decap(skb) < 0)
+		if (tunnel_decap(skb, in, &e) < 0)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		in->l3_off -= VXLAN_ENCAP_LEN;
-		in->l4_off -= VXLAN_ENCAP_LEN;
-		icmp_err_shift(&e, VXLAN_ENCAP_LEN);
 		if (icmp_err_to_client(skb, in, &e, fe_addr, fe_port) < 0 ||
 		    (cl_port && icmp_err_rewrite_quote(skb, &e, 1, e.q_saddr, cl_port) < 0) ||
 		    ttl_decrement(skb, in) != TTL_OK)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st_left(st, in);
-		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-		if (ret != TC_ACT_REDIRECT)
-			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		return verdict(st, REASON_REV_NAT, ret);
+		return verdict_redirect(st, conf, REASON_REV_NAT);
 	}
 	/* Backend node: about the backend's own reply, already translated by
 	 * the ingress node: deliver (to the port the pod knows the client by). */
@@ -384,13 +378,9 @@ static __always_inline int hep_tunnel_icmp(struct __sk_buff *skb, const struct n
 	if (!v)
 		return verdict(st, REASON_DROP_TUN_NO_FLOW, TC_ACT_SHOT);
 	st->ct_flags = v->flags;
-	if (tunnel_decap(skb) < 0)
+	if (tunnel_decap(skb, in, &e) < 0 ||
+	    (cport != e.q_dport && icmp_err_rewrite_quote(skb, &e, 0, e.q_daddr, cport) < 0))
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	if (cport != e.q_dport) {
-		icmp_err_shift(&e, VXLAN_ENCAP_LEN);
-		if (icmp_err_rewrite_quote(skb, &e, 0, e.q_daddr, cport) < 0)
-			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	}
 	skb->mark |= SKB_MARK_BYPASS;
 	return verdict(st, REASON_DECAP, TC_ACT_OK);
 }
@@ -451,16 +441,13 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 	    v->tun_peer == peer && !ct_from_client(v, from_a)) {
 		__be32 fe_addr = v->nat_addr;
 		__be16 fe_port = v->nat_port, cl_port = v->cl_port;
-		int ret;
 
 		st->ct_flags = v->flags;
 		if (in.ttl <= 1)
 			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
 		ct_account(skb, v, from_a, &in);
-		if (tunnel_decap(skb) < 0)
+		if (tunnel_decap(skb, &in, NULL) < 0)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		in.l3_off -= VXLAN_ENCAP_LEN;
-		in.l4_off -= VXLAN_ENCAP_LEN;
 		if (rewrite_l3l4(skb, &in, 1, fe_addr, fe_port) < 0 ||
 		    (cl_port && rewrite_l3l4(skb, &in, 0, in.daddr, cl_port) < 0) ||
 		    ttl_decrement(skb, &in) != TTL_OK)
@@ -468,10 +455,7 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 		st_left(st, &in);
 		/* Redirect, not TC_ACT_OK: a packet from our own address arriving
 		 * from outside is a martian to the kernel. */
-		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-		if (ret != TC_ACT_REDIRECT)
-			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		return verdict(st, REASON_REV_NAT, ret);
+		return verdict_redirect(st, conf, REASON_REV_NAT);
 	}
 	return hep_tunnel_request(skb, &in, st, peer, &vx, v, from_a);
 }
@@ -511,7 +495,7 @@ static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_c
 		if ((v->flags & CT_F_POD_CLIENT) || !ct_from_client(v, from_a))
 			return verdict(st, REASON_PASS, TC_ACT_OK);
 		rc = hep_fwd_hit(skb, conf, &p, st, &k, v, from_a);
-		if (rc != HEP_RETRY_NEW)
+		if (rc != CT_RETRY_NEW)
 			return rc;
 	}
 

@@ -20,8 +20,6 @@
 #include "lib/icmp.h"
 #include "lib/events.h"
 
-#define WEP_RETRY_NEW -1000
-
 /* Source rewritten to the frontend (and the destination port to the
  * client's own, cl_port, when we replaced it), forwarded out of eth0 to
  * the client. */
@@ -29,8 +27,6 @@ static __always_inline int wep_reply_out(struct __sk_buff *skb, const struct nod
 					 struct pkt *p, struct run_state *st,
 					 __be32 fe_addr, __be16 fe_port, __be16 cl_port, __u8 reason)
 {
-	int ret;
-
 	if (p->ttl <= 1)
 		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
 	if (rewrite_l3l4(skb, p, 1, fe_addr, fe_port) < 0 ||
@@ -38,10 +34,7 @@ static __always_inline int wep_reply_out(struct __sk_buff *skb, const struct nod
 	    ttl_decrement(skb, p) != TTL_OK)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
-	ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-	if (ret != TC_ACT_REDIRECT)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	return verdict(st, reason, ret);
+	return verdict_redirect(st, conf, reason);
 }
 
 /* Backend node: the pod answers a connection that came through the tunnel. */
@@ -51,7 +44,6 @@ static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct 
 {
 	__be32 peer = v->tun_peer;
 	__u32 hash;
-	int ret;
 
 	st->ct_flags = v->flags;
 	if (v->flags & CT_F_DSR) {
@@ -77,10 +69,7 @@ static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct 
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
 	st->tun_peer = peer;
-	ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-	if (ret != TC_ACT_REDIRECT)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	return verdict(st, REASON_ENCAP, ret);
+	return verdict_redirect(st, conf, REASON_ENCAP);
 }
 
 /* Later packet of the pod's own service connection (NAT_FWD hit). */
@@ -99,7 +88,7 @@ static __always_inline int wep_fwd_hit(struct __sk_buff *skb, struct pkt *p,
 	/* As in from_hep: no NAT_REV under that key means the connection is gone. */
 	if (!rev || rev->type != CT_NAT_REV) {
 		ct.delete(fwd_key);
-		return WEP_RETRY_NEW;
+		return CT_RETRY_NEW;
 	}
 	st->ct_flags = rev->flags;
 	ct_account(skb, fwd, fwd_from_a, p);
@@ -119,13 +108,18 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
 	__be32 be_addr, fe_addr = p->daddr;
 	__be16 be_port, fe_port = p->dport;
 	__u8 flags = ct_flags_of_fe(fe) | CT_F_POD_CLIENT;
+	struct ct_new fwd, rev;
 
 	if (!be)
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
 	be_addr = be->addr;
 	be_port = be->port;
-	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0, 0, CT_REPLACE);
-	ct_create(skb, p, p->sport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0, 0, CT_REPLACE);
+	fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = p->sport, .daddr = fe_addr,
+			       .dport = fe_port, .nat_addr = be_addr, .nat_port = be_port };
+	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
+			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port };
+	ct_create(skb, p, &fwd, CT_REPLACE);
+	ct_create(skb, p, &rev, CT_REPLACE);
 	st->ct_flags = flags;
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
@@ -141,7 +135,7 @@ static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg
 	struct ct_value *v;
 	struct icmp_err e;
 	struct ct_key k;
-	int q_from_a, q_from_client, ret;
+	int q_from_a, q_from_client;
 
 	if (icmp_err_parse(skb, p, &e) != ICMP_ERR_OK)
 		return verdict(st, REASON_PASS, TC_ACT_OK);
@@ -170,10 +164,7 @@ static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg
 			    ttl_decrement(skb, p) != TTL_OK)
 				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 			st_left(st, p);
-			ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-			if (ret != TC_ACT_REDIRECT)
-				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-			return verdict(st, REASON_DSR_REPLY, ret);
+			return verdict_redirect(st, conf, REASON_DSR_REPLY);
 		}
 		if (p->ttl <= 1)
 			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
@@ -182,10 +173,7 @@ static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg
 				 flow_hash(p->saddr, 0, p->daddr, 0, p->proto), p->tos) < 0)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st->tun_peer = peer;
-		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-		if (ret != TC_ACT_REDIRECT)
-			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		return verdict(st, REASON_ENCAP, ret);
+		return verdict_redirect(st, conf, REASON_ENCAP);
 	}
 	/* Ingress node with a local backend, about the external client's request. */
 	if (v->type == CT_NAT_REV && !(v->flags & CT_F_POD_CLIENT) && !v->tun_peer && q_from_client) {
@@ -199,10 +187,7 @@ static __always_inline int wep_icmp(struct __sk_buff *skb, const struct node_cfg
 		    ttl_decrement(skb, p) != TTL_OK)
 			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 		st_left(st, p);
-		ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
-		if (ret != TC_ACT_REDIRECT)
-			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-		return verdict(st, REASON_REV_NAT, ret);
+		return verdict_redirect(st, conf, REASON_REV_NAT);
 	}
 	/* A client pod, about a reply it got from the frontend: to the backend. */
 	if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && !q_from_client) {
@@ -248,7 +233,7 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 		}
 		if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && from_client) {
 			rc = wep_fwd_hit(skb, &p, st, &k, v, from_a);
-			if (rc != WEP_RETRY_NEW)
+			if (rc != CT_RETRY_NEW)
 				return rc;
 		} else {
 			st->ct_flags = v->flags;

@@ -15,17 +15,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from . import loader, tc
-from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_NAT_REV, FE_F_CLUSTERIP,
-                   FE_F_NODEPORT, PROGRAMS, RT_F_LOCAL, TUNNEL_PORT, TUNNEL_VNI, Addr, BeKey,
-                   BeValue, CtKey, CtValue, FeKey, FeValue, MapView, NodeCfg, NodeInfo, NodeMaps,
-                   RouteInfo, RouteKey, SvcMeta, U32, ct_expired, ct_partner_type, ct_rev_key_of_fwd, int2ip,
-                   ip2int, ktime_ns, pin_dir, proto_num)
+from .abi import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_NAT_REV, EBPF_MODES, FE_F_CLUSTERIP,
+                  FE_F_NODEPORT, PROGRAMS, RT_F_LOCAL, TUNNEL_PORT, TUNNEL_VNI, U32, Addr, BeKey, BeValue,
+                  CtKey, CtValue, FeKey, FeValue, NodeCfg, NodeInfo, RouteInfo, RouteKey, SvcMeta,
+                  ct_expired, ct_partner_type, ct_rev_key_of_fwd, int2ip, ip2int, ktime_ns, proto_num)
+from .maps import MapView, NodeMaps, pin_dir
 
-MODES = ("tunnel", "dsr")
 DEFAULT_FABRIC_MTU = 1500
 
-__all__ = ["Backend", "Service", "ClusterView", "NodeDatapath", "SyncStats", "gc_conntrack",
-           "MODES"]
+__all__ = ["Backend", "Service", "ClusterView", "NodeDatapath", "SyncStats", "gc_conntrack"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,8 @@ class ClusterView:
 
     def validate(self, services: bool = True) -> None:
         """Raise ValueError on anything the maps cannot hold; services=False leaves them to the caller."""
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode not in EBPF_MODES:
+            raise ValueError(f"mode must be one of {', '.join(EBPF_MODES)}, not {self.mode!r}")
         for name, addr in self.nodes.items():
             # 0.0.0.0 is no address: as a node it would be a NodePort address and a tunnel peer.
             if ipaddress.IPv4Address(addr).is_unspecified:

@@ -7,7 +7,7 @@ state the timeout is judged by). `read_snapshot()` copies a node's maps once;
 the `*_records()` functions turn a Snapshot into lists/dicts of plain values (the
 documented `-o json` fields, docs/study-the-maps.md); `render_*()` draws them as
 rich tables. Decoders never touch the kernel, so they are tested with ctypes
-values alone. Timeouts and TCP state come from maps.ct_timeout_ns, the mirror of
+values alone. Timeouts and TCP state come from abi.ct_timeout_ns, the mirror of
 the C's rules, never a second copy.
 """
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-from .maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CFG_FLAG_NAMES, CT_F_CLIENT_IS_B,
-                   CT_F_DSR, CT_F_TUNNEL, CT_FLAG_NAMES, CT_NAT_FWD, CT_NAT_REV, CT_NORMAL,
-                   CT_TIMEOUTS_NS, CT_TYPES, FE_F_NODEPORT, FE_FLAG_NAMES, HOOKS, MAP_SPECS,
-                   MAX_REASONS, N_HOOKS, PROTO_NAMES, REASON_DESCRIPTIONS, REASONS, RT_F_LOCAL,
-                   SEC_NS, TCP_FLAG_NAMES, Addr, BeKey, BeValue, CtKey, CtValue, FeKey, FeValue,
-                   NodeCfg, NodeMaps, RouteInfo, RouteKey, ct_expired, ct_partner_type, ct_rev_key_of_fwd,
-                   ct_timeout_ns, flag_names, int2ip, ktime_ns, reason_name)
+from .abi import (CFG_FLAG_NAMES, CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_FLAG_NAMES, CT_F_CLIENT_IS_B,
+                  CT_F_DSR, CT_F_TUNNEL, CT_NAT_FWD, CT_NAT_REV, CT_NORMAL, CT_TIMEOUTS_NS, CT_TYPES,
+                  FE_FLAG_NAMES, FE_F_NODEPORT, HOOKS, MAP_SPECS, MAX_REASONS, N_HOOKS, PROTO_NAMES, REASONS,
+                  REASON_DESCRIPTIONS, RT_F_LOCAL, SEC_NS, TCP_FLAG_NAMES, Addr, BeKey, BeValue, CtKey,
+                  CtValue, FeKey, FeValue, NodeCfg, RouteInfo, RouteKey, ct_expired, ct_partner_type,
+                  ct_rev_key_of_fwd, ct_timeout_ns, flag_names, int2ip, ktime_ns, reason_name)
+from .maps import NodeMaps
 
 KINDS = ("nat", "backends", "conntrack", "counters", "routes", "config")
 ENTRY_NAMES = {CT_NAT_FWD: "forward", CT_NAT_REV: "reverse", CT_NORMAL: "normal"}

@@ -94,14 +94,27 @@ class MapInfo:
     name: str
     btf_id: int
     map_flags: int = 0
+    btf_key_type_id: int = 0      # the key's type in BTF object btf_id (0: none)
+    btf_value_type_id: int = 0
+
+
+def obj_info(fd: int, info: ct.Structure) -> None:
+    """Fill `info` (a bpf_*_info struct) for a map, program or BTF fd (BPF_OBJ_GET_INFO_BY_FD)."""
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "bpf_obj_get_info_by_fd")
 
 
 def map_info(fd: int) -> MapInfo:
     info = _MapInfo()
-    size = ct.c_uint32(ct.sizeof(info))
-    _check(_lib.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "bpf_obj_get_info_by_fd")
+    obj_info(fd, info)
     return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
-                   info.name.decode(errors="replace"), info.btf_id, info.map_flags)
+                   info.name.decode(errors="replace"), info.btf_id, info.map_flags,
+                   info.btf_key_type_id, info.btf_value_type_id)
+
+
+def btf_get_fd_by_id(btf_id: int) -> int:
+    """An fd of the kernel's BTF object btf_id (caller closes)."""
+    return _check(_lib.bpf_btf_get_fd_by_id(btf_id), f"bpf_btf_get_fd_by_id({btf_id})")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
@@ -198,6 +211,20 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, batch: int = 4096)
         if err == errno.ENOENT:        # the end of the map: this batch was the last
             return out
         in_token = ct.create_string_buffer(out_token.raw, token_size)
+
+
+def map_all(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
+    """Every entry of a (not per-CPU) map: in batches where the kernel allows, else iterated.
+
+    Where the kernel has no batch ops for the map type (LPM tries on older kernels) it is
+    iterated, two syscalls per entry.
+    """
+    try:
+        return map_lookup_batch(fd, key_size, value_size)
+    except BpfError as exc:
+        if exc.errno not in BATCH_UNSUPPORTED:
+            raise
+    return map_items(fd, key_size, value_size)
 
 
 class TestRunOpts(ct.Structure):
@@ -345,15 +372,13 @@ def map_create_like(template_fd: int) -> int:
     carry their key/value BTF types; the copy references the template's BTF object.
     """
     info = _MapInfo()
-    size = ct.c_uint32(ct.sizeof(info))
-    _check(_lib.bpf_obj_get_info_by_fd(template_fd, ct.byref(info), ct.byref(size)),
-           "bpf_obj_get_info_by_fd")
+    obj_info(template_fd, info)
     name = info.name.decode(errors="replace")
     opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts), map_flags=info.map_flags,
                           map_extra=info.map_extra)
     btf_fd = -1
     if info.btf_id:
-        btf_fd = _check(_lib.bpf_btf_get_fd_by_id(info.btf_id), f"bpf_btf_get_fd_by_id({info.btf_id})")
+        btf_fd = btf_get_fd_by_id(info.btf_id)
         opts.btf_fd = btf_fd
         opts.btf_key_type_id = info.btf_key_type_id
         opts.btf_value_type_id = info.btf_value_type_id

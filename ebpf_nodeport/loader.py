@@ -3,7 +3,8 @@
 BCC binds map fds into the bytecode at compile time and each node has its own
 maps. The maps are declared BPF_TABLE_PINNED, so BCC itself reuses a map already
 pinned in the node's directory (a reload keeps conntrack and services) or creates
-and pins a new one. load() compiles for one node. load_nodes() compiles once, for
+and pins a new one; before that, pins.check() keeps only the pins whose BTF layout
+matches abi.py and carries the entries of the others over into the new maps. load() compiles for one node. load_nodes() compiles once, for
 the first node, and gives every other node a relocated copy: its own maps (reused
 or created like the first node's, BTF included) and the same instructions with each
 map fd swapped for its own map's, loaded through libbpf (a compile is ~1.8 s, a
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import libbpf
-from .maps import MAP_SPECS, PROGRAMS, PIN_ROOT, MapSpec, map_specs, pin_dir
+from . import libbpf, pins
+from .abi import MAP_SPECS, PROGRAMS, map_specs
+from .maps import PIN_ROOT, pin_dir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY_FILES = tuple(f"{p}.c" for p in PROGRAMS)
@@ -47,6 +49,8 @@ class LoadResult:
     load_s: float                     # kernel verifier for the three programs
     reused_maps: tuple[str, ...] = field(default_factory=tuple)   # pins kept from before
     clone_of: str | None = None       # relocated copy of this node's compile (load_nodes)
+    upgraded_maps: tuple[str, ...] = field(default_factory=tuple)  # layout changed: entries converted
+    replaced_maps: tuple[str, ...] = field(default_factory=tuple)  # could not convert: new, empty
 
     @property
     def total_s(self) -> float:
@@ -88,33 +92,6 @@ def build_source(defines: dict[str, object] | None = None, bpf_dir: Path = BPF_D
 def _check_name(what: str, value: str) -> None:
     if not _NAME_RE.match(value):
         raise LoaderError(f"invalid {what} {value!r}: use letters, digits, '_', '.', '-'")
-
-
-def _drop_incompatible_pins(directory: str, specs: dict[str, MapSpec]) -> tuple[str, ...]:
-    """Remove pinned maps whose layout no longer matches the code; return the kept ones.
-
-    BCC would otherwise reuse a stale map with a different key/value size.
-    """
-    kept = []
-    for name, spec in specs.items():
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            fd = libbpf.obj_get(path)
-        except OSError:
-            os.unlink(path)
-            continue
-        try:
-            info = libbpf.map_info(fd)
-        finally:
-            os.close(fd)
-        if (info.type, info.key_size, info.value_size, info.max_entries, info.map_flags) != (
-                spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.map_flags):
-            os.unlink(path)
-        else:
-            kept.append(name)
-    return tuple(kept)
 
 
 def _pin_replace(fd: int, path: str) -> None:
@@ -172,7 +149,7 @@ def _compiled(lab: str, node: str, defines: dict[str, object] | None) -> Iterato
 
     directory = pin_dir(lab, node)
     os.makedirs(directory, exist_ok=True)
-    reused = _drop_incompatible_pins(directory, map_specs(defines))
+    pinned = pins.check(directory, map_specs(defines))
     all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"'}
     all_defines.update(defines or {})
     text = build_source(all_defines)
@@ -197,7 +174,9 @@ def _compiled(lab: str, node: str, defines: dict[str, object] | None) -> Iterato
         missing = [m for m in MAP_SPECS if not os.path.exists(os.path.join(directory, m))]
         if missing:
             raise LoaderError(f"maps not pinned by BCC under {directory}: {', '.join(missing)}")
-        yield bpf, LoadResult(directory, programs, t1 - t0, t2 - t1, reused)
+        pinned.restore(directory)
+        yield bpf, LoadResult(directory, programs, t1 - t0, t2 - t1, tuple(pinned.reused),
+                              upgraded_maps=tuple(pinned.upgraded), replaced_maps=tuple(pinned.replaced))
     finally:
         bpf.cleanup()
 
@@ -233,7 +212,7 @@ def relocate_map_fds(insns: bytes, fds: dict[int, int], what: str = "program") -
             if src == BPF_PSEUDO_MAP_FD:
                 if imm not in fds:
                     raise LoaderError(f"{what}: instruction {i} loads map fd {imm}, which is "
-                                      "not one of the datapath's maps (maps.MAP_SPECS)")
+                                      "not one of the datapath's maps (abi.MAP_SPECS)")
                 struct.pack_into("<i", out, i * 8 + 4, fds[imm])
             elif src:
                 kind = _PSEUDO_LD_NAMES.get(src, f"unknown pseudo source {src}")
@@ -262,7 +241,7 @@ class _Template:
         bad = [name for name, fd in fds.items() if fd < 0]
         if bad:
             raise LoaderError(f"BCC has no table {', '.join(bad)}: bpf/lib/maps.h and "
-                              "maps.MAP_SPECS disagree")
+                              "abi.MAP_SPECS disagree")
         return cls({p: bpf.dump_func(p) for p in PROGRAMS}, fds)
 
 
@@ -285,12 +264,13 @@ def _load_relocated(lab: str, node: str, defines: dict[str, object] | None,
     directory = pin_dir(lab, node)
     os.makedirs(directory, exist_ok=True)
     t0 = time.monotonic()
-    reused = _drop_incompatible_pins(directory, map_specs(defines))
+    pinned = pins.check(directory, map_specs(defines))
     fds: dict[str, int] = {}
     try:
         try:
             for name, tfd in template.map_fds.items():
                 fds[name] = _open_or_create_map(os.path.join(directory, name), tfd)
+            pinned.restore(directory)
         except OSError as exc:
             raise LoaderError(f"maps for {lab}/{node}: {exc}") from exc
         fd_of = {template.map_fds[name]: fd for name, fd in fds.items()}
@@ -313,7 +293,8 @@ def _load_relocated(lab: str, node: str, defines: dict[str, object] | None,
     finally:
         for fd in fds.values():
             os.close(fd)
-    return LoadResult(directory, programs, t1 - t0, t2 - t1, reused, clone_of=source)
+    return LoadResult(directory, programs, t1 - t0, t2 - t1, tuple(pinned.reused), clone_of=source,
+                      upgraded_maps=tuple(pinned.upgraded), replaced_maps=tuple(pinned.replaced))
 
 
 def remove_pins(lab: str, node: str) -> bool:

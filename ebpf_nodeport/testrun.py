@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ebpf_nodeport import libbpf
+from ebpf_nodeport.abi import (HOOK_IDS, MAX_REASONS, PROGRAMS, REASONS, TUNNEL_PORT, TUNNEL_VNI,
+                               VXH_F_DSR, VXLAN_F_VNI)
 
 # --- verdicts, hooks -------------------------------------------------------------
 
@@ -38,12 +40,7 @@ TC_ACT_UNSPEC, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 0, 2, 7
 VERDICT_NAMES = {-1: "UNSPEC", 0: "OK", 1: "RECLASSIFY", 2: "SHOT", 3: "PIPE", 4: "STOLEN",
                  5: "QUEUED", 6: "REPEAT", 7: "REDIRECT", 8: "TRAP"}
 VERDICTS = {v: k for k, v in VERDICT_NAMES.items()}
-ENTRIES = ("from_hep", "from_wep", "to_wep")
-HOOK_OF_ENTRY = {"from_hep": 0, "from_wep": 1, "to_wep": 2}
 
-# Reason names come from ebpf_nodeport.maps.REASONS (the mirror of bpf/lib/counters.h).
-MAX_REASONS = 32
-N_HOOKS = 3
 
 BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2  # kernel >= 6.11: skb->csum set, checked after the run
 
@@ -141,11 +138,6 @@ class PrivateNetns:
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
-VXLAN_PORT = 4789
-TUNNEL_VNI = 4096
-VXLAN_F_VNI = 0x08
-VXH_F_DSR = 0x01
-ENCAP_LEN = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
 
 def csum16(data: bytes, start: int = 0) -> int:
@@ -266,7 +258,7 @@ def parse_vxlan(frame: bytes, *, first_fragment: bool = False) -> Vxlan | None:
     if ip.is_later_fragment or (ip.is_fragment and not first_fragment):
         return None
     sport, dport, ulen, ucsum = struct.unpack_from("!HHHH", ip.seg, 0)
-    if dport != VXLAN_PORT:
+    if dport != TUNNEL_PORT:
         return None
     vx = ip.seg[8:16]
     return Vxlan(ip, sport, dport, ulen, ucsum, vx[0], vx[1], struct.unpack("!H", vx[2:4])[0],
@@ -440,7 +432,7 @@ class SimNode:
 
         self.load_s = res.total_s
         self.maps = NodeMaps(self.dp.pin_dir)
-        for entry in ENTRIES:
+        for entry in PROGRAMS:
             self.prog_fds[entry] = libbpf.obj_get(self.dp.prog_path(entry))
 
     def close(self) -> None:
@@ -477,7 +469,7 @@ class SimNode:
         """Make matching conntrack entries look idle for `seconds` (rewrites last_seen_ns and
         created_ns); returns how many. The conntrack clock is CLOCK_MONOTONIC(_COARSE), which starts at
         boot, so an entry cannot be made older than the machine's uptime."""
-        from ebpf_nodeport.maps import ktime_ns
+        from ebpf_nodeport.abi import ktime_ns
 
         now = ktime_ns()
         delta = int(seconds * 1e9)
@@ -497,10 +489,8 @@ class SimNode:
     def run(self, entry: str, pkt: Any, *, ctx: bytes | None = None, flags: int = 0,
             track_ct: bool = True) -> RunResult:
         """Run `entry` on one frame; counter and conntrack deltas are measured around it."""
-        from ebpf_nodeport.maps import REASONS
-
         if entry not in self.prog_fds:
-            raise ValueError(f"unknown entry {entry!r}: use one of {', '.join(ENTRIES)}")
+            raise ValueError(f"unknown entry {entry!r}: use one of {', '.join(PROGRAMS)}")
         data = as_bytes(pkt)
         before_c = self.counters_raw()
         before_ct = self.ct_snapshot() if track_ct else None
@@ -514,7 +504,7 @@ class SimNode:
                 changed={k: (before_ct[k], v) for k, v in after_ct.items()
                          if k in before_ct and bytes(before_ct[k]) != bytes(v)},
                 removed={k: v for k, v in before_ct.items() if k not in after_ct})
-        hook = HOOK_OF_ENTRY[entry]
+        hook = HOOK_IDS[entry]
         mine: dict[str, int] = {}
         other: dict[str, int] = {}
         for idx, (b, a) in enumerate(zip(before_c, after_c)):
@@ -525,7 +515,7 @@ class SimNode:
             if h == hook:
                 mine[name] = a - b
             else:
-                other[f"{ENTRIES[h] if h < len(ENTRIES) else h}/{name}"] = a - b
+                other[f"{PROGRAMS[h] if h < len(PROGRAMS) else h}/{name}"] = a - b
         return RunResult(self.name, entry, res.retval, data, res.data, mine, other, diff,
                          res.duration_ns)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import libbpf
-from .maps import (CT_F_DSR, CT_FLAG_NAMES, MAP_SPECS, REASON_IDS, Event, NodeMaps, flag_names,
-                   pin_dir)
+from .abi import CT_FLAG_NAMES, CT_F_DSR, MAP_SPECS, REASON_IDS, Event, flag_names
+from .maps import NodeMaps, pin_dir
 
 _TO_PEER = {REASON_IDS["NAT_NEW"], REASON_IDS["ENCAP"]}   # the packet left in VXLAN to tun_peer
 _PASS = REASON_IDS["PASS"]

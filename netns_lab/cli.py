@@ -23,13 +23,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ebpf_nodeport.abi import EBPF_MODES
 from netns_lab import cleanup, naming
 from netns_lab import felix as felix_model
 from netns_lab import state as lab_state
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.nsexec import list_netns
-from netns_lab.state import EBPF_MODES, MODES
+from netns_lab.state import MODES
 from netns_lab.topology import (
     AddressPlan,
     Topology,

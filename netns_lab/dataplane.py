@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebpf_nodeport import tc
+from ebpf_nodeport.abi import EBPF_MODES, SKB_MARK_BYPASS
 from ebpf_nodeport.datapath import Backend, ClusterView, NodeDatapath, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
 from netns_lab import builder, cleanup, kubeproxy, naming
@@ -42,13 +43,10 @@ from netns_lab.nsexec import netns_inode
 from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict
 from netns_lab.topology import Backend as PlanBackend
 
-EBPF_MODES = ("tunnel", "dsr")
-# SKB_MARK_BYPASS (bpf/lib/config.h): set on every packet the BPF programs hand to the kernel
-BYPASS_MARK = 0x01000000
 NOTRACK_COMMENT = "netns-lab: eBPF bypass mark, kube-proxy rules left in place"
 NOTRACK_RULE = [
     "PREROUTING", "-m", "comment", "--comment", NOTRACK_COMMENT,
-    "-m", "mark", "--mark", f"{BYPASS_MARK:#x}/{BYPASS_MARK:#x}", "-j", "NOTRACK",
+    "-m", "mark", "--mark", f"{SKB_MARK_BYPASS:#x}/{SKB_MARK_BYPASS:#x}", "-j", "NOTRACK",
 ]
 # sysctls a mode needs beyond what the builder sets: none. DSR replies leave the backend
 # node with the ingress node's address as source, and the client's route back to that
@@ -243,7 +241,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
     if keep_kube_proxy and not all(has_notrack(n["netns"]) for n in nodes_of(st).values()):
         set_notrack(st, True)  # before BPF hands anything to the kernel
         notrack_added = True
-        say(f"raw-table NOTRACK for the BPF bypass mark {BYPASS_MARK:#010x} on {len(nodes)} nodes "
+        say(f"raw-table NOTRACK for the BPF bypass mark {SKB_MARK_BYPASS:#010x} on {len(nodes)} nodes "
             "(kube-proxy's INVALID drop stays in place)")
     try:
         if fresh:

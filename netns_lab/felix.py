@@ -10,7 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-MODES = ("kube-proxy", "tunnel", "dsr")
+from ebpf_nodeport.abi import EBPF_MODES
+
+MODES = ("kube-proxy",) + EBPF_MODES
 EXTERNAL_SERVICE_MODES = ("Tunnel", "DSR")
 
 

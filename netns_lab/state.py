@@ -30,7 +30,6 @@ from netns_lab.errors import LabError
 
 STATE_VERSION = 1
 MODES = felix.MODES
-EBPF_MODES = tuple(m for m in MODES if m != "kube-proxy")
 
 
 def felix_for_mode(mode: str, base: dict[str, Any] | None = None) -> dict[str, Any]:

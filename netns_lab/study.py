@@ -386,7 +386,7 @@ STORY: dict[tuple[str, str], str] = {
 def _story_text(rec: dict[str, Any], ctx: dict[str, Any]) -> str:
     template = STORY.get((rec["hook"], rec["reason"]))
     if template is None:
-        from ebpf_nodeport.maps import REASON_DESCRIPTIONS
+        from ebpf_nodeport.abi import REASON_DESCRIPTIONS
         return REASON_DESCRIPTIONS.get(rec["reason"], rec["reason"]).capitalize() + "."
     peer = rec["tunnel_peer"] or "-"
     if rec["tunnel_peer_node"]:

@@ -163,19 +163,35 @@ static __always_inline void ct_account(struct __sk_buff *skb, struct ct_value *v
 	}
 }
 
+/* A new entry: the connection (its client is the packet's source, from port
+ * sport, to daddr:dport) and what the entry records about it. Filled by the
+ * caller and passed by pointer, as Cilium passes struct ct_state: the
+ * entry's fields are named at the call site instead of lined up in a row of
+ * positional arguments. */
+struct ct_new {
+	__be32 daddr;
+	__be32 nat_addr;      /* ct_value.nat_addr */
+	__be32 tun_peer;      /* ct_value.tun_peer */
+	__be16 sport;         /* the client's port in the key */
+	__be16 dport;
+	__be16 nat_port;      /* ct_value.nat_port */
+	__be16 cl_port;       /* ct_value.cl_port */
+	__u8   type;          /* CT_NORMAL / CT_NAT_FWD / CT_NAT_REV */
+	__u8   flags;         /* CT_F_* (CT_F_CLIENT_IS_B is added from the key) */
+};
+
 static __always_inline void ct_fill(struct ct_value *v, struct __sk_buff *skb,
-				    struct pkt *p, int from_a, __u8 type, __u8 flags,
-				    __be32 nat_addr, __be16 nat_port, __be32 tun_peer, __be16 cl_port)
+				    struct pkt *p, int from_a, const struct ct_new *n)
 {
 	__builtin_memset(v, 0, sizeof(*v));
 	v->created_ns = pkt_now(p);
 	v->last_seen_ns = v->created_ns;
-	v->type = type;
-	v->flags = flags | (from_a ? 0 : CT_F_CLIENT_IS_B);
-	v->nat_addr = nat_addr;
-	v->nat_port = nat_port;
-	v->cl_port = cl_port;
-	v->tun_peer = tun_peer;
+	v->type = n->type;
+	v->flags = n->flags | (from_a ? 0 : CT_F_CLIENT_IS_B);
+	v->nat_addr = n->nat_addr;
+	v->nat_port = n->nat_port;
+	v->cl_port = n->cl_port;
+	v->tun_peer = n->tun_peer;
 	if (from_a) {
 		v->tcp_a = p->tcp_flags;
 		v->packets_ab = skb_segs(skb);
@@ -190,31 +206,32 @@ static __always_inline void ct_fill(struct ct_value *v, struct __sk_buff *skb,
 #define CT_REPLACE 0   /* ct_create: overwrite whatever holds the key */
 #define CT_NEW_ONLY 1  /* ct_create: fail (-EEXIST) if the key is held */
 
-/* Create an entry for the connection whose client sent packet p (from its
- * port sport) to (daddr, dport); the packet itself is accounted in it. */
-static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p, __be16 sport,
-				     __be32 daddr, __be16 dport, __u8 type, __u8 flags,
-				     __be32 nat_addr, __be16 nat_port, __be32 tun_peer,
-				     __be16 cl_port, int how)
+/* Returned by a handler of a NAT_FWD hit that found its connection gone
+ * (and deleted the FWD leg): the caller handles the packet as a new
+ * connection. No verdict is a negative number. */
+#define CT_RETRY_NEW -1000
+
+/* Create the entry n describes for the connection whose client sent
+ * packet p; the packet itself is accounted in it. */
+static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p,
+				     const struct ct_new *n, int how)
 {
 	struct ct_key k;
 	struct ct_value v;
 	int from_a;
 
-	ct_key_make(&k, p->saddr, sport, daddr, dport, p->proto, &from_a);
-	ct_fill(&v, skb, p, from_a, type, flags, nat_addr, nat_port, tun_peer, cl_port);
+	ct_key_make(&k, p->saddr, n->sport, n->daddr, n->dport, p->proto, &from_a);
+	ct_fill(&v, skb, p, from_a, n);
 	return how == CT_NEW_ONLY ? ct.insert(&k, &v) : ct.update(&k, &v);
 }
 
-/* Source-port collision (config.h): the entry for (client, backend) of a
- * new connection, under a client port drawn from the PSNAT range that no
- * entry holds (inserted only if absent, so two CPUs never share one). The
- * entry keeps the client's own port for the replies. Returns the new port,
- * 0 when every draw was taken. */
+/* Source-port collision (config.h): the entry n describes (n->sport aside)
+ * under a client port drawn from the PSNAT range that no entry holds
+ * (inserted only if absent, so two CPUs never share one). The entry is
+ * flagged CT_F_PSNAT and keeps the client's own port for the replies.
+ * Returns the new port, 0 when every draw was taken. */
 static __always_inline __be16 ct_create_psnat(struct __sk_buff *skb, struct pkt *p,
-					      __be32 be_addr, __be16 be_port, __u8 type,
-					      __u8 flags, __be32 nat_addr, __be16 nat_port,
-					      __be32 tun_peer)
+					      const struct ct_new *n)
 {
 	struct ct_key k;
 	struct ct_value v;
@@ -224,9 +241,10 @@ static __always_inline __be16 ct_create_psnat(struct __sk_buff *skb, struct pkt 
 	for (int i = 0; i < PSNAT_RETRIES; i++) {
 		__be16 port = bpf_htons(PSNAT_START + bpf_get_prandom_u32() % PSNAT_LEN);
 
-		ct_key_make(&k, p->saddr, port, be_addr, be_port, p->proto, &from_a);
-		ct_fill(&v, skb, p, from_a, type, flags | CT_F_PSNAT, nat_addr, nat_port,
-			tun_peer, p->sport);
+		ct_key_make(&k, p->saddr, port, n->daddr, n->dport, p->proto, &from_a);
+		ct_fill(&v, skb, p, from_a, n);
+		v.flags |= CT_F_PSNAT;
+		v.cl_port = p->sport;
 		if (ct.insert(&k, &v) == 0)
 			return port;
 	}

@@ -2,7 +2,7 @@
  *
  * Every program run ends in exactly one reason (see run_finish() in
  * events.h), so per hook the counters add up to the packets seen.
- * Mirrored in ebpf_nodeport/maps.py (REASONS, HOOKS): change both.
+ * Mirrored in ebpf_nodeport/abi.py (REASONS, HOOKS): change both.
  */
 #ifndef NP_COUNTERS_H
 #define NP_COUNTERS_H

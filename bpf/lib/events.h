@@ -47,6 +47,20 @@ static __always_inline int verdict(struct run_state *st, __u8 reason, int action
 	return action;
 }
 
+/* Hand the packet, rewritten and ready, to eth0 through the neighbour
+ * subsystem (which fills in the MACs): the verdict of every reply, DSR and
+ * encapsulated packet that leaves past the node's routing. A refused
+ * redirect is a failed helper like any other. */
+static __always_inline int verdict_redirect(struct run_state *st, const struct node_cfg *conf,
+					    __u8 reason)
+{
+	int ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+
+	if (ret != TC_ACT_REDIRECT)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	return verdict(st, reason, ret);
+}
+
 /* What every entry does first, alike: parse; non-IPv4 (ARP for the
  * 169.254.1.1 gateway, IPv6) passes untouched, malformed drops, and
  * non-first fragments pass untouched because they carry no ports to match

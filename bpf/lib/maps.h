@@ -1,11 +1,15 @@
 /* Every map of the datapath and the structs they hold.
  *
- * Mirrored field by field by ctypes in ebpf_nodeport/maps.py (change both).
+ * Mirrored field by field by ctypes in ebpf_nodeport/abi.py (change both:
+ * tests/bpf/test_abi.py compares the two through the compiled maps' BTF).
  * Addresses and ports are network byte order (__be32/__be16) because that
  * is how they sit in the packet; everything else is host order.
  * Maps are pinned under PIN_DIR by BCC itself (BPF_TABLE_PINNED): an existing
  * pin is reused, a missing one is created, so the CLI and bpftool can open
- * them by path and a datapath reload keeps its state.
+ * them by path and a datapath reload keeps its state. Before that the loader
+ * (ebpf_nodeport/pins.py) keeps only pins whose BTF layout is this file's;
+ * a changed struct has its entries carried over by field name, or its map
+ * replaced (docs/datapath.md, "How pins are checked and upgraded").
  */
 #ifndef NP_MAPS_H
 #define NP_MAPS_H

@@ -7,7 +7,7 @@
 
 /* 32-bit finaliser (Wang/Murmur style): cheap, and good enough to spread
  * source ports over backends and tunnel source ports. Mirrored in
- * ebpf_nodeport/maps.py (flow_hash) so tests can predict choices. */
+ * ebpf_nodeport/abi.py (flow_hash) so tests can predict choices. */
 static __always_inline __u32 mix32(__u32 h)
 {
 	h ^= h >> 16;

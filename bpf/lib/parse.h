@@ -106,6 +106,54 @@ static __always_inline __u64 pkt_now(struct pkt *p)
 	return p->now;
 }
 
+/* The TCP/UDP header after an IPv4 header of hlen bytes in a packet of tot
+ * bytes (p->l4_off set): ports, TCP flags, and where a whole UDP datagram
+ * ends. Other protocols have no ports: has_ports stays 0. */
+static __always_inline int parse_ports(struct __sk_buff *skb, struct pkt *p, __u32 hlen, __u32 tot)
+{
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th;
+		__u32 thlen;
+
+		if (tot < hlen + sizeof(*th))
+			return PARSE_MALFORMED;
+		th = pkt_ptr(skb, p->l4_off, sizeof(*th));
+		if (!th)
+			return PARSE_MALFORMED;
+		thlen = th->doff * 4;
+		if (thlen < sizeof(*th) || hlen + thlen > tot)
+			return PARSE_MALFORMED;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13] & TCPF_TRACKED;
+		p->has_ports = 1;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh;
+		__u32 ulen;
+
+		if (tot < hlen + sizeof(*uh))
+			return PARSE_MALFORMED;
+		uh = pkt_ptr(skb, p->l4_off, sizeof(*uh));
+		if (!uh)
+			return PARSE_MALFORMED;
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh))
+			return PARSE_MALFORMED;
+		/* A first fragment's UDP length covers the whole datagram, most
+		 * of it in later fragments: only a whole datagram is bounded by it
+		 * (IP payload past the UDP length is not part of the datagram). */
+		if (p->frag == FRAG_NONE) {
+			if (ulen > tot - hlen)
+				return PARSE_MALFORMED;
+			p->l4_end = p->l4_off + ulen;
+		}
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->has_ports = 1;
+	}
+	return PARSE_OK;
+}
+
 /* Parse the IPv4 header at l3_off and the TCP/UDP header after it. The
  * packet must end by `end` (skb->len for the frame's own packet, the outer
  * datagram's end for a tunnelled one); every later read is bounded by its
@@ -158,47 +206,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32
 		return PARSE_OK;
 
 	/* From here on `ip` may be stale: pkt_ptr() can pull. */
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th;
-		__u32 thlen;
-
-		if (tot < hlen + sizeof(*th))
-			return PARSE_MALFORMED;
-		th = pkt_ptr(skb, p->l4_off, sizeof(*th));
-		if (!th)
-			return PARSE_MALFORMED;
-		thlen = th->doff * 4;
-		if (thlen < sizeof(*th) || hlen + thlen > tot)
-			return PARSE_MALFORMED;
-		p->sport = th->source;
-		p->dport = th->dest;
-		p->tcp_flags = ((__u8 *)th)[13] & TCPF_TRACKED;
-		p->has_ports = 1;
-	} else if (p->proto == IPPROTO_UDP) {
-		struct udphdr *uh;
-		__u32 ulen;
-
-		if (tot < hlen + sizeof(*uh))
-			return PARSE_MALFORMED;
-		uh = pkt_ptr(skb, p->l4_off, sizeof(*uh));
-		if (!uh)
-			return PARSE_MALFORMED;
-		ulen = bpf_ntohs(uh->len);
-		if (ulen < sizeof(*uh))
-			return PARSE_MALFORMED;
-		/* A first fragment's UDP length covers the whole datagram, most
-		 * of it in later fragments: only a whole datagram is bounded by it
-		 * (IP payload past the UDP length is not part of the datagram). */
-		if (p->frag == FRAG_NONE) {
-			if (ulen > tot - hlen)
-				return PARSE_MALFORMED;
-			p->l4_end = p->l4_off + ulen;
-		}
-		p->sport = uh->source;
-		p->dport = uh->dest;
-		p->has_ports = 1;
-	}
-	return PARSE_OK;
+	return parse_ports(skb, p, hlen, tot);
 }
 
 /* Parse the frame from the MAC header: only IPv4 is ours. */

@@ -15,6 +15,7 @@
 #include "lib/parse.h"
 #include "lib/csum.h"
 #include "lib/nat.h"
+#include "lib/icmp.h"
 
 #define VXLAN_F_VNI 0x08
 #define VXH_F_DSR   0x01
@@ -105,10 +106,20 @@ static __always_inline int tunnel_encap(struct __sk_buff *skb, const struct node
 }
 
 /* Strip outer IPv4 + UDP + VXLAN + inner Ethernet: the frame keeps the outer
- * Ethernet header (addressed to this node) with the inner IPv4 after it. */
-static __always_inline int tunnel_decap(struct __sk_buff *skb)
+ * Ethernet header (addressed to this node) with the inner IPv4 after it.
+ * The inner packet `in` (and the ICMP error parsed from it, when e is not
+ * NULL) moved up by the tunnel headers: their offsets are moved with it, so
+ * a rewrite after the decap finds its headers. */
+static __always_inline int tunnel_decap(struct __sk_buff *skb, struct pkt *in, struct icmp_err *e)
 {
-	return bpf_skb_adjust_room(skb, -(__s32)VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC, 0);
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return -1;
+	in->l3_off -= VXLAN_ENCAP_LEN;
+	in->l4_off -= VXLAN_ENCAP_LEN;
+	in->l4_end -= VXLAN_ENCAP_LEN;
+	if (e)
+		icmp_err_shift(e, VXLAN_ENCAP_LEN);
+	return 0;
 }
 
 #endif /* NP_TUNNEL_H */

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from netns_lab.bench.topo import MAX_EXTRA
+from netns_lab.felix import MODES
 
-MODES = ("kube-proxy", "tunnel", "dsr")
 BACKENDS = ("local", "remote")
 DEFAULT_SERVICES = (1, 1000, 10000)
 

@@ -17,8 +17,9 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+from ebpf_nodeport.abi import PROGRAMS
+
 BPF_STATS_RUN_TIME = 0
-PROGRAMS = ("from_hep", "from_wep", "to_wep")
 
 Snapshot = dict[str, tuple[int, int]]  # "node/program" -> (run_time_ns, run_cnt)
 

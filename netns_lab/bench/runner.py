@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ebpf_nodeport.abi import EBPF_MODES
 from netns_lab.bench import bpfcost, livecost, measure
 from netns_lab.bench import topo as btopo
 from netns_lab.bench.config import BACKENDS, BenchConfig
@@ -29,7 +30,6 @@ from netns_lab.bench.services import Programmer
 from netns_lab.errors import LabError
 
 RESULT_VERSION = 1
-EBPF_MODES = ("tunnel", "dsr")
 
 
 def livecost_root() -> str:

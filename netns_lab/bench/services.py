@@ -136,7 +136,7 @@ class Programmer:
 
     def _ebpf_map_update(self, spec: btopo.SvcSpec) -> list[float]:
         """The one nat_be write that moves `spec` to the remote pod, and back; seconds per node (write only)."""
-        from ebpf_nodeport.maps import BeKey, BeValue, ip2int
+        from ebpf_nodeport.abi import BeKey, BeValue, ip2int
         from netns_lab import dataplane
 
         assert self.st is not None

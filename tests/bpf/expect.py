@@ -17,9 +17,9 @@ from typing import Any
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from ebpf_nodeport import maps
-from ebpf_nodeport.testrun import (ETH_HLEN, TUNNEL_VNI, VXLAN_F_VNI, VXLAN_PORT, RunResult,
-                                   parse_ip4, parse_vxlan, scapy_checksum_errors,
+from ebpf_nodeport import abi
+from ebpf_nodeport.abi import TUNNEL_PORT, TUNNEL_VNI, VXLAN_F_VNI
+from ebpf_nodeport.testrun import (ETH_HLEN, RunResult, parse_ip4, parse_vxlan, scapy_checksum_errors,
                                    vxlan_header)
 
 Addr = tuple[str, int]
@@ -142,7 +142,7 @@ class Encap(Expect):
         ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, outer_len, 0, 0x4000, 64, 17, 0,
                                    bytes(map(int, self.src.split("."))), bytes(map(int, self.dst.split(".")))))
         struct.pack_into("!H", ip, 10, _ipv4_csum(bytes(ip)))
-        udp = struct.pack("!HHHH", doc_tunnel_sport(inner), VXLAN_PORT, 8 + 8 + len(inner), 0)
+        udp = struct.pack("!HHHH", doc_tunnel_sport(inner), TUNNEL_PORT, 8 + 8 + len(inner), 0)
         vx = vxlan_header(TUNNEL_VNI, dsr=self.dsr, fe_port=self.fe_port, flags=VXLAN_F_VNI)
         # MACs (outer and inner) are taken from what the program wrote: masked.
         return got[:12] + b"\x08\x00" + bytes(ip) + udp + vx + got[50:62] + inner[12:]
@@ -222,7 +222,7 @@ class CtEntry:
     not_: tuple[str, ...] = ()     # ... and must not
 
     def key(self) -> Any:
-        return maps.ct_key(self.client[0], self.client[1], self.server[0], self.server[1], self.proto)
+        return abi.ct_key(self.client[0], self.client[1], self.server[0], self.server[1], self.proto)
 
     def check_in(self, entries: dict, where: str) -> Any:
         k, client_is_a = self.key()
@@ -231,7 +231,7 @@ class CtEntry:
             ", ".join(f"{kk.to_dict()}:{vv.to_dict()['type_name']}" for kk, vv in entries.items())
         d = v.to_dict()
         assert d["type_name"] == self.type, f"{where}: entry {self.client}<->{self.server} is {d['type_name']}, want {self.type}"
-        client_is_b = bool(v.flags & maps.CT_F_CLIENT_IS_B)
+        client_is_b = bool(v.flags & abi.CT_F_CLIENT_IS_B)
         assert client_is_b == (not client_is_a), f"{where}: CLIENT_IS_B={client_is_b} but the client is side {'a' if client_is_a else 'b'}"
         if self.nat is not None:
             assert (d["nat_addr"], v.nat_port) == self.nat, f"{where}: nat {d['nat_addr']}:{v.nat_port}, want {self.nat}"

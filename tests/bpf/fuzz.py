@@ -14,8 +14,8 @@ import random
 import struct
 from dataclasses import dataclass
 
-from ebpf_nodeport.testrun import (ENCAP_LEN, ETH_HLEN, TUNNEL_VNI, VXLAN_F_VNI, VXLAN_PORT, csum16,
-                                   ip_hdr_csum_ok, l4_header_ok, parse_ip4, parse_vxlan)
+from ebpf_nodeport.abi import TUNNEL_PORT, TUNNEL_VNI, VXLAN_ENCAP_LEN, VXLAN_F_VNI
+from ebpf_nodeport.testrun import ETH_HLEN, csum16, ip_hdr_csum_ok, l4_header_ok, parse_ip4, parse_vxlan
 
 MIN_LEN = {0x0800: ETH_HLEN + 20, 0x86DD: ETH_HLEN + 40}   # shorter: the kernel's test-run says EINVAL
 MAX_LEN = 1514
@@ -110,12 +110,12 @@ class Judge:
             if w is None:
                 return None
             why.append(f"as NAT: {w}")
-        if len(out) == len(inp) + ENCAP_LEN:
+        if len(out) == len(inp) + VXLAN_ENCAP_LEN:
             w = self._encap(inp, out)
             if w is None:
                 return None
             why.append(f"as encap: {w}")
-        if len(out) + ENCAP_LEN == len(inp):
+        if len(out) + VXLAN_ENCAP_LEN == len(inp):
             w = self._decap(inp, out)
             if w is None:
                 return None
@@ -135,7 +135,7 @@ class Judge:
             return "outer IPv4 header wrong"
         if o.saddr != self.node_ip or o.daddr not in self.node_ips or o.daddr == self.node_ip:
             return "outer addresses are not this node -> another node"
-        if vx.udp_len != o.tot_len - 20 or vx.dport != VXLAN_PORT:
+        if vx.udp_len != o.tot_len - 20 or vx.dport != TUNNEL_PORT:
             return "outer UDP header wrong"
         if vx.flags != VXLAN_F_VNI or vx.vni != TUNNEL_VNI or vx.last != 0 or vx.dsr_flags & ~1:
             return "VXLAN header wrong"

@@ -12,9 +12,9 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from ebpf_nodeport import maps
+from ebpf_nodeport import abi
 from ebpf_nodeport.datapath import gc_conntrack
-from ebpf_nodeport.maps import PSNAT_LEN, PSNAT_START
+from ebpf_nodeport.abi import PSNAT_LEN, PSNAT_START
 from ebpf_nodeport.testrun import parse_vxlan
 
 from .expect import Decap, Encap, Nat, Same
@@ -90,12 +90,12 @@ def test_same_client_port_through_two_nodes(cluster, first_via):
     reply_tunnel_psnat(cluster, reply(b_pod, "PA", b"page b"), second_via, p, fe2, where="B later")
 
     norm = _entry(cluster, "node1", (CLIENT, q), BE)
-    assert norm.type == maps.CT_NORMAL and norm.flags & maps.CT_F_PSNAT
-    assert norm.cl_port == p and norm.tun_peer == maps.ip2int(NODES[second_via])
+    assert norm.type == abi.CT_NORMAL and norm.flags & abi.CT_F_PSNAT
+    assert norm.cl_port == p and norm.tun_peer == abi.ip2int(NODES[second_via])
     fwd = _entry(cluster, "node1", (CLIENT, p), fe2)
-    assert fwd.type == maps.CT_NAT_FWD and fwd.cl_port == q
+    assert fwd.type == abi.CT_NAT_FWD and fwd.cl_port == q
     first = _entry(cluster, "node1", (CLIENT, p), BE)
-    assert first.tun_peer == maps.ip2int(NODES[first_via]) and not first.cl_port
+    assert first.tun_peer == abi.ip2int(NODES[first_via]) and not first.cl_port
 
 
 def test_dsr_collision_at_the_backend_node(cluster):
@@ -147,9 +147,9 @@ def test_collision_at_the_ingress_node_turns_dsr_off(cluster):
     is not DSR (only the ingress node can give replies the client's port back)."""
     cluster.sync(base_view(mode="dsr"))
     p = cport()
-    k, _ = maps.ct_key(CLIENT, p, CUSTOMER, 80, "tcp")
-    squatter = maps.CtValue(created_ns=maps.ktime_ns(), last_seen_ns=maps.ktime_ns(), type=maps.CT_NAT_REV,
-                            flags=maps.CT_F_NODEPORT, nat_addr=maps.ip2int(CONTROL), nat_port=NP_CUSTOMER + 1)
+    k, _ = abi.ct_key(CLIENT, p, CUSTOMER, 80, "tcp")
+    squatter = abi.CtValue(created_ns=abi.ktime_ns(), last_seen_ns=abi.ktime_ns(), type=abi.CT_NAT_REV,
+                           flags=abi.CT_F_NODEPORT, nat_addr=abi.ip2int(CONTROL), nat_port=NP_CUSTOMER + 1)
     cluster["control"].maps.ct.put(k, squatter)
     r1 = hop(cluster, "control", "from_hep", bytes(tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "S")), "REDIRECT",
              "PSNAT", None, "ingress")
@@ -209,12 +209,12 @@ def test_no_free_psnat_port_drops_and_creates_nothing(cluster):
     connections holding those ports are left alone."""
     p = cport()
     ct = cluster["node1"].maps.ct
-    now = maps.ktime_ns()
+    now = abi.ktime_ns()
     for port in [p, *range(PSNAT_START, PSNAT_START + PSNAT_LEN)]:
-        k, a = maps.ct_key(CLIENT, port, CUSTOMER, 80, "tcp")
-        ct.put(k, maps.CtValue(created_ns=now, last_seen_ns=now, type=maps.CT_NORMAL,
-                               flags=maps.CT_F_FROM_TUNNEL | maps.CT_F_TUNNEL | (0 if a else maps.CT_F_CLIENT_IS_B),
-                               nat_addr=maps.ip2int(CONTROL), nat_port=NP_CUSTOMER, tun_peer=maps.ip2int(CONTROL)))
+        k, a = abi.ct_key(CLIENT, port, CUSTOMER, 80, "tcp")
+        ct.put(k, abi.CtValue(created_ns=now, last_seen_ns=now, type=abi.CT_NORMAL,
+                              flags=abi.CT_F_FROM_TUNNEL | abi.CT_F_TUNNEL | (0 if a else abi.CT_F_CLIENT_IS_B),
+                              nat_addr=abi.ip2int(CONTROL), nat_port=NP_CUSTOMER, tun_peer=abi.ip2int(CONTROL)))
     before = len(ct)
     r = hop(cluster, "node1", "from_hep", bytes(tcp(CLIENT, p, NODE1, NP_CUSTOMER, "S")), "SHOT",
             "DROP_PSNAT_FAIL", None, "no port left")
@@ -246,8 +246,8 @@ def test_gc_keeps_the_backend_fwd_entry_while_its_flow_lives(cluster):
     _, q = request_tunnel_psnat(cluster, bytes(tcp(CLIENT, p, NODE2, NP_CUSTOMER, "S")), "node2", first=True,
                                 new_port=None, where="B", **kw)
     ct = cluster["node1"].maps.ct
-    fwd_k, _ = maps.ct_key(CLIENT, p, NODE2, NP_CUSTOMER, "tcp")
-    norm_k, _ = maps.ct_key(CLIENT, q, CUSTOMER, 80, "tcp")
+    fwd_k, _ = abi.ct_key(CLIENT, p, NODE2, NP_CUSTOMER, "tcp")
+    norm_k, _ = abi.ct_key(CLIENT, q, CUSTOMER, 80, "tcp")
     assert gc_conntrack(ct) == 0 and ct.get(fwd_k) is not None
     ct.delete(norm_k)
     assert gc_conntrack(ct) == 1 and ct.get(fwd_k) is None

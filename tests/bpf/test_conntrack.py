@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from ebpf_nodeport import maps
+from ebpf_nodeport import abi
 from ebpf_nodeport.testrun import SimCluster
 
 from .expect import check_result
@@ -77,7 +77,7 @@ class Conn:
 
     def rev(self):
         be = (CUSTOMER, 7) if self.proto == "udp" else BE
-        k, _ = maps.ct_key(CLIENT, self.port, be[0], be[1], self.proto)
+        k, _ = abi.ct_key(CLIENT, self.port, be[0], be[1], self.proto)
         return k, self.c["node1"].maps.ct.get(k)
 
 
@@ -145,13 +145,13 @@ def _check_expired(c: Conn, idle: float) -> None:
     k, before = c.rev()
     c.c["node1"].age(idle)
     aged = c.c["node1"].maps.ct.get(k)
-    t0 = maps.ktime_ns()
+    t0 = abi.ktime_ns()
     res = c.probe()
     check_result(res, "OK", "NAT_NEW", where=f"idle {idle}s, expired: treated as new")
     after = c.c["node1"].maps.ct.get(k)
     assert after is not None and after.created_ns >= t0 > aged.created_ns, \
         "an expired entry must be replaced by a fresh one"
-    client, server = (after.tcp_b, after.tcp_a) if after.flags & maps.CT_F_CLIENT_IS_B else (after.tcp_a, after.tcp_b)
+    client, server = (after.tcp_b, after.tcp_a) if after.flags & abi.CT_F_CLIENT_IS_B else (after.tcp_a, after.tcp_b)
     assert server == 0, f"fresh entry inherited the old state: server flags {server:#x}"
 
 
@@ -213,7 +213,7 @@ def test_tcp_flags_per_direction(cluster):
                  lambda: c.client("FA"), lambda: c.pod("FA"), lambda: c.client("RA")):
         step()
         _, v = c.rev()
-        seen.append((v.tcp_b, v.tcp_a) if v.flags & maps.CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b))
-    S, A, F, R = maps.TCPF_SYN, maps.TCPF_ACK, maps.TCPF_FIN, maps.TCPF_RST
+        seen.append((v.tcp_b, v.tcp_a) if v.flags & abi.CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b))
+    S, A, F, R = abi.TCPF_SYN, abi.TCPF_ACK, abi.TCPF_FIN, abi.TCPF_RST
     assert seen == [(S, 0), (S, S | A), (S | A, S | A), (S | A | F, S | A), (S | A | F, S | A | F),
                     (S | A | F | R, S | A | F)], seen

@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from ebpf_nodeport import maps
+from ebpf_nodeport import abi
 from ebpf_nodeport.testrun import parse_vxlan
 
 from .expect import Nat, Same, check_result
@@ -17,7 +17,7 @@ from .topo import (CLIENT, CLIENT2, CONTROL, CUSTOMER, CUSTOMER_CIP, DATABASE, D
 
 
 def _entry(cluster, node: str, client, server, proto: str = "tcp"):
-    k, _ = maps.ct_key(client[0], client[1], server[0], server[1], proto)
+    k, _ = abi.ct_key(client[0], client[1], server[0], server[1], proto)
     v = cluster[node].maps.ct.get(k)
     assert v is not None, f"{node}: no conntrack entry {client}<->{server}"
     return v
@@ -25,15 +25,15 @@ def _entry(cluster, node: str, client, server, proto: str = "tcp"):
 
 def _sides(v):
     """(client flags, server flags) of an entry."""
-    return (v.tcp_b, v.tcp_a) if v.flags & maps.CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b)
+    return (v.tcp_b, v.tcp_a) if v.flags & abi.CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b)
 
 
 def _pkts(v):
     """(packets from the client, packets from the server)."""
-    return (v.packets_ba, v.packets_ab) if v.flags & maps.CT_F_CLIENT_IS_B else (v.packets_ab, v.packets_ba)
+    return (v.packets_ba, v.packets_ab) if v.flags & abi.CT_F_CLIENT_IS_B else (v.packets_ab, v.packets_ba)
 
 
-SYN, ACK, FIN, RST = maps.TCPF_SYN, maps.TCPF_ACK, maps.TCPF_FIN, maps.TCPF_RST
+SYN, ACK, FIN, RST = abi.TCPF_SYN, abi.TCPF_ACK, abi.TCPF_FIN, abi.TCPF_RST
 
 
 # ---- Tunnel mode -----------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_tunnel_tcp_connection(cluster, ingress):
     assert _sides(rev) == (SYN | ACK | FIN, SYN | ACK | FIN), f"{ingress} NAT_REV tcp flags {_sides(rev)}"
     assert _pkts(rev) == (5, 3), f"{ingress} NAT_REV packets (client, server) = {_pkts(rev)}"
     norm = _entry(cluster, "node1", (CLIENT, p), be)
-    assert norm.type == maps.CT_NORMAL and _sides(norm) == (SYN | ACK | FIN, SYN | ACK | FIN)
+    assert norm.type == abi.CT_NORMAL and _sides(norm) == (SYN | ACK | FIN, SYN | ACK | FIN)
     assert _pkts(norm) == (5, 3), f"node1 NORMAL packets (client, server) = {_pkts(norm)}"
 
 
@@ -118,8 +118,8 @@ def test_dsr_tcp_connection(cluster):
     to_client = reply_dsr(cluster, reply(at_pod, "PA", b"hello"), "node1", fe, where="dsr")
     at_pod = request_tunnel(cluster, reply(to_client, "FA"), "control", "node1", be, first=False, **kw)
     reply_dsr(cluster, reply(at_pod, "FA"), "node1", fe, where="dsr")
-    assert _entry(cluster, "control", (CLIENT, p), be).flags & maps.CT_F_DSR
-    assert _entry(cluster, "node1", (CLIENT, p), be).flags & maps.CT_F_DSR
+    assert _entry(cluster, "control", (CLIENT, p), be).flags & abi.CT_F_DSR
+    assert _entry(cluster, "node1", (CLIENT, p), be).flags & abi.CT_F_DSR
 
 
 def test_dsr_udp_roundtrip(cluster):

@@ -15,8 +15,8 @@ import time
 import zlib
 from collections import defaultdict
 
-from ebpf_nodeport import libbpf, maps
-from ebpf_nodeport.testrun import ENTRIES, HOOK_OF_ENTRY, MAX_REASONS
+from ebpf_nodeport import abi, libbpf
+from ebpf_nodeport.abi import HOOK_IDS, MAX_REASONS, PROGRAMS
 
 from .cases import CASES
 from .fuzz import Judge, Mutator, malformed, min_len
@@ -107,7 +107,7 @@ def _synthetic() -> dict[tuple[str, str], list[bytes]]:
 
 def _hook_counts(node, entry: str) -> list[int]:
     vals = node.maps.counters.all()
-    h = HOOK_OF_ENTRY[entry]
+    h = HOOK_IDS[entry]
     return vals[h * MAX_REASONS:(h + 1) * MAX_REASONS]
 
 
@@ -126,7 +126,7 @@ def test_fuzz_every_entry_program(cluster):
 
     for node_name, node in cluster.nodes.items():
         judge = Judge(ipaddress.IPv4Address(node.ip).packed, node_ips)
-        for entry in ENTRIES:
+        for entry in PROGRAMS:
             where = f"{node_name}/{entry}"
             corpus = [f for f in flows.get((node_name, entry), []) + synth.get((node_name, entry), [])
                       if len(f) >= min_len(f)]
@@ -160,13 +160,13 @@ def test_fuzz_every_entry_program(cluster):
             delta = [a - b for a, b in zip(after, before)]
             ran = sum(verdicts.values())
             total += ran
-            reasons = {maps.reason_name(r): d for r, d in enumerate(delta) if d}
+            reasons = {abi.reason_name(r): d for r, d in enumerate(delta) if d}
             stats[where] = (ran, n_malformed, dict(verdicts), reasons)
             if sum(delta) != ran:
                 fail(f"{where}: counters do not add up", f"grew by {sum(delta)} for {ran} packets: {reasons}")
-            if delta[maps.REASON_IDS["DROP_MALFORMED"]] < n_malformed:
+            if delta[abi.REASON_IDS["DROP_MALFORMED"]] < n_malformed:
                 fail(f"{where}: malformed not counted",
-                     f"{n_malformed} malformed, DROP_MALFORMED +{delta[maps.REASON_IDS['DROP_MALFORMED']]}")
+                     f"{n_malformed} malformed, DROP_MALFORMED +{delta[abi.REASON_IDS['DROP_MALFORMED']]}")
     elapsed = time.monotonic() - start
     print(f"\nfuzz: {total} packets in {elapsed:.1f} s (seed {SEED}, {per_node} per node and program)")
     for k, (ran, bad, verdicts, reasons) in stats.items():
@@ -175,4 +175,4 @@ def test_fuzz_every_entry_program(cluster):
                         sorted(failures.items(), key=lambda kv: -kv[1][0]))
     assert not failures, f"seed {SEED}: {sum(n for n, _ in failures.values())} failures in " \
                          f"{len(failures)} kinds:\n{report}"
-    assert total >= PER_ENTRY * len(ENTRIES)
+    assert total >= PER_ENTRY * len(PROGRAMS)

@@ -8,7 +8,7 @@ import ipaddress
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from ebpf_nodeport import libbpf, maps
+from ebpf_nodeport import abi, libbpf
 from ebpf_nodeport.datapath import Backend, Service
 
 from .expect import Encap, Nat, check_result
@@ -19,14 +19,14 @@ from .topo import (CLIENT, CONTROL, CUSTOMER, MAC_CALI, MAC_POD, NODE1, NODE2, N
 
 def _fill_ct(node, n: int) -> None:
     """n NAT_REV entries for made-up external clients, all fresh (so none is expired)."""
-    now = maps.ktime_ns()
+    now = abi.ktime_ns()
     base = int(ipaddress.IPv4Address("203.0.113.0"))
     ct = node.maps.ct
     for i in range(n):
-        k, _ = maps.ct_key(base + (i >> 8), 1024 + (i & 0xFF), CUSTOMER, 80, "tcp")
-        v = maps.CtValue(created_ns=now, last_seen_ns=now, type=maps.CT_NAT_REV, flags=maps.CT_F_NODEPORT,
-                         tcp_a=maps.TCPF_SYN | maps.TCPF_ACK, tcp_b=maps.TCPF_SYN | maps.TCPF_ACK,
-                         nat_addr=int(ipaddress.IPv4Address(CONTROL)), nat_port=NP_CUSTOMER)
+        k, _ = abi.ct_key(base + (i >> 8), 1024 + (i & 0xFF), CUSTOMER, 80, "tcp")
+        v = abi.CtValue(created_ns=now, last_seen_ns=now, type=abi.CT_NAT_REV, flags=abi.CT_F_NODEPORT,
+                        tcp_a=abi.TCPF_SYN | abi.TCPF_ACK, tcp_b=abi.TCPF_SYN | abi.TCPF_ACK,
+                        nat_addr=int(ipaddress.IPv4Address(CONTROL)), nat_port=NP_CUSTOMER)
         ct.put(k, v)
 
 
@@ -47,12 +47,12 @@ def test_conntrack_full_lru_still_works(cluster):
     syn = bytes(tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "S"))
     r = cluster["control"].run("from_hep", syn, track_ct=False)
     check_result(r, "REDIRECT", "NAT_NEW", Encap(CONTROL, NODE1, Nat(dst=be, ttl_dec=1), fe_port=NP_CUSTOMER))
-    for name, key in (("control", maps.ct_key(CLIENT, p, CONTROL, NP_CUSTOMER, "tcp")[0]),
-                      ("control", maps.ct_key(CLIENT, p, CUSTOMER, 80, "tcp")[0])):
+    for name, key in (("control", abi.ct_key(CLIENT, p, CONTROL, NP_CUSTOMER, "tcp")[0]),
+                      ("control", abi.ct_key(CLIENT, p, CUSTOMER, 80, "tcp")[0])):
         assert cluster[name].maps.ct.get(key) is not None, f"{name}: new entry {key} missing with a full map"
     r2 = cluster["node1"].run("from_hep", r.data, track_ct=False)
     check_result(r2, "OK", "DECAP")
-    assert cluster["node1"].maps.ct.get(maps.ct_key(CLIENT, p, CUSTOMER, 80, "tcp")[0]) is not None
+    assert cluster["node1"].maps.ct.get(abi.ct_key(CLIENT, p, CUSTOMER, 80, "tcp")[0]) is not None
     r3 = cluster["node1"].run("from_wep", reply(r2.data, "SA"), track_ct=False)
     check_result(r3, "REDIRECT", "ENCAP")
     r4 = cluster["control"].run("from_hep", r3.data, track_ct=False)

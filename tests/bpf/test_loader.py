@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import pytest
 
 from ebpf_nodeport import libbpf, loader
-from ebpf_nodeport.maps import MAP_SPECS, PROGRAMS, NodeCfg, pin_dir
+from ebpf_nodeport.abi import MAP_SPECS, PROGRAMS, NodeCfg
+from ebpf_nodeport.maps import pin_dir
 from ebpf_nodeport.testrun import SimCluster, unique_lab
 
 from .expect import Encap, Nat, check_result

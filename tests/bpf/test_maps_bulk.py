@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ebpf_nodeport import libbpf, maps
+from ebpf_nodeport import abi, libbpf, maps
 
 
 def _iterated(view: maps.MapView) -> dict[bytes, bytes]:
@@ -23,8 +23,8 @@ def _fill_ct(view: maps.MapView, n: int) -> None:
     """n NAT_REV entries with distinct keys and values (values carry the index)."""
     base = int(ipaddress.IPv4Address("203.0.113.0"))
     for i in range(n):
-        k, _ = maps.ct_key(base + (i >> 8), 1024 + (i & 0xFF), "198.19.16.65", 80, "tcp")
-        view.put(k, maps.CtValue(created_ns=i, last_seen_ns=i, type=maps.CT_NAT_REV, packets_ab=i))
+        k, _ = abi.ct_key(base + (i >> 8), 1024 + (i & 0xFF), "198.19.16.65", 80, "tcp")
+        view.put(k, abi.CtValue(created_ns=i, last_seen_ns=i, type=abi.CT_NAT_REV, packets_ab=i))
 
 
 @pytest.mark.parametrize("batch", [1, 7, 4096])
@@ -39,8 +39,8 @@ def test_batch_read_of_lru_hash_matches_iteration(cluster, batch):
     assert ct.raw_items() == want
     assert len(ct) == 1000
     assert {(k.addr_a, k.port_a): v.packets_ab for k, v in ct.items()} == \
-        {(maps.CtKey.from_bytes(k).addr_a, maps.CtKey.from_bytes(k).port_a):
-         maps.CtValue.from_bytes(v).packets_ab for k, v in want.items()}
+        {(abi.CtKey.from_bytes(k).addr_a, abi.CtKey.from_bytes(k).port_a):
+         abi.CtValue.from_bytes(v).packets_ab for k, v in want.items()}
 
 
 def test_batch_read_grows_past_a_full_bucket(cluster):
@@ -50,7 +50,7 @@ def test_batch_read_grows_past_a_full_bucket(cluster):
     nodes = cluster["control"].maps.nodes
     base = int(ipaddress.IPv4Address("10.99.0.0"))
     for i in range(200):
-        nodes.put(maps.Addr(base + i), maps.NodeInfo(i))
+        nodes.put(abi.Addr(base + i), abi.NodeInfo(i))
     want = _iterated(nodes)
     assert len(want) == 200 + 3       # the view's three nodes stay
     assert _batched(nodes, 1) == want
@@ -65,7 +65,7 @@ def test_batch_read_of_empty_and_of_array_maps(cluster):
     assert _batched(node.maps.ct, 16) == {} == node.maps.ct.raw_items()
     assert len(node.maps.ct) == 0 and list(node.maps.ct.items()) == []
     cfg = node.maps.cfg
-    assert cfg.raw_items() == _iterated(cfg) == {bytes(maps.U32(0)): bytes(node.maps.read_cfg())}
+    assert cfg.raw_items() == _iterated(cfg) == {bytes(abi.U32(0)): bytes(node.maps.read_cfg())}
 
 
 def test_lpm_trie_reads_like_iteration(cluster):
@@ -73,7 +73,7 @@ def test_lpm_trie_reads_like_iteration(cluster):
     three blocks either way. dsr_optout (LPM, empty in the base view) reads as {}."""
     routes = cluster["control"].maps.routes
     assert routes.raw_items() == _iterated(routes)
-    assert {maps.RouteKey.from_bytes(k).to_cidr() for k in routes.raw_items()} == {
+    assert {abi.RouteKey.from_bytes(k).to_cidr() for k in routes.raw_items()} == {
         "198.19.16.0/26", "198.19.16.64/26", "198.19.16.128/26"}
     assert cluster["control"].maps.dsr_optout.raw_items() == {}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.l2 import Ether
 
-from ebpf_nodeport import maps
+from ebpf_nodeport import abi, maps
 from ebpf_nodeport.datapath import Backend, ClusterView, NodeDatapath, Service
 
 from .expect import Nat, check_result
@@ -72,12 +72,12 @@ def _programmed(node) -> tuple[dict[str, tuple[dict, list]], dict[str, int]]:
     fes: dict[str, dict] = defaultdict(dict)
     for k, v in m.nat_fe.items():
         assert v.svc_id in names, f"frontend {k} points at unnamed service id {v.svc_id}"
-        fes[names[v.svc_id]][(maps.int2ip(k.addr), k.port, maps.PROTO_NAMES[k.proto])] = (
-            maps.FE_FLAG_NAMES[v.flags], v.count, v.local_count)
+        fes[names[v.svc_id]][(abi.int2ip(k.addr), k.port, abi.PROTO_NAMES[k.proto])] = (
+            abi.FE_FLAG_NAMES[v.flags], v.count, v.local_count)
     bes: dict[int, dict[int, tuple[str, int]]] = defaultdict(dict)
     for k, v in m.nat_be.items():
         assert k.svc_id in names, f"backend {k} belongs to unnamed service id {k.svc_id}"
-        bes[k.svc_id][k.ordinal] = (maps.int2ip(v.addr), v.port)
+        bes[k.svc_id][k.ordinal] = (abi.int2ip(v.addr), v.port)
     out = {}
     for sid, name in names.items():
         assert sorted(bes[sid]) == list(range(len(bes[sid]))), f"{name}: ordinals {sorted(bes[sid])}"

@@ -15,7 +15,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from ebpf_nodeport.datapath import Backend, ClusterView, Service
-from ebpf_nodeport.testrun import TUNNEL_VNI, VXLAN_PORT, vxlan_header
+from ebpf_nodeport.abi import TUNNEL_PORT, TUNNEL_VNI
+from ebpf_nodeport.testrun import vxlan_header
 
 CLIENT = "198.19.15.254"          # host1, outside the cluster
 CLIENT2 = "198.19.15.200"         # another external client (opt-out tests)
@@ -95,7 +96,7 @@ def vxlan(outer_src: str, outer_dst: str, inner: Ether | bytes, *, vni: int = TU
     inner_b = bytes(inner)
     return (Ether(src=MAC_NODE["control"], dst=MAC_NODE["node1"]) /
             IP(src=outer_src, dst=outer_dst, ttl=outer_ttl, flags="DF", id=0) /
-            UDP(sport=sport, dport=VXLAN_PORT, chksum=0) /
+            UDP(sport=sport, dport=TUNNEL_PORT, chksum=0) /
             Raw(vxlan_header(vni, dsr=dsr, fe_port=fe_port, flags=flags) + inner_b))
 
 

@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from ebpf_nodeport.abi import TUNNEL_PORT, TUNNEL_VNI
 from netns_lab.capture import tcpdump
 
 from .conftest import Lab, counter, host_python, running_lab
@@ -21,7 +22,6 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 HOST1 = "198.19.15.254"
 NODE1 = "198.19.0.2"
-VNI = 4096  # docs/datapath.md: TUNNEL_VNI
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_forged_packets_from_host1_do_not_reach_the_pod(lab: Lab, case: str) -> 
     syn = f"IP(src='{HOST1}', dst='{customer}')/TCP(sport=40001, dport=80, flags='S')"
     if case == "vxlan":
         # A well-formed tunnel packet with the right VNI, from an address that is not a node.
-        frame = (f"{l2}/IP(src='{HOST1}', dst='{NODE1}')/UDP(sport=50000, dport=4789)"
-                 f"/VXLAN(flags=0x08, vni={VNI})/Ether()/{syn}")
+        frame = (f"{l2}/IP(src='{HOST1}', dst='{NODE1}')/UDP(sport=50000, dport={TUNNEL_PORT})"
+                 f"/VXLAN(flags=0x08, vni={TUNNEL_VNI})/Ether()/{syn}")
         reason = "DROP_TUN_UNKNOWN_SRC"
     else:
         # A packet claiming to come from summary-1, a pod on node1 itself, arriving from the

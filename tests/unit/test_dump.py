@@ -16,12 +16,12 @@ import pytest
 from rich.console import Console
 
 from ebpf_nodeport import dump
-from ebpf_nodeport.maps import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_F_CLIENT_IS_B, CT_F_CLUSTERIP,
-                                CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT, CT_F_POD_CLIENT, CT_F_TUNNEL,
-                                CT_NAT_FWD, CT_NAT_REV, CT_NORMAL, FE_F_CLUSTERIP, FE_F_NODEPORT,
-                                MAX_REASONS, RT_F_LOCAL, TCPF_ACK, TCPF_FIN, TCPF_RST, TCPF_SYN, Addr,
-                                BeKey, BeValue, CtKey, CtValue, Event, FeKey, FeValue, NodeCfg, RouteInfo,
-                                RouteKey, ct_key, ip2int)
+from ebpf_nodeport.abi import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_F_CLIENT_IS_B, CT_F_CLUSTERIP,
+                               CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT, CT_F_POD_CLIENT, CT_F_TUNNEL,
+                               CT_NAT_FWD, CT_NAT_REV, CT_NORMAL, FE_F_CLUSTERIP, FE_F_NODEPORT, MAX_REASONS,
+                               RT_F_LOCAL, TCPF_ACK, TCPF_FIN, TCPF_RST, TCPF_SYN, Addr, BeKey, BeValue,
+                               CtKey, CtValue, Event, FeKey, FeValue, NodeCfg, RouteInfo, RouteKey, ct_key,
+                               ip2int)
 from ebpf_nodeport.trace import Tracer, TraceError, event_record, format_record, matches
 
 CLIENT, CONTROL, NODE1, NODE2 = "198.19.15.254", "198.19.0.1", "198.19.0.2", "198.19.0.3"
@@ -310,7 +310,7 @@ def test_conntrack_filters() -> None:
 
 def counters(**by_name: int) -> list[int]:
     """{'from_hep__NAT_NEW': 3} -> the 96 slots of the counters map."""
-    from ebpf_nodeport.maps import HOOKS, REASON_IDS
+    from ebpf_nodeport.abi import HOOKS, REASON_IDS
     hooks = {v: k for k, v in HOOKS.items()}
     slots = [0] * (3 * MAX_REASONS)
     for key, n in by_name.items():
@@ -450,7 +450,7 @@ def test_duration_format() -> None:
 
 def ev(hook: int, reason: str, src: tuple[str, int], dst: tuple[str, int], nat_src: tuple[str, int] | None = None,
        nat_dst: tuple[str, int] | None = None, peer: str | None = None, flags: int = 0, proto: int = 6) -> Event:
-    from ebpf_nodeport.maps import REASON_IDS
+    from ebpf_nodeport.abi import REASON_IDS
     ns, nd = nat_src or src, nat_dst or dst
     return Event(ts_ns=1, hook=hook, reason=REASON_IDS[reason], proto=proto, flags=flags,
                  saddr=ip2int(src[0]), sport=src[1], daddr=ip2int(dst[0]), dport=dst[1],

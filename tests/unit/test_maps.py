@@ -7,12 +7,12 @@ import ipaddress
 
 import pytest
 
-from ebpf_nodeport import maps
+from ebpf_nodeport import abi, maps
 from ebpf_nodeport.datapath import Backend, Service
 
-STRUCTS = [maps.U32, maps.Addr, maps.U64, maps.NodeCfg, maps.NodeInfo, maps.RouteKey, maps.RouteInfo,
-           maps.FeKey, maps.FeValue, maps.BeKey, maps.BeValue, maps.SvcMeta, maps.CtKey, maps.CtValue,
-           maps.Event]
+STRUCTS = [abi.U32, abi.Addr, abi.U64, abi.NodeCfg, abi.NodeInfo, abi.RouteKey, abi.RouteInfo,
+           abi.FeKey, abi.FeValue, abi.BeKey, abi.BeValue, abi.SvcMeta, abi.CtKey, abi.CtValue,
+           abi.Event]
 
 
 def _values(cls: type, seed: int) -> dict[str, object]:
@@ -36,8 +36,8 @@ def test_pack_gives_the_ctypes_bytes(cls):
         assert cls.pack(*vals.values()) == bytes(cls(**vals)), vals
 
 
-@pytest.mark.parametrize("cls", [maps.U32, maps.Addr, maps.FeKey, maps.FeValue, maps.BeKey, maps.BeValue,
-                                 maps.SvcMeta, maps.CtKey], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [abi.U32, abi.Addr, abi.FeKey, abi.FeValue, abi.BeKey, abi.BeValue,
+                                 abi.SvcMeta, abi.CtKey], ids=lambda c: c.__name__)
 def test_unpack_inverts_pack(cls):
     """Every visible field back; char arrays as stored, NUL-padded to their size."""
     vals = _values(cls, 3)
@@ -47,19 +47,19 @@ def test_unpack_inverts_pack(cls):
 
 def test_unpack_refuses_structs_mixing_byte_orders():
     with pytest.raises(TypeError, match="byte orders"):
-        maps.RouteKey.unpack(bytes(maps.RouteKey.cidr("198.19.16.0/26")))
+        abi.RouteKey.unpack(bytes(abi.RouteKey.cidr("198.19.16.0/26")))
 
 
 def test_pack_pads_with_zeros():
-    assert maps.BeValue.pack(maps.ip2int("198.19.16.65"), 80) == bytes([198, 19, 16, 65, 0, 80, 0, 0])
-    assert maps.FeKey.pack(0, 30180, 6) == bytes([0, 0, 0, 0, 0x75, 0xE4, 6, 0])
-    assert maps.SvcMeta.pack(b"a:80/tcp") == b"a:80/tcp".ljust(64, b"\0")
+    assert abi.BeValue.pack(abi.ip2int("198.19.16.65"), 80) == bytes([198, 19, 16, 65, 0, 80, 0, 0])
+    assert abi.FeKey.pack(0, 30180, 6) == bytes([0, 0, 0, 0, 0x75, 0xE4, 6, 0])
+    assert abi.SvcMeta.pack(b"a:80/tcp") == b"a:80/tcp".ljust(64, b"\0")
 
 
 @pytest.mark.parametrize("text", ["198.19.16.65", "0.0.0.0", "255.255.255.255", "10.0.0.1"])
 def test_ip2int_matches_ipaddress(text):
-    assert maps.ip2int(text) == int(ipaddress.IPv4Address(text))
-    assert maps.ip2int(maps.ip2int(text)) == maps.ip2int(text)
+    assert abi.ip2int(text) == int(ipaddress.IPv4Address(text))
+    assert abi.ip2int(abi.ip2int(text)) == abi.ip2int(text)
 
 
 @pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3", "1.2.3.4 ", " 1.2.3.4", "256.1.1.1", "1.2.3.04",
@@ -68,7 +68,7 @@ def test_ip2int_rejects_what_ipaddress_rejects(text):
     with pytest.raises(ValueError):
         ipaddress.IPv4Address(text)
     with pytest.raises(ValueError):
-        maps.ip2int(text)
+        abi.ip2int(text)
 
 
 @pytest.mark.parametrize("cip", ["0.0.0.0", "224.0.0.1", "239.255.255.255", "255.255.255.255"])

@@ -1,0 +1,585 @@
+"""The datapath's ABI as user space sees it: one Python mirror of the C in bpf/.
+
+Everything the C and the Python must agree on lives here and nowhere else: the
+entry program names, the map names and how each map is declared (MapSpec), the
+struct layouts of their keys and values (ctypes, field by field as bpf/lib/maps.h
+declares them), flags (CFG_F_*, RT_F_*, FE_F_*, CT_F_*), reasons and hooks, the
+skb mark, the tunnel's port/VNI/header, the eBPF modes, and the pieces of C logic
+user space must reproduce (conntrack key normalisation and timeouts, the flow
+hash). Addresses and ports are big-endian fields, so
+`FeKey(addr=ip2int("198.19.32.10"), port=80, proto=6)` is already the bytes the
+kernel compares. The layouts are checked against the BTF of the compiled maps
+(tests/bpf/test_abi.py) and against every pinned map at load (pins.py).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import dataclasses
+import functools
+import ipaddress
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+BE32 = ct.c_uint32.__ctype_be__
+BE16 = ct.c_uint16.__ctype_be__
+
+# The entry programs, one per attach point (bpf/<name>.c), in hook order (HOOK_*).
+PROGRAMS = ("from_hep", "from_wep", "to_wep")
+# Node modes with the eBPF datapath attached: CFG_F_DSR set for "dsr", clear for "tunnel".
+EBPF_MODES = ("tunnel", "dsr")
+
+# ---- constants (bpf/lib/maps.h, counters.h, tunnel.h, conntrack.h) -------------------
+
+CFG_F_DSR, CFG_F_TRACE, CFG_F_ENABLED = 1, 2, 4
+RT_F_LOCAL = 1
+FE_F_NODEPORT, FE_F_CLUSTERIP = 1, 2
+CT_NORMAL, CT_NAT_FWD, CT_NAT_REV = 0, 1, 2
+CT_F_TUNNEL, CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT = 1, 2, 4, 8
+CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT, CT_F_PSNAT = 16, 32, 64, 128
+TCPF_FIN, TCPF_SYN, TCPF_RST, TCPF_ACK = 0x01, 0x02, 0x04, 0x10
+
+TUNNEL_VNI = 4096
+TUNNEL_PORT = 4789
+TUNNEL_TTL = 64
+TUNNEL_SPORT_BASE, TUNNEL_SPORT_MASK = 49152, 0x3FFF
+VXLAN_F_VNI = 0x08
+VXH_F_DSR = 0x01
+VXLAN_ENCAP_LEN = 50            # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+SKB_MARK_BYPASS = 0x01000000     # from_hep marks what it NATs/decaps and hands to the kernel (config.h)
+PSNAT_START, PSNAT_LEN = 20000, 10000   # client ports given on a source-port collision (config.h)
+
+HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP = 0, 1, 2
+HOOKS = dict(enumerate(PROGRAMS))       # HOOK_* -> entry program name
+HOOK_IDS = {name: hook for hook, name in HOOKS.items()}
+N_HOOKS = 3
+MAX_REASONS = 32
+
+REASONS: dict[int, str] = {
+    0: "PASS", 1: "NAT_NEW", 2: "NAT_EST", 3: "REV_NAT", 4: "ENCAP", 5: "DECAP",
+    6: "DSR_REPLY", 7: "CT_EST", 8: "PSNAT",
+    16: "DROP_MALFORMED", 17: "DROP_TUN_UNKNOWN_SRC", 18: "DROP_TUN_BAD_VNI",
+    19: "DROP_NO_BACKEND", 20: "DROP_FRAG_NEEDED", 21: "DROP_SPOOFED",
+    22: "DROP_ENCAP_FAIL", 23: "DROP_TTL", 24: "DROP_TUN_NO_FLOW", 25: "DROP_PSNAT_FAIL",
+}
+REASON_IDS: dict[str, int] = {v: k for k, v in REASONS.items()}
+REASON_DESCRIPTIONS: dict[str, str] = {
+    "PASS": "not ours, passed untouched",
+    "NAT_NEW": "first packet of a new service connection (DNAT, maybe encap)",
+    "NAT_EST": "established service flow, DNAT done, delivered locally",
+    "REV_NAT": "reply, source rewritten to the frontend",
+    "ENCAP": "established flow encapsulated toward a node (request or reply)",
+    "DECAP": "decapsulated, delivered (no NAT on this node)",
+    "DSR_REPLY": "reply rewritten and sent straight to the client",
+    "CT_EST": "tracked flow, no rewrite needed here",
+    "PSNAT": "new connection whose 4-tuple was taken: client port replaced",
+    "DROP_MALFORMED": "truncated/invalid headers",
+    "DROP_TUN_UNKNOWN_SRC": "VXLAN from an address that is not a node",
+    "DROP_TUN_BAD_VNI": "VXLAN with another VNI",
+    "DROP_NO_BACKEND": "service has no backends",
+    "DROP_FRAG_NEEDED": "too big to encapsulate (ICMP frag-needed sent when DF)",
+    "DROP_SPOOFED": "source is a local pod address arriving from outside",
+    "DROP_ENCAP_FAIL": "a helper failed (adjust_room, store, csum, redirect)",
+    "DROP_TTL": "TTL would reach 0 in a BPF-forwarded packet",
+    "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
+    "DROP_PSNAT_FAIL": "4-tuple taken and no free client port found",
+}
+
+CT_TYPES = {CT_NORMAL: "NORMAL", CT_NAT_FWD: "NAT_FWD", CT_NAT_REV: "NAT_REV"}
+CT_FLAG_NAMES = {CT_F_TUNNEL: "TUNNEL", CT_F_DSR: "DSR", CT_F_FROM_TUNNEL: "FROM_TUNNEL",
+                 CT_F_NODEPORT: "NODEPORT", CT_F_CLUSTERIP: "CLUSTERIP",
+                 CT_F_CLIENT_IS_B: "CLIENT_IS_B", CT_F_POD_CLIENT: "POD_CLIENT", CT_F_PSNAT: "PSNAT"}
+CFG_FLAG_NAMES = {CFG_F_DSR: "DSR", CFG_F_TRACE: "TRACE", CFG_F_ENABLED: "ENABLED"}
+FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP"}
+TCP_FLAG_NAMES = {TCPF_SYN: "SYN", TCPF_ACK: "ACK", TCPF_FIN: "FIN", TCPF_RST: "RST"}
+PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
+PROTO_NAMES = {v: k for k, v in PROTOS.items()}
+
+SEC_NS = 1_000_000_000
+CT_TIMEOUTS_NS: dict[str, int] = {   # conntrack.h defaults (Calico's)
+    "CT_TIMEOUT_TCP_SYN": 20 * SEC_NS,
+    "CT_TIMEOUT_TCP_EST": 3600 * SEC_NS,
+    "CT_TIMEOUT_TCP_FIN": 30 * SEC_NS,
+    "CT_TIMEOUT_TCP_RST": 40 * SEC_NS,
+    "CT_TIMEOUT_UDP": 60 * SEC_NS,
+    "CT_TIMEOUT_ICMP": 5 * SEC_NS,
+    "CT_TIMEOUT_OTHER": 600 * SEC_NS,
+}
+
+
+def flag_names(value: int, table: dict[int, str]) -> list[str]:
+    """Names of the bits set in value (unknown bits as hex)."""
+    out = [name for bit, name in table.items() if value & bit]
+    rest = value & ~sum(table)
+    if rest:
+        out.append(hex(rest))
+    return out
+
+
+def reason_name(reason: int) -> str:
+    return REASONS.get(reason, f"REASON_{reason}")
+
+
+def proto_num(proto: str | int) -> int:
+    """'tcp'/'udp'/'icmp' or a number -> IP protocol number."""
+    if isinstance(proto, int):
+        return proto
+    try:
+        return PROTOS[proto.lower()]
+    except KeyError:
+        raise ValueError(f"unknown protocol {proto!r}: use one of {', '.join(PROTOS)}") from None
+
+
+def ip2int(addr: str | int) -> int:
+    """Dotted quad -> the integer stored in a big-endian field."""
+    return addr if isinstance(addr, int) else _parse_ipv4(addr)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_ipv4(addr: str) -> int:
+    """Strict dotted quad -> int, cached: a sync parses tens of thousands of mostly repeated addresses.
+
+    inet_pton takes ~0.3 us against ~2 us for ipaddress and rejects the same strings (no
+    leading zeros, no short forms); anything it refuses goes to ipaddress, which says why.
+    """
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+    except (OSError, ValueError, TypeError):
+        return int(ipaddress.IPv4Address(addr))
+
+
+def int2ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+# ---- structs ---------------------------------------------------------------------------
+
+class _Struct(ct.Structure):
+    """ctypes Structure with dict/bytes helpers; _addr_fields render as dotted quads."""
+    _addr_fields: tuple[str, ...] = ()
+    _hidden_fields: tuple[str, ...] = ("pad",)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, *_ in self._fields_:
+            if name in self._hidden_fields:
+                continue
+            v = getattr(self, name)
+            if name in self._addr_fields:
+                v = int2ip(v)
+            elif isinstance(v, bytes):
+                v = v.decode(errors="replace")
+            elif isinstance(v, ct.Array):
+                v = list(v)
+            out[name] = v
+        return out
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        return cls.from_buffer_copy(data[: ct.sizeof(cls)])
+
+    def __bytes__(self) -> bytes:  # explicit: ctypes' buffer protocol gives the same
+        return ct.string_at(ct.addressof(self), ct.sizeof(self))
+
+    @classmethod
+    def pack(cls, *values: Any) -> bytes:
+        """The struct's bytes from its visible fields' values, in field order (pads are zero)."""
+        return cls.packer()(*values)
+
+    @classmethod
+    def packer(cls) -> Callable[..., bytes]:
+        """pack() as a plain function, for hot loops: same bytes as bytes(cls(...)) at a tenth
+        of the cost (sync() builds tens of thousands of keys and values to compare)."""
+        packer = _packer(cls)
+        if packer is None:
+            names = _visible_fields(cls)
+            return lambda *values: bytes(cls(**dict(zip(names, values))))
+        return packer.pack
+
+    @classmethod
+    def unpack(cls, data: bytes) -> tuple:
+        """The visible fields' values from the struct's bytes (inverse of pack)."""
+        return cls.unpacker()(data)
+
+    @classmethod
+    def unpacker(cls) -> Callable[[bytes], tuple]:
+        """unpack() as a plain function, for hot loops. Char arrays come back as stored
+        (NUL-padded); structs mixing byte orders have no unpacker (use from_bytes)."""
+        packer = _packer(cls)
+        if packer is None:
+            raise TypeError(f"{cls.__name__} mixes byte orders: read it with from_bytes()")
+        return packer.unpack_from
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and bytes(self) == bytes(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, bytes(self)))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _visible_fields(cls: type[_Struct]) -> list[str]:
+    return [name for name, *_ in cls._fields_ if name not in cls._hidden_fields]
+
+
+def _byte_order(ctype: type) -> str | None:
+    """'>' or '<' for a multi-byte integer field, None where order does not apply."""
+    if ct.sizeof(ctype) == 1:
+        return None
+    return ">" if getattr(ctype, "__ctype_be__", None) is ctype else "<"
+
+
+@functools.cache
+def _packer(cls: type[_Struct]) -> struct.Struct | None:
+    """A struct.Struct laid out like cls (hidden fields as pad bytes); None if byte orders mix."""
+    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    fmt, pos, orders = [], 0, set()
+    for name, ctype, *_ in cls._fields_:
+        offset, size = getattr(cls, name).offset, ct.sizeof(ctype)
+        fmt.append("x" * (offset - pos))                 # alignment gap, if any
+        if name in cls._hidden_fields:
+            fmt.append("x" * size)
+        elif issubclass(ctype, ct.Array) and ctype._type_ is ct.c_char:
+            fmt.append(f"{size}s")
+        elif getattr(ctype, "_type_", None) in ("B", "H", "I", "L", "Q"):
+            fmt.append(codes[size])
+            orders.add(_byte_order(ctype))
+        else:
+            return None                                  # only unsigned integers and char arrays
+        pos = offset + size
+    fmt.append("x" * (ct.sizeof(cls) - pos))
+    orders.discard(None)
+    if len(orders) > 1:
+        return None
+    return struct.Struct((orders.pop() if orders else "<") + "".join(fmt))
+
+
+class U32(_Struct):
+    """A host-order __u32 key (array index, service id)."""
+    _fields_ = [("value", ct.c_uint32)]
+    _scalar = True
+
+
+class Addr(_Struct):
+    """A __be32 address key (nodes map)."""
+    _fields_ = [("addr", BE32)]
+    _addr_fields = ("addr",)
+    _scalar = True
+
+
+class U64(_Struct):
+    """A __u64 value (a per-CPU counter slot)."""
+    _fields_ = [("value", ct.c_uint64)]
+    _scalar = True
+
+
+class NodeCfg(_Struct):
+    _fields_ = [("node_ip", BE32), ("host_ifindex", ct.c_uint32), ("vni", ct.c_uint32),
+                ("tunnel_port", ct.c_uint16), ("fabric_mtu", ct.c_uint16), ("flags", ct.c_uint32),
+                ("sync_token", ct.c_uint32)]
+    _addr_fields = ("node_ip",)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["flag_names"] = flag_names(self.flags, CFG_FLAG_NAMES)
+        return d
+
+
+class NodeInfo(_Struct):
+    _fields_ = [("flags", ct.c_uint32)]
+
+
+class RouteKey(_Struct):
+    _fields_ = [("prefixlen", ct.c_uint32), ("addr", BE32)]
+    _addr_fields = ("addr",)
+
+    @classmethod
+    def cidr(cls, cidr: str) -> "RouteKey":
+        net = ipaddress.IPv4Network(cidr, strict=False)
+        return cls(prefixlen=net.prefixlen, addr=int(net.network_address))
+
+    def to_cidr(self) -> str:
+        return f"{int2ip(self.addr)}/{self.prefixlen}"
+
+
+class RouteInfo(_Struct):
+    _fields_ = [("node_ip", BE32), ("flags", ct.c_uint32)]
+    _addr_fields = ("node_ip",)
+
+
+class FeKey(_Struct):
+    _fields_ = [("addr", BE32), ("port", BE16), ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
+    _addr_fields = ("addr",)
+
+    @classmethod
+    def make(cls, addr: str | int, port: int, proto: str | int) -> "FeKey":
+        return cls(addr=ip2int(addr), port=port, proto=proto_num(proto))
+
+
+class FeValue(_Struct):
+    _fields_ = [("svc_id", ct.c_uint32), ("count", ct.c_uint16), ("local_count", ct.c_uint16),
+                ("flags", ct.c_uint32)]
+
+
+class BeKey(_Struct):
+    _fields_ = [("svc_id", ct.c_uint32), ("ordinal", ct.c_uint32)]
+
+
+class BeValue(_Struct):
+    _fields_ = [("addr", BE32), ("port", BE16), ("pad", ct.c_uint16)]
+    _addr_fields = ("addr",)
+
+
+class SvcMeta(_Struct):
+    _fields_ = [("name", ct.c_char * 64)]
+
+    @staticmethod
+    def encode(name: str) -> bytes:
+        """The name's bytes as stored: at most 63, so the C always finds a NUL."""
+        raw = name.encode()
+        if len(raw) > 63:
+            raise ValueError(f"service name too long for svc_meta (63 bytes max): {name!r}")
+        return raw
+
+    @classmethod
+    def make(cls, name: str) -> "SvcMeta":
+        return cls(name=cls.encode(name))
+
+
+class CtKey(_Struct):
+    _fields_ = [("addr_a", BE32), ("addr_b", BE32), ("port_a", BE16), ("port_b", BE16),
+                ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+    _addr_fields = ("addr_a", "addr_b")
+
+
+class CtValue(_Struct):
+    _fields_ = [("created_ns", ct.c_uint64), ("last_seen_ns", ct.c_uint64),
+                ("type", ct.c_uint8), ("flags", ct.c_uint8), ("tcp_a", ct.c_uint8),
+                ("tcp_b", ct.c_uint8), ("nat_addr", BE32), ("nat_port", BE16),
+                ("cl_port", BE16), ("tun_peer", BE32),
+                ("packets_ab", ct.c_uint64), ("packets_ba", ct.c_uint64),
+                ("bytes_ab", ct.c_uint64), ("bytes_ba", ct.c_uint64)]
+    _addr_fields = ("nat_addr", "tun_peer")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["type_name"] = CT_TYPES.get(self.type, str(self.type))
+        d["flag_names"] = flag_names(self.flags, CT_FLAG_NAMES)
+        d["tcp_a_names"] = flag_names(self.tcp_a, TCP_FLAG_NAMES)
+        d["tcp_b_names"] = flag_names(self.tcp_b, TCP_FLAG_NAMES)
+        return d
+
+
+class Event(_Struct):
+    _fields_ = [("ts_ns", ct.c_uint64), ("hook", ct.c_uint8), ("reason", ct.c_uint8),
+                ("proto", ct.c_uint8), ("flags", ct.c_uint8),
+                ("saddr", BE32), ("daddr", BE32), ("sport", BE16), ("dport", BE16),
+                ("nat_saddr", BE32), ("nat_daddr", BE32), ("nat_sport", BE16), ("nat_dport", BE16),
+                ("tun_peer", BE32), ("ifindex", ct.c_uint32), ("pad", ct.c_uint32)]
+    _addr_fields = ("saddr", "daddr", "nat_saddr", "nat_daddr", "tun_peer")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["hook_name"] = HOOKS.get(self.hook, str(self.hook))
+        d["reason_name"] = reason_name(self.reason)
+        d["flag_names"] = flag_names(self.flags, CT_FLAG_NAMES)
+        return d
+
+
+# ---- layouts: what BTF is compared with -------------------------------------------------
+
+class LayoutField(NamedTuple):
+    """One member of a struct as BTF describes it: name, byte offset, size in bytes."""
+    name: str
+    offset: int
+    size: int
+
+
+Layout = tuple[LayoutField, ...]
+
+
+def layout(cls: type[_Struct]) -> Layout:
+    """The C layout cls mirrors: its fields' names, offsets and sizes, as btf.Btf.layout() reads
+    them. A wrapper of a plain C scalar (U32, Addr, U64: `_scalar`) is one unnamed field."""
+    if getattr(cls, "_scalar", False):
+        return (LayoutField("", 0, ct.sizeof(cls)),)
+    return tuple(LayoutField(name, getattr(cls, name).offset, ct.sizeof(ctype))
+                 for name, ctype, *_ in cls._fields_)
+
+
+# ---- map specs --------------------------------------------------------------------------
+
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY = 1, 2, 6
+BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_RINGBUF = 9, 11, 27
+BPF_F_NO_PREALLOC = 1
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One map as the C declares it: used to open views and to detect stale pins."""
+    name: str
+    map_type: int
+    key: type | None
+    value: type | None
+    max_entries: int
+    max_define: str | None = None   # the overridable MAX_* behind max_entries
+    map_flags: int = 0              # BPF_F_* as the C declares them (a pin with others is stale)
+
+    @property
+    def key_size(self) -> int:
+        return ct.sizeof(self.key) if self.key else 0
+
+    @property
+    def value_size(self) -> int:
+        return ct.sizeof(self.value) if self.value else 0
+
+    @property
+    def key_layout(self) -> Layout | None:
+        return layout(self.key) if self.key else None
+
+    @property
+    def value_layout(self) -> Layout | None:
+        return layout(self.value) if self.value else None
+
+
+_SPECS = (
+    MapSpec("cfg", BPF_MAP_TYPE_ARRAY, U32, NodeCfg, 1),
+    MapSpec("nodes", BPF_MAP_TYPE_HASH, Addr, NodeInfo, 256, "MAX_NODES", BPF_F_NO_PREALLOC),
+    MapSpec("routes", BPF_MAP_TYPE_LPM_TRIE, RouteKey, RouteInfo, 1024, "MAX_ROUTES", BPF_F_NO_PREALLOC),
+    MapSpec("dsr_optout", BPF_MAP_TYPE_LPM_TRIE, RouteKey, U32, 64, "MAX_DSR_OPTOUT", BPF_F_NO_PREALLOC),
+    MapSpec("nat_fe", BPF_MAP_TYPE_HASH, FeKey, FeValue, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
+    MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
+    MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
+    MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
+    MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),
+)
+MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _SPECS}
+
+
+def map_specs(defines: dict[str, object] | None = None) -> dict[str, MapSpec]:
+    """MAP_SPECS with MAX_* overrides (integer values) applied, as the loader compiles them."""
+    if not defines:
+        return dict(MAP_SPECS)
+    out = {}
+    for name, spec in MAP_SPECS.items():
+        override = defines.get(spec.max_define) if spec.max_define else None
+        if isinstance(override, int):
+            spec = dataclasses.replace(spec, max_entries=override)
+        out[name] = spec
+    return out
+
+# ---- C logic mirrored -------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def mix32(h: int) -> int:
+    """bpf/lib/nat.h mix32()."""
+    h &= _M32
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & _M32
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & _M32
+    h ^= h >> 16
+    return h
+
+
+def flow_hash(saddr: str | int, sport: int, daddr: str | int, dport: int, proto: str | int) -> int:
+    """bpf/lib/nat.h flow_hash(): picks backends and outer UDP source ports."""
+    ports = ((sport & 0xFFFF) << 16) | (dport & 0xFFFF)
+    return mix32(ip2int(saddr) ^ mix32(ip2int(daddr) ^ mix32(ports ^ proto_num(proto))))
+
+
+def backend_ordinal(count: int, saddr: str | int, sport: int, daddr: str | int, dport: int,
+                    proto: str | int) -> int:
+    """Ordinal a new connection (as the client sent it) gets among count backends."""
+    return flow_hash(saddr, sport, daddr, dport, proto) % count
+
+
+def tunnel_sport(saddr: str | int, sport: int, daddr: str | int, dport: int, proto: str | int) -> int:
+    """Outer UDP source port for an inner packet as encapsulated (after DNAT)."""
+    return TUNNEL_SPORT_BASE | (flow_hash(saddr, sport, daddr, dport, proto) & TUNNEL_SPORT_MASK)
+
+
+def ct_key(saddr: str | int, sport: int, daddr: str | int, dport: int,
+           proto: str | int) -> tuple[CtKey, bool]:
+    """Normalised conntrack key of a packet and whether its source is side a (conntrack.h)."""
+    s, d = ip2int(saddr), ip2int(daddr)
+    from_a = s < d or (s == d and sport <= dport)
+    k = CtKey(proto=proto_num(proto))
+    if from_a:
+        k.addr_a, k.port_a, k.addr_b, k.port_b = s, sport, d, dport
+    else:
+        k.addr_a, k.port_a, k.addr_b, k.port_b = d, dport, s, sport
+    return k, from_a
+
+
+def ct_timeout_ns(key: CtKey, v: CtValue, timeouts: dict[str, int] | None = None) -> int:
+    """conntrack.h ct_timeout(): idle time after which the entry is dead."""
+    t = dict(CT_TIMEOUTS_NS)
+    t.update(timeouts or {})
+    if key.proto == 17:
+        return t["CT_TIMEOUT_UDP"]
+    if key.proto == 1:
+        return t["CT_TIMEOUT_ICMP"]
+    if key.proto != 6:
+        return t["CT_TIMEOUT_OTHER"]
+    client, server = (v.tcp_b, v.tcp_a) if v.flags & CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b)
+    if (client | server) & TCPF_RST:
+        return t["CT_TIMEOUT_TCP_RST"]
+    if (v.flags & CT_F_DSR) and not (v.flags & CT_F_FROM_TUNNEL):
+        # Ingress node of a DSR flow: it sees the client's half only.
+        if client & TCPF_FIN:
+            return t["CT_TIMEOUT_TCP_FIN"]
+        if client & TCPF_SYN and client & TCPF_ACK:
+            return t["CT_TIMEOUT_TCP_EST"]
+        return t["CT_TIMEOUT_TCP_SYN"]
+    if client & TCPF_FIN and server & TCPF_FIN:
+        return t["CT_TIMEOUT_TCP_FIN"]
+    if client & TCPF_SYN and server & TCPF_SYN and (client | server) & TCPF_ACK:
+        return t["CT_TIMEOUT_TCP_EST"]
+    return t["CT_TIMEOUT_TCP_SYN"]
+
+
+def ct_expired(key: CtKey, v: CtValue, now_ns: int, timeouts: dict[str, int] | None = None) -> bool:
+    """conntrack.h ct_expired() (NAT_FWD entries follow their NAT_REV: see gc in datapath.py)."""
+    return now_ns > v.last_seen_ns and now_ns - v.last_seen_ns > ct_timeout_ns(key, v, timeouts)
+
+
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # Linux's id; Python names only some
+
+
+def ktime_ns() -> int:
+    """The conntrack clock: bpf_ktime_get_coarse_ns(), i.e. CLOCK_MONOTONIC_COARSE.
+
+    The same clock the datapath stamps entries with, so an entry written just now is never
+    "in the future" (the fine clock runs up to a tick ahead of the coarse one)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def ct_client_side(v: CtValue) -> str:
+    return "b" if v.flags & CT_F_CLIENT_IS_B else "a"
+
+
+def ct_rev_key_of_fwd(key: CtKey, v: CtValue) -> CtKey:
+    """The key (client, backend) of the entry a NAT_FWD entry (client, frontend) belongs to.
+
+    That entry is a NAT_REV, or on a backend node (FROM_TUNNEL) the NORMAL entry of a flow
+    whose client port it replaced; with CT_F_PSNAT the client has port cl_port toward the backend."""
+    if v.flags & CT_F_CLIENT_IS_B:
+        client, cport = key.addr_b, key.port_b
+    else:
+        client, cport = key.addr_a, key.port_a
+    rk, _ = ct_key(client, v.cl_port or cport, v.nat_addr, v.nat_port, key.proto)
+    return rk
+
+
+def ct_partner_type(v: CtValue) -> int:
+    """Type of the entry a NAT_FWD follows: NORMAL for a backend node's (FROM_TUNNEL), else NAT_REV."""
+    return CT_NORMAL if v.flags & CT_F_FROM_TUNNEL else CT_NAT_REV
