@@ -25,13 +25,7 @@ from . import libbpf
 BE32 = ct.c_uint32.__ctype_be__
 BE16 = ct.c_uint16.__ctype_be__
 
-PIN_ROOT = "/sys/fs/bpf/netns-lab"
 PROGRAMS = ("from_hep", "from_wep", "to_wep")
-
-
-def pin_dir(lab: str, node: str) -> str:
-    """Directory holding a node's pinned maps and programs."""
-    return os.path.join(PIN_ROOT, lab, node)
 
 
 # ---- constants (bpf/lib/maps.h, counters.h, tunnel.h, conntrack.h) -------------------
@@ -580,10 +574,6 @@ class NodeMaps:
             raise FileNotFoundError(f"no datapath pinned at {directory}")
         self.directory = directory
         self._open: dict[str, Any] = {}
-
-    @classmethod
-    def for_node(cls, lab: str, node: str) -> "NodeMaps":
-        return cls(pin_dir(lab, node))
 
     def _view(self, name: str):
         if name not in self._open:

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import libbpf
-from .maps import (CT_F_DSR, CT_FLAG_NAMES, MAP_SPECS, REASON_IDS, Event, NodeMaps, flag_names,
-                   pin_dir)
+from .maps import CT_F_DSR, CT_FLAG_NAMES, MAP_SPECS, REASON_IDS, Event, NodeMaps, flag_names
 
 _TO_PEER = {REASON_IDS["NAT_NEW"], REASON_IDS["ENCAP"]}   # the packet left in VXLAN to tun_peer
 _PASS = REASON_IDS["PASS"]
@@ -124,26 +123,37 @@ def matches(r: dict[str, Any], client: str | None = None, port: int | None = Non
 @dataclass
 class _Node:
     name: str
-    ip: str
+    pin_dir: str
     reader: Any = None
     poll_fd: int = -1
     lock_fd: int = -1
     traced: bool = False
 
 
-class Tracer:
-    """Read the events of some nodes of a lab while their CFG_F_TRACE is on.
+def _set_trace(pin_dir: str, on: bool) -> None:
+    """CFG_F_TRACE on or off in the cfg pinned in pin_dir."""
+    from .datapath import set_cfg_flags
 
-    with Tracer(lab, {"control": "198.19.0.1", ...}, holder_dir=...) as t:
+    with NodeMaps(pin_dir) as m:
+        set_cfg_flags(m, trace=on)
+
+
+class Tracer:
+    """Read the events of some nodes while their CFG_F_TRACE is on.
+
+    with Tracer({"control": "/sys/fs/bpf/.../control", ...}, holder_dir=...) as t:
         for rec in t.poll(): print(rec["line"])
+
+    pin_dirs: node name -> its pin directory; names: address -> name for the records;
+    owner: what the nodes belong to, for messages ("node X of <owner> is already traced").
     """
 
-    def __init__(self, lab: str, nodes: dict[str, str], *, names: dict[str, str] | None = None,
+    def __init__(self, pin_dirs: dict[str, str], *, names: dict[str, str] | None = None,
                  holder_dir: Path | None = None, client: str | None = None,
-                 port: int | None = None, include_pass: bool = False):
-        self.lab = lab
-        self.nodes = [_Node(n, ip) for n, ip in nodes.items()]
-        self.names = names if names is not None else {ip: n for n, ip in nodes.items()}
+                 port: int | None = None, include_pass: bool = False, owner: str = "this datapath"):
+        self.owner = owner
+        self.nodes = [_Node(n, d) for n, d in pin_dirs.items()]
+        self.names = names or {}
         self.holder_dir = holder_dir
         self.client, self.port, self.include_pass = client, port, include_pass
         self.start_ns = 0
@@ -154,22 +164,20 @@ class Tracer:
     # -- lifecycle --
     def start(self) -> "Tracer":
         """Claim the nodes, open their ring buffers, then turn tracing on."""
-        from .datapath import NodeDatapath
-
         try:
             self.claim()
             self._epoll = select.epoll()
             for n in self.nodes:
-                path = os.path.join(pin_dir(self.lab, n.name), "events")
+                path = os.path.join(n.pin_dir, "events")
                 if not os.path.exists(path):
-                    raise TraceError(f"node {n.name} of lab {self.lab!r} has no events map at {path}")
-                n.reader = NodeMaps.for_node(self.lab, n.name).events(self._collector(n.name))
+                    raise TraceError(f"node {n.name} of {self.owner} has no events map at {path}")
+                n.reader = NodeMaps(n.pin_dir).events(self._collector(n.name))
                 n.poll_fd = libbpf.obj_get(path)
                 self._epoll.register(n.poll_fd, select.EPOLLIN)
             # Events carry bpf_ktime_get_ns(), the fine CLOCK_MONOTONIC (not the conntrack clock).
             self.start_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             for n in self.nodes:
-                NodeDatapath(self.lab, n.name, None, n.ip).set_flags(trace=True)
+                _set_trace(n.pin_dir, True)
                 n.traced = True
         except BaseException:
             self.stop()
@@ -178,12 +186,10 @@ class Tracer:
 
     def stop(self) -> None:
         """Trace flag off on every node we turned it on; close readers; release the claims."""
-        from .datapath import NodeDatapath
-
         for n in self.nodes:
             if n.traced:
                 try:
-                    NodeDatapath(self.lab, n.name, None, n.ip).set_flags(trace=False)
+                    _set_trace(n.pin_dir, False)
                 except (OSError, ValueError):
                     pass            # the lab went away meanwhile: nothing left to switch off
                 n.traced = False
@@ -227,7 +233,7 @@ class Tracer:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise TraceError(f"node {n.name} of lab {self.lab!r} is already being traced "
+                raise TraceError(f"node {n.name} of {self.owner} is already being traced "
                                  f"(pid {holder}); one trace per node at a time") from None
             raise
         os.ftruncate(fd, 0)
@@ -278,11 +284,9 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from .datapath import Backend, ClusterView, Service
-    from . import testrun
-    from .testrun import PrivateNetns, SimCluster
-
-    run = getattr(testrun, "run_prog", None) or getattr(testrun, "test_run")
+    from .sync import Backend, ClusterView, Service
+    from .netns import Netns
+    from .testrun import SimCluster, run_prog
 
     view = ClusterView(
         nodes={"control": "198.19.0.1", "node1": "198.19.0.2"},
@@ -295,7 +299,7 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                 TCP(sport=41000, dport=30180, flags="A", seq=1, ack=1) / (b"x" * 64))
     dnat_ack = bytes(Ether() / IP(src="198.19.15.254", dst="198.19.16.65", flags="DF") /
                      TCP(sport=41000, dport=80, flags="A", seq=1, ack=1) / (b"x" * 64))
-    ns = PrivateNetns()
+    ns = Netns.private()
     cluster = SimCluster(view, nodes=["control"])
     results: dict[str, list[int]] = {"off": [], "on": [], "on_ring_full": []}
     repeated: dict[str, list[int]] = {"off": [], "on": []}
@@ -319,9 +323,9 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                         node.dp.set_flags(trace=variant != "off")
                         if variant == "on_ring_full":   # fill it: later reserves fail
                             for _ in range(RING_EVENTS + 64):
-                                run(fd, ack)
+                                run_prog(fd, ack)
                         for _ in range(block):
-                            results[variant].append(run(fd, ack).duration_ns)
+                            results[variant].append(run_prog(fd, ack).duration_ns)
                         while reader.poll(0):
                             pass
                 wep = node.prog_fds["to_wep"]
@@ -330,7 +334,7 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                 for _ in range(rounds):
                     for variant in ("off", "on"):
                         node.dp.set_flags(trace=variant == "on")
-                        repeated[variant].append(run(wep, dnat_ack, repeat=REPEAT).duration_ns)
+                        repeated[variant].append(run_prog(wep, dnat_ack, repeat=REPEAT).duration_ns)
                         while reader.poll(0):
                             pass
                 node.dp.set_flags(trace=False)

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from ebpf_nodeport import maps
-from ebpf_nodeport.datapath import Backend, Service
+from ebpf_nodeport.sync import Backend, Service
 
 STRUCTS = [maps.U32, maps.Addr, maps.U64, maps.NodeCfg, maps.NodeInfo, maps.RouteKey, maps.RouteInfo,
            maps.FeKey, maps.FeValue, maps.BeKey, maps.BeValue, maps.SvcMeta, maps.CtKey, maps.CtValue,
