@@ -160,6 +160,8 @@ class Netns:
     def join(self) -> None:
         """Move the calling thread into the namespace (for good: see inside() and run())."""
         if self._held:
+            if self._fd < 0:
+                raise ValueError(f"{self.name} is closed")
             _setns_fd(self._fd, self.name)
             return
         fd = self.open()

@@ -180,3 +180,44 @@ def test_refused_program_reports_the_verifier_log():
     exit_only = struct.pack("<BBhi", 0x95, 0, 0, 0)      # returns r0 without setting it
     with pytest.raises(libbpf.BpfError, match="R0 !read_ok"):
         libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, "bad", exit_only)
+
+
+def test_run_statistics_count_each_nodes_own_runs(pair, netns):
+    """libbpf.prog_info reads what `bpftool prog show` shows (id, name), and with
+    libbpf.enable_stats on, run_cnt counts exactly the runs of that node's program (what
+    bench/livecost reads around live traffic); with the fd closed counting stops."""
+    infos = {}
+    for n in (COMPILED, RELOCATED):
+        fd = libbpf.obj_get(pair[n].dp.prog_path("from_hep"))
+        try:
+            infos[n] = libbpf.prog_info(fd)
+        finally:
+            os.close(fd)
+        shown = _prog(pair, n, "from_hep")
+        assert (infos[n].id, infos[n].name) == (shown["id"], shown["name"]), n
+
+    def counts() -> dict[str, int]:
+        out = {}
+        for n in (COMPILED, RELOCATED):
+            fd = libbpf.obj_get(pair[n].dp.prog_path("from_hep"))
+            try:
+                out[n] = libbpf.prog_info(fd).run_cnt
+            finally:
+                os.close(fd)
+        return out
+
+    frame = tcp(CLIENT, cport(), CONTROL, 9, "S")     # no service: PASS, nothing remembered
+    stats = libbpf.enable_stats()
+    try:
+        before = counts()
+        with netns.inside():
+            for _ in range(5):
+                pair.run(COMPILED, "from_hep", frame)
+            pair.run(RELOCATED, "from_hep", frame)
+        after = counts()
+    finally:
+        os.close(stats)
+    assert {n: after[n] - before[n] for n in after} == {COMPILED: 5, RELOCATED: 1}
+    with netns.inside():
+        pair.run(COMPILED, "from_hep", frame)
+    assert counts() == after
