@@ -71,11 +71,15 @@ def _on_thread(name: str, fn: Callable[[], T]) -> T:
     return box["value"]
 
 
-def _close_rtnl(box: dict[str, Any]) -> None:
-    ipr = box.pop("rtnl", None)
+def _release(held: dict[str, Any]) -> None:
+    """Close what a handle holds: its cached IPRoute, and its namespace fd (hold/private)."""
+    ipr = held.pop("rtnl", None)
     if ipr is not None:
         with contextlib.suppress(Exception):
             ipr.close()
+    fd = held.pop("fd", -1)
+    if fd >= 0:
+        os.close(fd)
 
 
 class Netns:
@@ -84,11 +88,11 @@ class Netns:
     def __init__(self, path: str | os.PathLike | None = None, *, name: str | None = None):
         self.path = None if path is None else os.fspath(path)
         self.name = name or (os.path.basename(self.path) if self.path else "current netns")
-        self._fd = -1                     # held fd (hold/private), else opened per use
-        self._held = False
-        # The cached rtnetlink IPRoute; closed by close(), or when the handle is collected.
-        self._cache: dict[str, Any] = {}
-        self._finalizer = weakref.finalize(self, _close_rtnl, self._cache)
+        self._held = False                # an fd is held (hold/private), else opened per use
+        # What the handle holds ("fd", "rtnl": the cached IPRoute); released by close(), or
+        # when the handle is collected.
+        self._res: dict[str, Any] = {}
+        weakref.finalize(self, _release, self._res)
 
     # -- making handles ---------------------------------------------------------------------
 
@@ -96,7 +100,7 @@ class Netns:
     def hold(cls, path: str | os.PathLike, name: str | None = None) -> "Netns":
         """A handle keeping `path`'s namespace open (fast to join again; survives an unlink)."""
         ns = cls(path, name=name)
-        ns._fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+        ns._res["fd"] = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
         ns._held = True
         return ns
 
@@ -108,7 +112,7 @@ class Netns:
             return os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
 
         ns = cls(None, name=name)
-        ns._fd = _on_thread(f"netns-new-{name}", make)
+        ns._res["fd"] = _on_thread(f"netns-new-{name}", make)
         ns._held = True
         return ns
 
@@ -152,17 +156,19 @@ class Netns:
     def open(self) -> int:
         """A new fd of the namespace (caller closes); FileNotFoundError when its path is gone."""
         if self._held:
-            if self._fd < 0:
-                raise ValueError(f"{self.name} is closed")
-            return os.dup(self._fd)
+            return os.dup(self._held_fd())
         return os.open(self.path or THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+
+    def _held_fd(self) -> int:
+        fd = self._res.get("fd", -1)
+        if fd < 0:
+            raise ValueError(f"{self.name} is closed")
+        return fd
 
     def join(self) -> None:
         """Move the calling thread into the namespace (for good: see inside() and run())."""
         if self._held:
-            if self._fd < 0:
-                raise ValueError(f"{self.name} is closed")
-            _setns_fd(self._fd, self.name)
+            _setns_fd(self._held_fd(), self.name)
             return
         fd = self.open()
         try:
@@ -213,19 +219,16 @@ class Netns:
         """This handle's IPRoute over a socket opened inside the namespace (opened once, cached;
         close() drops it). groups=0: no multicast subscriptions, whose unread notifications
         would only fill the socket's buffer."""
-        ipr = self._cache.get("rtnl")
+        ipr = self._res.get("rtnl")
         if ipr is None:
             from pyroute2 import IPRoute
 
-            ipr = self._cache["rtnl"] = IPRoute(use_socket=self.rtnl_socket(), groups=0)
+            ipr = self._res["rtnl"] = IPRoute(use_socket=self.rtnl_socket(), groups=0)
         return ipr
 
     def close(self) -> None:
         """Close the cached IPRoute and a held fd; a handle by path can be used again."""
-        _close_rtnl(self._cache)
-        if self._held and self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        _release(self._res)
 
     def __enter__(self) -> "Netns":
         return self

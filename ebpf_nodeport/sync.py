@@ -354,16 +354,6 @@ class ServiceSyncer:
             state.token = m.read_cfg().sync_token
         self._state = state if self.keep_state and state.token else None
 
-    def _addresses(self, view: ClusterView) -> _Addresses:
-        """Backend address facts for this node: its own pod blocks as integer masks."""
-        me = ip2int(self.node_ip)
-        mine = []
-        for cidr, node_ip in view.pod_blocks.items():
-            if ip2int(node_ip) == me:
-                net = ipaddress.IPv4Network(cidr, strict=False)
-                mine.append((int(net.network_address), int(net.netmask)))
-        return _Addresses(mine)
-
     def _sync_services(self, m: NodeMaps, view: ClusterView, stats: SyncStats,
                        state: _SyncState | None, names: list[str],
                        reuse: dict[str, _SvcEntries]) -> _SyncState:
@@ -379,10 +369,11 @@ class ServiceSyncer:
             cur_fe = m.nat_fe.raw_items()
             ids = _service_ids(cur_meta)
         # Incremental only pays when most services are unchanged: it tracks keys one by one.
+        desired = _Desired(self.node_ip, view, ids)
         if state is not None and 2 * len(reuse) >= max(len(names), len(state.services)):
-            meta, bes, fes, entries, touched = self._desired_incremental(view, state, names, reuse, ids)
+            meta, bes, fes, entries, touched = desired.incremental(state, names, reuse)
         else:
-            meta, bes, fes, entries = self._desired_services(view, ids)
+            meta, bes, fes, entries = desired.full()
             touched = (None, None, None)
         k_meta, k_be, k_fe = touched
         # Order keeps the datapath consistent at every step: names, then new
@@ -397,71 +388,80 @@ class ServiceSyncer:
         old = {cur_be[k] for k in be_written + be_deleted if k in cur_be}
         gone = {BeValue.unpack(v) for v in old - set(bes.values())} if old else set()
         if gone:
-            stats.ct_flushed = self._flush_backends(m, gone)
+            stats.ct_flushed = _flush_backends(m, gone)
         if len(ids) != len(meta):     # services that left: their names and ids are free now
             ids = _service_ids(meta)
         return _SyncState(0, _blocks_of(view), meta, bes, fes, entries, ids)
 
-    def _desired_incremental(self, view: ClusterView, state: _SyncState, names: list[str],
-                             reuse: dict[str, _SvcEntries], ids: dict[bytes, int]):
-        """What _desired_services returns, built from a trusted state by taking out the entries
-        of services that changed or left and adding the changed and new ones; plus the keys
-        that can differ from the state, per map (svc_meta, nat_be, nat_fe). `ids` (the state's
-        copy) gains the ids given to new services; a changed service keeps its id."""
+
+class _Desired:
+    """One sync's desired service entries for one node: the address facts, ids and packers
+    made once, then every service's entries from them."""
+
+    def __init__(self, node_ip: str, view: ClusterView, ids: dict[bytes, int]):
+        self.view = view
+        self.ids = ids                   # svc_meta value -> id; gains the ids of new services
+        self.used = _Ids(ids.values())
+        self.packers = _packers()
+        me = ip2int(node_ip)
+        mine = []                        # this node's own pod blocks, as integer masks
+        for cidr, block_node in view.pod_blocks.items():
+            if ip2int(block_node) == me:
+                net = ipaddress.IPv4Network(cidr, strict=False)
+                mine.append((int(net.network_address), int(net.netmask)))
+        self.addresses = _Addresses(mine)
+
+    def full(self) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes],
+                            dict[str, _SvcEntries]]:
+        """svc_meta, nat_be and nat_fe entries (key bytes -> value bytes) for the view's services,
+        and each service's own (what a keep_state copy remembers).
+
+        Local backends come first: the C picks among the first local_count for Local policy.
+        """
+        maps_: _Maps = ({}, {}, {})
+        entries: dict[str, _SvcEntries] = {}
+        for svc in self.view.services:
+            name = svc.meta_name
+            if name in entries:
+                raise ValueError(f"service {name} listed twice")
+            entries[name] = mine = self.service(svc)
+            _put_in(mine, maps_, None, name)
+        return (*maps_, entries)
+
+    def incremental(self, state: _SyncState, names: list[str], reuse: dict[str, _SvcEntries]):
+        """What full() returns, built from a trusted state by taking out the entries of services
+        that changed or left and adding the changed and new ones; plus the keys that can differ
+        from the state, per map (svc_meta, nat_be, nat_fe). A changed service keeps its id."""
         if len(set(names)) != len(names):
             seen: set[str] = set()
             twice = next(n for n in names if n in seen or seen.add(n))
             raise ValueError(f"service {twice} listed twice")
         meta, bes, fes = dict(state.meta), dict(state.bes), dict(state.fes)
-        touched: tuple[set[bytes], set[bytes], set[bytes]] = (set(), set(), set())
+        touched: _Keys = (set(), set(), set())
         for name, old in state.services.items():
             if name not in reuse:             # changed or gone: its entries come out
                 _take_out(old, (meta, bes, fes), touched)
-        used = _Ids(ids.values())
-        addresses, packers = self._addresses(view), _packers()
         entries: dict[str, _SvcEntries] = {}
-        for svc, name in zip(view.services, names):
+        for svc, name in zip(self.view.services, names):
             mine = reuse.get(name)
             if mine is None:
-                mine = self._service_entries(svc, ids, used, addresses, packers)
+                mine = self.service(svc)
                 _put_in(mine, (meta, bes, fes), touched, name)
             entries[name] = mine
         return meta, bes, fes, entries, touched
 
-    def _desired_services(self, view: ClusterView, ids: dict[bytes, int]
-                          ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes],
-                                     dict[str, _SvcEntries]]:
-        """svc_meta, nat_be and nat_fe entries (key bytes -> value bytes) for the view's services,
-        and each service's own (what a keep_state copy remembers).
-
-        `ids` (svc_meta value -> id, as read) gains the ids given to new services. Local
-        backends come first: the C picks among the first local_count for Local policy.
-        """
-        addresses, packers = self._addresses(view), _packers()
-        used = _Ids(ids.values())
-        maps_: tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]] = ({}, {}, {})
-        entries: dict[str, _SvcEntries] = {}
-        for svc in view.services:
-            name = svc.meta_name
-            if name in entries:
-                raise ValueError(f"service {name} listed twice")
-            entries[name] = mine = self._service_entries(svc, ids, used, addresses, packers)
-            _put_in(mine, maps_, None, name)
-        return (*maps_, entries)
-
-    def _service_entries(self, svc: Service, ids: dict[bytes, int], used: "_Ids",
-                         addresses: _Addresses, packers: "_Packers") -> _SvcEntries:
+    def service(self, svc: Service) -> _SvcEntries:
         """One service's map entries; a new service gets the lowest free id (added to ids)."""
         name = svc.meta_name
-        pack_id, pack_meta, pack_be_key, pack_be, pack_fe_key, pack_fe = packers
+        pack_id, pack_meta, pack_be_key, pack_be, pack_fe_key, pack_fe = self.packers
         # Stable ids: a service keeps its id as long as svc_meta holds its name.
         meta_value = pack_meta(SvcMeta.encode(name))
-        sid = ids.get(meta_value)
+        sid = self.ids.get(meta_value)
         if sid is None:       # new service: the lowest free id
-            sid = ids[meta_value] = used.take()
+            sid = self.ids[meta_value] = self.used.take()
         local, remote = [], []
         for b in svc.backends:
-            ip, is_local = addresses[b.addr]
+            ip, is_local = self.addresses[b.addr]
             (local if is_local else remote).append(pack_be(ip, b.port))
         bes = [(pack_be_key(sid, i), value) for i, value in enumerate(local + remote)]
         proto = proto_num(svc.proto)
@@ -475,15 +475,15 @@ class ServiceSyncer:
                         pack_fe(sid, count, len(local), FE_F_NODEPORT)))
         return _SvcEntries(_fingerprint(svc), (pack_id(sid), meta_value), bes, fes)
 
-    @staticmethod
-    def _flush_backends(m: NodeMaps, gone: set[tuple[int, int]]) -> int:
-        """Forget connections NATed to removed backends, so their clients get a live one."""
-        n = 0
-        for k, v in list(m.ct.items()):
-            if v.type == CT_NAT_FWD and (v.nat_addr, v.nat_port) in gone:
-                n += m.ct.delete(ct_rev_key_of_fwd(k, v))
-                n += m.ct.delete(k)
-        return n
+
+def _flush_backends(m: NodeMaps, gone: set[tuple[int, int]]) -> int:
+    """Forget connections NATed to removed backends, so their clients get a live one."""
+    n = 0
+    for k, v in list(m.ct.items()):
+        if v.type == CT_NAT_FWD and (v.nat_addr, v.nat_port) in gone:
+            n += m.ct.delete(ct_rev_key_of_fwd(k, v))
+            n += m.ct.delete(k)
+    return n
 
 
 def services_from(items: Iterable[dict]) -> list[Service]:
