@@ -39,8 +39,7 @@ from netns_lab import builder, cleanup, kubeproxy, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
-from netns_lab import nsexec
-from netns_lab.nsexec import netns_inode
+from netns_lab.nsexec import netns_handle, netns_inode
 from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict
 from netns_lab.topology import Backend as PlanBackend
 
@@ -119,7 +118,7 @@ def datapath(st: dict[str, Any], node: str, keep_state: bool = False) -> NodeDat
     """The eBPF datapath handle of one node (state lives in its pins, so this is cheap);
     keep_state for a long-running programmer (see NodeDatapath)."""
     n = nodes_of(st)[node]
-    return NodeDatapath(naming.pin_dir(st["lab"], node), nsexec.handle(n["netns"]), n["address"],
+    return NodeDatapath(naming.pin_dir(st["lab"], node), netns_handle(n["netns"]), n["address"],
                         naming.UPLINK, name=node, keep_state=keep_state)
 
 

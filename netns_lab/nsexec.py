@@ -22,14 +22,14 @@ T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def handle(ns: str) -> Netns:
+def netns_handle(ns: str) -> Netns:
     """The handle of named namespace `ns` (/run/netns/<ns>)."""
     return Netns(naming.netns_path(ns))
 
 
 def in_netns(ns: str, fn: Callable[..., T], *args, **kwargs) -> T:
     """Call fn(*args) in a thread that has joined namespace `ns`; return its result or re-raise its error."""
-    return handle(ns).run(fn, *args, **kwargs)
+    return netns_handle(ns).run(fn, *args, **kwargs)
 
 
 def _write_sysctls(settings: Mapping[str, str], optional: Iterable[str]) -> None:
@@ -107,7 +107,7 @@ def create_netns(name: str) -> None:
 
 def rtnl_socket(ns: str) -> socket.socket:
     """An rtnetlink socket bound to namespace `ns` (opened from a thread inside it), for IPRoute(use_socket=...)."""
-    return handle(ns).rtnl_socket()
+    return netns_handle(ns).rtnl_socket()
 
 
 def remove_netns(name: str) -> None:
@@ -115,4 +115,4 @@ def remove_netns(name: str) -> None:
 
     Also removes a plain file left by a half-finished create (nothing mounted on it).
     """
-    handle(name).remove()
+    netns_handle(name).remove()
