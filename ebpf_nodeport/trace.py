@@ -281,12 +281,42 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
     Second figure, without per-sample clock overhead: to_wep on the same flow's DNATed
     request (conntrack hit, no rewrite: reason CT_EST) leaves the packet unchanged, so it
     can run with repeat=REPEAT and the kernel's average per run is taken. Needs root and BCC."""
+    from .netns import Netns
+    from .testrun import SimCluster
+
+    view, syn, ack, dnat_ack = _cost_flow()
+    ns = Netns.private()
+    cluster = SimCluster(view, nodes=["control"])
+    rounds = max(1, samples // block)
+    try:
+        with ns.inside():
+            cluster.load()
+            node = cluster["control"]
+            first = node.run("from_hep", syn)
+            if first.reason != "NAT_NEW":
+                raise RuntimeError(f"setup packet: expected NAT_NEW, got {first.describe()}")
+            reasons = {node.run("from_hep", ack).reason or "?",
+                       f"to_wep {node.run('to_wep', dnat_ack).reason}"}
+            reader = node.maps.events(lambda ev: None)
+            try:
+                encap = _sample_encap(node, ack, reader, rounds, block)
+                ct_est = _sample_ct_est(node, dnat_ack, reader, rounds)
+                node.dp.set_flags(trace=False)
+            finally:
+                reader.close()
+    finally:
+        cluster.close()
+        ns.close()
+    return _cost_summary(encap, ct_est, reasons)
+
+
+def _cost_flow() -> tuple[Any, Any, bytes, bytes]:
+    """A two-node view with one NodePort service, and its flow: the SYN that creates the
+    conntrack entries, the client's next segment, and that segment as DNATed for the pod."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
     from .sync import Backend, ClusterView, Service
-    from .netns import Netns
-    from .testrun import SimCluster, run_prog
 
     view = ClusterView(
         nodes={"control": "198.19.0.1", "node1": "198.19.0.2"},
@@ -299,50 +329,49 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                 TCP(sport=41000, dport=30180, flags="A", seq=1, ack=1) / (b"x" * 64))
     dnat_ack = bytes(Ether() / IP(src="198.19.15.254", dst="198.19.16.65", flags="DF") /
                      TCP(sport=41000, dport=80, flags="A", seq=1, ack=1) / (b"x" * 64))
-    ns = Netns.private()
-    cluster = SimCluster(view, nodes=["control"])
+    return view, syn, ack, dnat_ack
+
+
+def _drain(reader: Any) -> None:
+    while reader.poll(0):
+        pass
+
+
+def _sample_encap(node: Any, ack: bytes, reader: Any, rounds: int, block: int) -> dict[str, list[int]]:
+    """from_hep run times (ns, one run each) per variant: off, on, on with the ring full."""
+    from .testrun import run_prog
+
+    fd = node.prog_fds["from_hep"]
     results: dict[str, list[int]] = {"off": [], "on": [], "on_ring_full": []}
+    for _ in range(rounds):
+        for variant in results:
+            node.dp.set_flags(trace=variant != "off")
+            if variant == "on_ring_full":   # fill it: later reserves fail
+                for _ in range(RING_EVENTS + 64):
+                    run_prog(fd, ack)
+            for _ in range(block):
+                results[variant].append(run_prog(fd, ack).duration_ns)
+            _drain(reader)
+    return results
+
+
+def _sample_ct_est(node: Any, dnat_ack: bytes, reader: Any, rounds: int) -> dict[str, list[int]]:
+    """to_wep average run times (ns, over REPEAT runs each) with trace off and on."""
+    from .testrun import run_prog
+
+    wep = node.prog_fds["to_wep"]
     repeated: dict[str, list[int]] = {"off": [], "on": []}
-    reasons: set[str] = set()
-    try:
-        with ns.inside():
-            cluster.load()
-            node = cluster["control"]
-            first = node.run("from_hep", syn)
-            if first.reason != "NAT_NEW":
-                raise RuntimeError(f"setup packet: expected NAT_NEW, got {first.describe()}")
-            fd = node.prog_fds["from_hep"]
-            drained = [0]
-            reader = node.maps.events(lambda ev: drained.__setitem__(0, drained[0] + 1))
-            try:
-                check = node.run("from_hep", ack)
-                reasons.add(check.reason or "?")
-                rounds = max(1, samples // block)
-                for _ in range(rounds):
-                    for variant in ("off", "on", "on_ring_full"):
-                        node.dp.set_flags(trace=variant != "off")
-                        if variant == "on_ring_full":   # fill it: later reserves fail
-                            for _ in range(RING_EVENTS + 64):
-                                run_prog(fd, ack)
-                        for _ in range(block):
-                            results[variant].append(run_prog(fd, ack).duration_ns)
-                        while reader.poll(0):
-                            pass
-                wep = node.prog_fds["to_wep"]
-                check = node.run("to_wep", dnat_ack)
-                reasons.add(f"to_wep {check.reason}")
-                for _ in range(rounds):
-                    for variant in ("off", "on"):
-                        node.dp.set_flags(trace=variant == "on")
-                        repeated[variant].append(run_prog(wep, dnat_ack, repeat=REPEAT).duration_ns)
-                        while reader.poll(0):
-                            pass
-                node.dp.set_flags(trace=False)
-            finally:
-                reader.close()
-    finally:
-        cluster.close()
-        ns.close()
+    for _ in range(rounds):
+        for variant in repeated:
+            node.dp.set_flags(trace=variant == "on")
+            repeated[variant].append(run_prog(wep, dnat_ack, repeat=REPEAT).duration_ns)
+            _drain(reader)
+    return repeated
+
+
+def _cost_summary(results: dict[str, list[int]], repeated: dict[str, list[int]],
+                  reasons: set[str]) -> dict[str, Any]:
+    """The measure document: per variant median/mean/p10/p90, and the differences."""
     out: dict[str, Any] = {"packet": "from_hep, established NodePort flow -> ENCAP",
                            "reason": sorted(reasons), "samples_per_variant": len(results["off"]),
                            "kernel": os.uname().release}
@@ -351,10 +380,9 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                   "p10_ns": _pct(v, 10), "p90_ns": _pct(v, 90)}
     out["cost_on_ns"] = out["on"]["median_ns"] - out["off"]["median_ns"]
     out["cost_ring_full_ns"] = out["on_ring_full"]["median_ns"] - out["off"]["median_ns"]
-    out["to_wep_ct_est_repeat"] = {
-        "repeat": REPEAT, "runs": len(repeated["off"]),
-        "off_ns": statistics.median(repeated["off"]), "on_ns": statistics.median(repeated["on"]),
-        "cost_on_ns": statistics.median(repeated["on"]) - statistics.median(repeated["off"])}
+    off, on = statistics.median(repeated["off"]), statistics.median(repeated["on"])
+    out["to_wep_ct_est_repeat"] = {"repeat": REPEAT, "runs": len(repeated["off"]),
+                                   "off_ns": off, "on_ns": on, "cost_on_ns": on - off}
     return out
 
 
@@ -366,8 +394,9 @@ def _pct(values: list[int], p: int) -> int:
 def _main(argv: list[str]) -> int:
     import json
 
-    if not argv or argv[0] != "measure":
-        print("usage: python -m ebpf_nodeport.trace measure [SAMPLES]", file=sys.stderr)
+    usage = "usage: python -m ebpf_nodeport.trace measure [SAMPLES]"
+    if not argv or argv[0] != "measure" or len(argv) > 2 or (len(argv) == 2 and not argv[1].isdigit()):
+        print(usage, file=sys.stderr)
         return 2
     samples = int(argv[1]) if len(argv) > 1 else 20000
     print(json.dumps(measure_cost(samples), indent=2))
