@@ -117,6 +117,53 @@ def btf_get_fd_by_id(btf_id: int) -> int:
     return _check(_lib.bpf_btf_get_fd_by_id(btf_id), f"bpf_btf_get_fd_by_id({btf_id})")
 
 
+class _ProgInfo(ct.Structure):
+    """struct bpf_prog_info (uapi), up to the run-time statistics; the kernel fills what fits."""
+    _fields_ = [
+        ("type", ct.c_uint32), ("id", ct.c_uint32), ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32), ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64), ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64), ("created_by_uid", ct.c_uint32), ("nr_map_ids", ct.c_uint32),
+        ("map_ids", ct.c_uint64), ("name", ct.c_char * 16), ("ifindex", ct.c_uint32),
+        ("gpl_compatible", ct.c_uint32), ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64),
+        ("nr_jited_ksyms", ct.c_uint32), ("nr_jited_func_lens", ct.c_uint32),
+        ("jited_ksyms", ct.c_uint64), ("jited_func_lens", ct.c_uint64), ("btf_id", ct.c_uint32),
+        ("func_info_rec_size", ct.c_uint32), ("func_info", ct.c_uint64),
+        ("nr_func_info", ct.c_uint32), ("nr_line_info", ct.c_uint32), ("line_info", ct.c_uint64),
+        ("jited_line_info", ct.c_uint64), ("nr_jited_line_info", ct.c_uint32),
+        ("line_info_rec_size", ct.c_uint32), ("jited_line_info_rec_size", ct.c_uint32),
+        ("nr_prog_tags", ct.c_uint32), ("prog_tags", ct.c_uint64),
+        ("run_time_ns", ct.c_uint64), ("run_cnt", ct.c_uint64),
+    ]
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    """What the kernel says about a program: its id and name, and its run-time statistics
+    (counted only while BPF_ENABLE_STATS is on: enable_stats)."""
+    id: int
+    name: str
+    run_time_ns: int
+    run_cnt: int
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = _ProgInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "bpf_obj_get_info_by_fd")
+    return ProgInfo(info.id, info.name.decode(errors="replace"), info.run_time_ns, info.run_cnt)
+
+
+BPF_STATS_RUN_TIME = 0
+_lib.bpf_enable_stats.argtypes = [ct.c_int]
+
+
+def enable_stats(kind: int = BPF_STATS_RUN_TIME) -> int:
+    """An fd that keeps the kernel's BPF run-time statistics on until it is closed (even by the
+    process dying); BpfError when the kernel refuses."""
+    return _check(_lib.bpf_enable_stats(kind), "bpf_enable_stats")
+
+
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     kbuf = ct.create_string_buffer(key, len(key))
     vbuf = ct.create_string_buffer(value_size)

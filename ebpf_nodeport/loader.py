@@ -21,19 +21,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping
 
 from . import libbpf, pins
 from .abi import MAP_SPECS, PROGRAMS, map_specs
-from .maps import PIN_ROOT, pin_dir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY_FILES = tuple(f"{p}.c" for p in PROGRAMS)
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The pin directory goes into the C as a string literal (PIN_DIR): no quotes, no escapes.
+_PIN_DIR_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
 __all__ = ["BPF_DIR", "ENTRY_FILES", "LoadResult", "LoaderError", "build_source", "load",
-           "load_nodes", "prog_pin", "relocate_map_fds", "pin_dir", "PIN_ROOT", "remove_pins"]
+           "load_nodes", "prog_pin", "relocate_map_fds", "remove_pins"]
+
+
+PinDir = str | os.PathLike     # a node's pin directory (or an ancestor of one)
 
 
 class LoaderError(RuntimeError):
@@ -57,9 +60,9 @@ class LoadResult:
         return self.compile_s + self.load_s
 
 
-def prog_pin(lab: str, node: str, prog: str) -> str:
-    """Pinned path of one entry program of a node."""
-    return os.path.join(pin_dir(lab, node), f"prog_{prog}")
+def prog_pin(pin_dir: PinDir, prog: str) -> str:
+    """Pinned path of one entry program in a node's pin directory."""
+    return os.path.join(os.fspath(pin_dir), f"prog_{prog}")
 
 
 def _expand(path: Path, seen: set[Path], root: Path) -> list[str]:
@@ -89,9 +92,13 @@ def build_source(defines: dict[str, object] | None = None, bpf_dir: Path = BPF_D
     return "\n".join(lines) + "\n"
 
 
-def _check_name(what: str, value: str) -> None:
-    if not _NAME_RE.match(value):
-        raise LoaderError(f"invalid {what} {value!r}: use letters, digits, '_', '.', '-'")
+def _check_pin_dir(pin_dir: PinDir) -> str:
+    """pin_dir as a str, if it can be a C string literal and names no parent ('..')."""
+    pin_dir = os.fspath(pin_dir)
+    if not _PIN_DIR_RE.match(pin_dir) or "/../" in f"{pin_dir}/" or "/./" in f"{pin_dir}/":
+        raise LoaderError(f"invalid pin directory {pin_dir!r}: an absolute path of letters, "
+                          "digits, '_', '.', '-'")
+    return pin_dir
 
 
 def _pin_replace(fd: int, path: str) -> None:
@@ -108,46 +115,43 @@ def _pin_replace(fd: int, path: str) -> None:
 _BCC_LOCK = threading.Lock()
 
 
-def load(lab: str, node: str, defines: dict[str, object] | None = None) -> LoadResult:
-    """Compile for (lab, node), load the three SCHED_CLS programs, pin everything."""
-    with _BCC_LOCK, _compiled(lab, node, defines) as (_, res):
+def load(pin_dir: PinDir, defines: dict[str, object] | None = None) -> LoadResult:
+    """Compile for one node's pin directory, load the three SCHED_CLS programs, pin everything."""
+    directory = _check_pin_dir(pin_dir)
+    with _BCC_LOCK, _compiled(directory, defines) as (_, res):
         return res
 
 
-def load_nodes(lab: str, nodes: Sequence[str],
+def load_nodes(pin_dirs: Mapping[str, PinDir],
                defines: dict[str, object] | None = None) -> dict[str, LoadResult]:
-    """load() for several nodes of a lab with one BCC compile: the first node's, relocated.
+    """load() for several nodes (name -> pin directory) with one BCC compile: the first's, relocated.
 
     The first node is compiled as load() does. Every other node gets its own maps
     (a compatible pin is reused, so a reload keeps conntrack and services; a missing
     map is created like the first node's, BTF included) and the first node's
     instructions with each map fd swapped for its own map's, loaded by libbpf.
     """
-    for node in nodes:
-        _check_name("node", node)
-    if not nodes:
+    checked = {node: _check_pin_dir(d) for node, d in pin_dirs.items()}
+    if not checked:
         return {}
-    first, rest = nodes[0], nodes[1:]
-    with _BCC_LOCK, _compiled(lab, first, defines) as (bpf, res):
+    (first, first_dir), *rest = checked.items()
+    with _BCC_LOCK, _compiled(first_dir, defines) as (bpf, res):
         results = {first: res}
         template = _Template.of(bpf)
-        for node in rest:
-            results[node] = _load_relocated(lab, node, defines, template, first)
+        for node, directory in rest:
+            results[node] = _load_relocated(directory, defines, template, first)
     return results
 
 
 @contextlib.contextmanager
-def _compiled(lab: str, node: str, defines: dict[str, object] | None) -> Iterator[tuple[Any, LoadResult]]:
-    """Compile for (lab, node) with BCC, load and pin its programs; BCC's module stays open inside."""
-    _check_name("lab", lab)
-    _check_name("node", node)
+def _compiled(directory: str, defines: dict[str, object] | None) -> Iterator[tuple[Any, LoadResult]]:
+    """Compile for one pin directory with BCC, load and pin its programs; BCC's module stays open inside."""
     try:
         from bcc import BPF  # Debian's python3-bpfcc, seen through the venv
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise LoaderError("BCC python module not found: install python3-bpfcc "
                           "(and use a venv with --system-site-packages)") from exc
 
-    directory = pin_dir(lab, node)
     os.makedirs(directory, exist_ok=True)
     pinned = pins.check(directory, map_specs(defines))
     all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"'}
@@ -158,17 +162,17 @@ def _compiled(lab: str, node: str, defines: dict[str, object] | None) -> Iterato
     try:
         bpf = BPF(text=text, cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
     except Exception as exc:
-        raise LoaderError(f"BCC compile failed for {lab}/{node}: {exc}") from exc
+        raise LoaderError(f"BCC compile failed for {directory}: {exc}") from exc
     try:
         t1 = time.monotonic()
         try:
             fns = {p: bpf.load_func(p, BPF.SCHED_CLS) for p in PROGRAMS}
         except Exception as exc:
-            raise LoaderError(f"kernel refused a program for {lab}/{node}: {exc}") from exc
+            raise LoaderError(f"kernel refused a program for {directory}: {exc}") from exc
         t2 = time.monotonic()
         programs = {}
         for p, fn in fns.items():
-            path = prog_pin(lab, node, p)
+            path = prog_pin(directory, p)
             _pin_replace(fn.fd, path)
             programs[p] = path
         missing = [m for m in MAP_SPECS if not os.path.exists(os.path.join(directory, m))]
@@ -258,10 +262,10 @@ def _open_or_create_map(path: str, template_fd: int) -> int:
     return fd
 
 
-def _load_relocated(lab: str, node: str, defines: dict[str, object] | None,
+def _load_relocated(directory: str, defines: dict[str, object] | None,
                     template: _Template, source: str) -> LoadResult:
-    """Give (lab, node) its own maps and the template's programs relocated onto them; pin all."""
-    directory = pin_dir(lab, node)
+    """Give a node (its pin directory) its own maps and the template's programs relocated onto
+    them; pin all."""
     os.makedirs(directory, exist_ok=True)
     t0 = time.monotonic()
     pinned = pins.check(directory, map_specs(defines))
@@ -272,9 +276,9 @@ def _load_relocated(lab: str, node: str, defines: dict[str, object] | None,
                 fds[name] = _open_or_create_map(os.path.join(directory, name), tfd)
             pinned.restore(directory)
         except OSError as exc:
-            raise LoaderError(f"maps for {lab}/{node}: {exc}") from exc
+            raise LoaderError(f"maps for {directory}: {exc}") from exc
         fd_of = {template.map_fds[name]: fd for name, fd in fds.items()}
-        code = {p: relocate_map_fds(insns, fd_of, f"{lab}/{node} {p}")
+        code = {p: relocate_map_fds(insns, fd_of, f"{directory} {p}")
                 for p, insns in template.insns.items()}
         t1 = time.monotonic()
         programs = {}
@@ -282,9 +286,9 @@ def _load_relocated(lab: str, node: str, defines: dict[str, object] | None,
             try:
                 pfd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, p, insns)
             except OSError as exc:
-                raise LoaderError(f"kernel refused a program for {lab}/{node}: {exc}") from exc
+                raise LoaderError(f"kernel refused a program for {directory}: {exc}") from exc
             try:
-                path = prog_pin(lab, node, p)
+                path = prog_pin(directory, p)
                 _pin_replace(pfd, path)
                 programs[p] = path
             finally:
@@ -297,19 +301,26 @@ def _load_relocated(lab: str, node: str, defines: dict[str, object] | None,
                       upgraded_maps=tuple(pinned.upgraded), replaced_maps=tuple(pinned.replaced))
 
 
-def remove_pins(lab: str, node: str) -> bool:
-    """Remove a node's pin directory (maps and programs); False when there was none."""
-    directory = pin_dir(lab, node)
-    if not os.path.isdir(directory):
+def remove_pins(pin_dir: PinDir, prune_up_to: PinDir | None = None) -> bool:
+    """Remove a node's pin directory (maps and programs); False when there was none.
+
+    prune_up_to: an ancestor of pin_dir; the directories between them, and it, are removed
+    too once empty (rmdir only removes an empty directory, and load() recreates parents)."""
+    pin_dir = os.fspath(pin_dir)
+    if not os.path.isdir(pin_dir):
         return False
-    for name in os.listdir(directory):
-        os.unlink(os.path.join(directory, name))
-    os.rmdir(directory)
-    # Drop the lab's directory once its last node is gone, and the root once its last lab
-    # is (rmdir only removes an empty directory, and load() recreates parents as needed).
-    for parent in (os.path.dirname(directory), PIN_ROOT):
-        try:
-            os.rmdir(parent)
-        except OSError:
-            break
+    for name in os.listdir(pin_dir):
+        os.unlink(os.path.join(pin_dir, name))
+    os.rmdir(pin_dir)
+    if prune_up_to is not None:
+        stop = os.path.normpath(prune_up_to)
+        parent = os.path.dirname(os.path.normpath(pin_dir))
+        while os.path.commonpath([parent, stop]) == stop:
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            if parent == stop:
+                break
+            parent = os.path.dirname(parent)
     return True

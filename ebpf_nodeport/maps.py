@@ -14,12 +14,6 @@ from . import libbpf
 from .abi import (BPF_MAP_TYPE_PERCPU_ARRAY, HOOK_IDS, HOOKS, MAP_SPECS, MAX_REASONS, REASON_IDS, U32, Event,
                   NodeCfg, _Struct, reason_name)
 
-PIN_ROOT = "/sys/fs/bpf/netns-lab"
-
-
-def pin_dir(lab: str, node: str) -> str:
-    """Directory holding a node's pinned maps and programs."""
-    return os.path.join(PIN_ROOT, lab, node)
 
 
 # ---- views over pinned maps --------------------------------------------------------------
@@ -150,10 +144,6 @@ class NodeMaps:
             raise FileNotFoundError(f"no datapath pinned at {directory}")
         self.directory = directory
         self._open: dict[str, Any] = {}
-
-    @classmethod
-    def for_node(cls, lab: str, node: str) -> "NodeMaps":
-        return cls(pin_dir(lab, node))
 
     def _view(self, name: str):
         if name not in self._open:

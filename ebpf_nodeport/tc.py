@@ -2,7 +2,9 @@
 
 The program fd comes from its pin (no compile), so any process can attach or
 detach. One filter per (interface, direction) at a fixed priority/handle:
-attaching again replaces it atomically (no window without a program).
+attaching again replaces it atomically (no window without a program). Netlink goes
+through the namespace handle's own rtnetlink socket (Netns.rtnl: opened inside the
+namespace by a thread, cached on the handle), never a forked pyroute2 helper.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import libbpf
+from .netns import Netns
 
 INGRESS = "ingress"
 EGRESS = "egress"
@@ -40,37 +43,38 @@ class AttachedFilter:
     handle: int
 
 
-def _ipr(netns: str | None) -> IPRoute:
-    return IPRoute(netns=netns) if netns else IPRoute()
+def _ipr(netns: Netns) -> IPRoute:
+    """The handle's cached IPRoute; FileNotFoundError when its namespace is gone."""
+    return netns.rtnl()
 
 
-def _where(netns: str | None, ifname: str) -> str:
-    return f"{netns or 'current netns'}/{ifname}"
+def _where(netns: Netns, ifname: str) -> str:
+    return f"{netns}/{ifname}"
 
 
-def _index(ipr: IPRoute, netns: str | None, ifname: str) -> int:
+def _index(ipr: IPRoute, netns: Netns, ifname: str) -> int:
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         raise TcError(f"no interface {_where(netns, ifname)}")
     return found[0]
 
 
-def ifindex(netns: str | None, ifname: str) -> int:
-    """Interface index of ifname inside netns (None: this process's namespace)."""
-    with _ipr(netns) as ipr:
-        return _index(ipr, netns, ifname)
+def ifindex(netns: Netns, ifname: str) -> int:
+    """Interface index of ifname inside netns."""
+    ipr = _ipr(netns)
+    return _index(ipr, netns, ifname)
 
 
-def link_mtu(netns: str | None, ifname: str) -> int:
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, netns, ifname)
-        return int(ipr.get_links(idx)[0].get_attr("IFLA_MTU"))
+def link_mtu(netns: Netns, ifname: str) -> int:
+    ipr = _ipr(netns)
+    idx = _index(ipr, netns, ifname)
+    return int(ipr.get_links(idx)[0].get_attr("IFLA_MTU"))
 
 
-def links(netns: str | None) -> list[str]:
+def links(netns: Netns) -> list[str]:
     """Names of all interfaces in netns."""
-    with _ipr(netns) as ipr:
-        return [l.get_attr("IFLA_IFNAME") for l in ipr.get_links()]
+    ipr = _ipr(netns)
+    return [l.get_attr("IFLA_IFNAME") for l in ipr.get_links()]
 
 
 def _check_dir(direction: str) -> int:
@@ -80,29 +84,29 @@ def _check_dir(direction: str) -> int:
         raise TcError(f"direction must be {INGRESS!r} or {EGRESS!r}, not {direction!r}") from None
 
 
-def attach(netns: str | None, ifname: str, direction: str, prog_path: str, name: str) -> None:
+def attach(netns: Netns, ifname: str, direction: str, prog_path: str, name: str) -> None:
     """Attach (or replace) the pinned program at prog_path on ifname's clsact hook."""
     parent = _check_dir(direction)
     fd = libbpf.obj_get(prog_path)
     try:
-        with _ipr(netns) as ipr:
-            idx = _index(ipr, netns, ifname)
-            try:
-                ipr.tc("add", "clsact", idx)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise TcError(f"clsact on {_where(netns, ifname)}: {exc}") from exc
-            try:
-                ipr.tc("replace-filter", "bpf", idx, FILTER_HANDLE, fd=fd, name=name,
-                       parent=parent, classid=1, direct_action=True, prio=FILTER_PRIO,
-                       protocol=ETH_P_ALL)
-            except NetlinkError as exc:
-                raise TcError(f"attach {name} {direction} on {_where(netns, ifname)}: {exc}") from exc
+        ipr = _ipr(netns)
+        idx = _index(ipr, netns, ifname)
+        try:
+            ipr.tc("add", "clsact", idx)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise TcError(f"clsact on {_where(netns, ifname)}: {exc}") from exc
+        try:
+            ipr.tc("replace-filter", "bpf", idx, FILTER_HANDLE, fd=fd, name=name,
+                   parent=parent, classid=1, direct_action=True, prio=FILTER_PRIO,
+                   protocol=ETH_P_ALL)
+        except NetlinkError as exc:
+            raise TcError(f"attach {name} {direction} on {_where(netns, ifname)}: {exc}") from exc
     finally:
         os.close(fd)
 
 
-def detach(netns: str | None, ifname: str, direction: str, name: str | None = None) -> bool:
+def detach(netns: Netns, ifname: str, direction: str, name: str | None = None) -> bool:
     """Remove our filter from ifname's hook; False when there was none (or no interface).
 
     With `name`, only a filter carrying that program name is removed, so a
@@ -118,58 +122,58 @@ def detach(netns: str | None, ifname: str, direction: str, name: str | None = No
                    for f in present):
             return False
     try:
-        with _ipr(netns) as ipr:
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
+        ipr = _ipr(netns)
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        try:
+            ipr.tc("del-filter", "bpf", found[0], FILTER_HANDLE, parent=parent,
+                   prio=FILTER_PRIO, protocol=ETH_P_ALL)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 return False
-            try:
-                ipr.tc("del-filter", "bpf", found[0], FILTER_HANDLE, parent=parent,
-                       prio=FILTER_PRIO, protocol=ETH_P_ALL)
-            except NetlinkError as exc:
-                if exc.code in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-                    return False
-                raise TcError(f"detach {direction} on {_where(netns, ifname)}: {exc}") from exc
-            return True
+            raise TcError(f"detach {direction} on {_where(netns, ifname)}: {exc}") from exc
+        return True
     except FileNotFoundError:   # the namespace is gone: nothing attached anymore
         return False
 
 
-def filters(netns: str | None, ifname: str) -> list[AttachedFilter]:
+def filters(netns: Netns, ifname: str) -> list[AttachedFilter]:
     """bpf filters on ifname's clsact hooks (empty when none or no clsact)."""
     out: list[AttachedFilter] = []
-    with _ipr(netns) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return out
-        for direction, parent in _PARENT.items():
-            try:
-                msgs = ipr.get_filters(index=found[0], parent=parent)
-            except NetlinkError:
+    ipr = _ipr(netns)
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        return out
+    for direction, parent in _PARENT.items():
+        try:
+            msgs = ipr.get_filters(index=found[0], parent=parent)
+        except NetlinkError:
+            continue
+        for m in msgs:
+            if m.get_attr("TCA_KIND") != "bpf":
                 continue
-            for m in msgs:
-                if m.get_attr("TCA_KIND") != "bpf":
-                    continue
-                opts = m.get_attr("TCA_OPTIONS")
-                name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
-                if name is None:
-                    continue    # the chain head message carries no program
-                out.append(AttachedFilter(ifname, direction, name, m["info"] >> 16, m["handle"]))
+            opts = m.get_attr("TCA_OPTIONS")
+            name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
+            if name is None:
+                continue    # the chain head message carries no program
+            out.append(AttachedFilter(ifname, direction, name, m["info"] >> 16, m["handle"]))
     return out
 
 
-def remove_clsact(netns: str | None, ifname: str) -> bool:
+def remove_clsact(netns: Netns, ifname: str) -> bool:
     """Delete the clsact qdisc (and every filter on it); False when absent."""
     try:
-        with _ipr(netns) as ipr:
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
+        ipr = _ipr(netns)
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        try:
+            ipr.tc("del", "clsact", found[0])
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL):
                 return False
-            try:
-                ipr.tc("del", "clsact", found[0])
-            except NetlinkError as exc:
-                if exc.code in (errno.ENOENT, errno.EINVAL):
-                    return False
-                raise TcError(f"remove clsact on {_where(netns, ifname)}: {exc}") from exc
-            return True
+            raise TcError(f"remove clsact on {_where(netns, ifname)}: {exc}") from exc
+        return True
     except FileNotFoundError:
         return False

@@ -2,8 +2,8 @@
 
 Why: the programs are tested in the real kernel (verifier, helpers, maps) without
 namespaces, veths or attachment. Each simulated node gets its own loaded copy of
-the datapath (one compile, relocated per node) with its own pinned maps (under a unique test lab name, so
-`netns-lab down --all` can still find leftovers), the maps are programmed from a
+the datapath (one compile, relocated per node) with its own pinned maps (pin_root/<node>; a
+caller may choose a pin root its own clean-up finds), the maps are programmed from a
 `ClusterView`, and a packet is run through one entry program. The result carries the
 verdict, the packet after the program (parsed back with scapy), the counter deltas
 by reason name and the conntrack entries added, changed and removed.
@@ -14,21 +14,19 @@ by reason name and the conntrack entries added, changed and removed.
 - SimNode.run(entry, frame) / SimCluster.walk(frame, hops): one run, or a packet's path
   across nodes with each output fed to the next hop (kernel forwarding applied between).
 - SimNode.age(seconds): conntrack time injection by rewriting the entries' timestamps.
-- PrivateNetns: runs happen in an empty namespace, so no helper can send anything out.
+- Netns.private(): runs happen in an empty namespace, so no helper can send anything out.
 - run_prog(..., flags=BPF_F_TEST_SKB_CHECKSUM_COMPLETE), skb_ctx(...): raw test-run.
 - parse_ip4/parse_vxlan/csum16/scapy_checksum_errors/kernel_route: packet helpers.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes as ct
-import ctypes.util
 import os
 import secrets
 import shutil
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ebpf_nodeport import libbpf
 from ebpf_nodeport.abi import (HOOK_IDS, MAX_REASONS, PROGRAMS, REASONS, TUNNEL_PORT, TUNNEL_VNI,
@@ -80,58 +78,6 @@ def run_prog(prog_fd: int, data: bytes, *, ctx: bytes | None = None, flags: int 
     """BPF_PROG_TEST_RUN one packet; flags e.g. BPF_F_TEST_SKB_CHECKSUM_COMPLETE."""
     return libbpf.prog_test_run(prog_fd, data, repeat=repeat, ctx=ctx, flags=flags,
                                 out_size=len(data) + out_room)
-
-
-# --- a private network namespace for the runs -------------------------------------
-
-_CLONE_NEWNET = 0x40000000
-_libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ct.get_errno()
-        raise OSError(err, f"setns({what}): {os.strerror(err)}")
-
-
-class PrivateNetns:
-    """An unnamed, empty network namespace that test runs can step into and out of.
-
-    Why: a program may call a helper that really transmits (bpf_clone_redirect, say)
-    with the fake ifindex values the simulated nodes use. Inside an empty namespace no
-    such device exists, so nothing can leave through the machine's interfaces and lab
-    addresses are never routed from the root namespace. Only the calling thread moves,
-    and only inside `with ns.inside():`, so other tests in the session are unaffected.
-    """
-
-    def __init__(self) -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            if _libc.unshare(_CLONE_NEWNET) != 0:
-                err = ct.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            self.fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            _setns(home, "back to the original netns")
-        finally:
-            os.close(home)
-
-    @contextlib.contextmanager
-    def inside(self) -> Iterator[None]:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            _setns(self.fd, "into the private netns")
-            try:
-                yield
-            finally:
-                _setns(home, "back to the original netns")
-        finally:
-            os.close(home)
-
-    def close(self) -> None:
-        """Drop our reference: the kernel frees the namespace."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # --- byte-level packet helpers (fast; the fuzz test uses them per packet) ---------
@@ -403,20 +349,23 @@ class RunResult:
 
 # --- simulated nodes and cluster --------------------------------------------------
 
-def unique_lab(prefix: str = "ut") -> str:
-    """A lab name matching the conventions ([a-z][a-z0-9]{0,11}), unique per run."""
+SIM_PIN_ROOT = "/sys/fs/bpf/ebpf-nodeport-sim"   # default parent of a SimCluster's pin root
+
+
+def unique_name(prefix: str = "ut") -> str:
+    """A short name ([a-z][a-z0-9]{0,11}, as lab names are), unique per run."""
     return f"{prefix}{secrets.token_hex(4)}"[:12]
 
 
 class SimNode:
     """One node's datapath compiled and pinned for test runs: no netns, nothing attached."""
 
-    def __init__(self, lab: str, name: str, node_ip: str, host_ifindex: int, *,
+    def __init__(self, pin_dir: str, name: str, node_ip: str, host_ifindex: int, *,
                  fabric_mtu: int = 1500, defines: dict[str, object] | None = None):
         from ebpf_nodeport.datapath import NodeDatapath
 
-        self.lab, self.name, self.ip = lab, name, node_ip
-        self.dp = NodeDatapath(lab, name, None, node_ip, host_ifindex=host_ifindex,
+        self.name, self.ip = name, node_ip
+        self.dp = NodeDatapath(pin_dir, None, node_ip, name=name, host_ifindex=host_ifindex,
                                fabric_mtu=fabric_mtu, defines=defines)
         self.maps: Any = None
         self.prog_fds: dict[str, int] = {}
@@ -446,7 +395,7 @@ class SimNode:
         if self.maps is not None:
             self.maps.close()
             self.maps = None
-        loader.remove_pins(self.lab, self.name)
+        loader.remove_pins(self.dp.pin_dir)
 
     # -- state ---------------------------------------------------------------------
     def counters_raw(self) -> list[int]:
@@ -523,19 +472,23 @@ class SimNode:
 class SimCluster:
     """Every node of a ClusterView as a SimNode, maps programmed from the view.
 
-    Runs may happen anywhere; the pytest fixtures run them inside a PrivateNetns.
+    Runs may happen anywhere; the pytest fixtures run them inside Netns.private().
+    pin_root: a directory the cluster owns (each node pins under pin_root/<node>; close()
+    removes it); default a unique one under SIM_PIN_ROOT.
     """
 
-    def __init__(self, view: Any, *, lab: str | None = None, nodes: Iterable[str] | None = None,
+    def __init__(self, view: Any, *, pin_root: str | None = None, nodes: Iterable[str] | None = None,
                  fabric_mtu: int = 1500, defines: dict[str, object] | None = None,
                  ifindex_base: int = 1000):
         self.view = view
-        self.lab = lab or unique_lab()
+        self.own_root = pin_root is None
+        self.pin_root = os.fspath(pin_root) if pin_root is not None else \
+            os.path.join(SIM_PIN_ROOT, unique_name())
         names = list(nodes) if nodes is not None else list(view.nodes)
         self.nodes: dict[str, SimNode] = {}
         for i, name in enumerate(names):
-            self.nodes[name] = SimNode(self.lab, name, view.nodes[name], ifindex_base + i,
-                                       fabric_mtu=fabric_mtu, defines=defines)
+            self.nodes[name] = SimNode(os.path.join(self.pin_root, name), name, view.nodes[name],
+                                       ifindex_base + i, fabric_mtu=fabric_mtu, defines=defines)
 
     def load(self) -> "SimCluster":
         """Load every node with one BCC compile (NodeDatapath.load_all), then sync the view."""
@@ -553,17 +506,19 @@ class SimCluster:
 
     def close(self) -> None:
         """Remove every pin of this cluster, even after a partial load."""
-        from ebpf_nodeport.maps import PIN_ROOT
-
         errors = []
         for n in self.nodes.values():
             try:
                 n.close()
             except Exception as exc:  # keep cleaning the others
                 errors.append(exc)
-        lab_dir = os.path.join(PIN_ROOT, self.lab)
-        if os.path.isdir(lab_dir):
-            shutil.rmtree(lab_dir, ignore_errors=True)
+        if os.path.isdir(self.pin_root):
+            shutil.rmtree(self.pin_root, ignore_errors=True)
+        if self.own_root:
+            try:
+                os.rmdir(SIM_PIN_ROOT)      # once no other cluster uses it
+            except OSError:
+                pass
         if errors:
             raise errors[0]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import libbpf
-from .abi import CT_FLAG_NAMES, CT_F_DSR, MAP_SPECS, REASON_IDS, Event, flag_names
-from .maps import NodeMaps, pin_dir
+from .abi import CT_F_DSR, CT_FLAG_NAMES, MAP_SPECS, REASON_IDS, Event, flag_names
+from .maps import NodeMaps
 
 _TO_PEER = {REASON_IDS["NAT_NEW"], REASON_IDS["ENCAP"]}   # the packet left in VXLAN to tun_peer
 _PASS = REASON_IDS["PASS"]
@@ -124,26 +124,37 @@ def matches(r: dict[str, Any], client: str | None = None, port: int | None = Non
 @dataclass
 class _Node:
     name: str
-    ip: str
+    pin_dir: str
     reader: Any = None
     poll_fd: int = -1
     lock_fd: int = -1
     traced: bool = False
 
 
-class Tracer:
-    """Read the events of some nodes of a lab while their CFG_F_TRACE is on.
+def _set_trace(pin_dir: str, on: bool) -> None:
+    """CFG_F_TRACE on or off in the cfg pinned in pin_dir."""
+    from .datapath import set_cfg_flags
 
-    with Tracer(lab, {"control": "198.19.0.1", ...}, holder_dir=...) as t:
+    with NodeMaps(pin_dir) as m:
+        set_cfg_flags(m, trace=on)
+
+
+class Tracer:
+    """Read the events of some nodes while their CFG_F_TRACE is on.
+
+    with Tracer({"control": "/sys/fs/bpf/.../control", ...}, holder_dir=...) as t:
         for rec in t.poll(): print(rec["line"])
+
+    pin_dirs: node name -> its pin directory; names: address -> name for the records;
+    owner: what the nodes belong to, for messages ("node X of <owner> is already traced").
     """
 
-    def __init__(self, lab: str, nodes: dict[str, str], *, names: dict[str, str] | None = None,
+    def __init__(self, pin_dirs: dict[str, str], *, names: dict[str, str] | None = None,
                  holder_dir: Path | None = None, client: str | None = None,
-                 port: int | None = None, include_pass: bool = False):
-        self.lab = lab
-        self.nodes = [_Node(n, ip) for n, ip in nodes.items()]
-        self.names = names if names is not None else {ip: n for n, ip in nodes.items()}
+                 port: int | None = None, include_pass: bool = False, owner: str = "this datapath"):
+        self.owner = owner
+        self.nodes = [_Node(n, d) for n, d in pin_dirs.items()]
+        self.names = names or {}
         self.holder_dir = holder_dir
         self.client, self.port, self.include_pass = client, port, include_pass
         self.start_ns = 0
@@ -154,22 +165,20 @@ class Tracer:
     # -- lifecycle --
     def start(self) -> "Tracer":
         """Claim the nodes, open their ring buffers, then turn tracing on."""
-        from .datapath import NodeDatapath
-
         try:
             self.claim()
             self._epoll = select.epoll()
             for n in self.nodes:
-                path = os.path.join(pin_dir(self.lab, n.name), "events")
+                path = os.path.join(n.pin_dir, "events")
                 if not os.path.exists(path):
-                    raise TraceError(f"node {n.name} of lab {self.lab!r} has no events map at {path}")
-                n.reader = NodeMaps.for_node(self.lab, n.name).events(self._collector(n.name))
+                    raise TraceError(f"node {n.name} of {self.owner} has no events map at {path}")
+                n.reader = NodeMaps(n.pin_dir).events(self._collector(n.name))
                 n.poll_fd = libbpf.obj_get(path)
                 self._epoll.register(n.poll_fd, select.EPOLLIN)
             # Events carry bpf_ktime_get_ns(), the fine CLOCK_MONOTONIC (not the conntrack clock).
             self.start_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             for n in self.nodes:
-                NodeDatapath(self.lab, n.name, None, n.ip).set_flags(trace=True)
+                _set_trace(n.pin_dir, True)
                 n.traced = True
         except BaseException:
             self.stop()
@@ -178,12 +187,10 @@ class Tracer:
 
     def stop(self) -> None:
         """Trace flag off on every node we turned it on; close readers; release the claims."""
-        from .datapath import NodeDatapath
-
         for n in self.nodes:
             if n.traced:
                 try:
-                    NodeDatapath(self.lab, n.name, None, n.ip).set_flags(trace=False)
+                    _set_trace(n.pin_dir, False)
                 except (OSError, ValueError):
                     pass            # the lab went away meanwhile: nothing left to switch off
                 n.traced = False
@@ -227,7 +234,7 @@ class Tracer:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise TraceError(f"node {n.name} of lab {self.lab!r} is already being traced "
+                raise TraceError(f"node {n.name} of {self.owner} is already being traced "
                                  f"(pid {holder}); one trace per node at a time") from None
             raise
         os.ftruncate(fd, 0)
@@ -275,14 +282,42 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
     Second figure, without per-sample clock overhead: to_wep on the same flow's DNATed
     request (conntrack hit, no rewrite: reason CT_EST) leaves the packet unchanged, so it
     can run with repeat=REPEAT and the kernel's average per run is taken. Needs root and BCC."""
+    from .netns import Netns
+    from .testrun import SimCluster
+
+    view, syn, ack, dnat_ack = _cost_flow()
+    ns = Netns.private()
+    cluster = SimCluster(view, nodes=["control"])
+    rounds = max(1, samples // block)
+    try:
+        with ns.inside():
+            cluster.load()
+            node = cluster["control"]
+            first = node.run("from_hep", syn)
+            if first.reason != "NAT_NEW":
+                raise RuntimeError(f"setup packet: expected NAT_NEW, got {first.describe()}")
+            reasons = {node.run("from_hep", ack).reason or "?",
+                       f"to_wep {node.run('to_wep', dnat_ack).reason}"}
+            reader = node.maps.events(lambda ev: None)
+            try:
+                encap = _sample_encap(node, ack, reader, rounds, block)
+                ct_est = _sample_ct_est(node, dnat_ack, reader, rounds)
+                node.dp.set_flags(trace=False)
+            finally:
+                reader.close()
+    finally:
+        cluster.close()
+        ns.close()
+    return _cost_summary(encap, ct_est, reasons)
+
+
+def _cost_flow() -> tuple[Any, Any, bytes, bytes]:
+    """A two-node view with one NodePort service, and its flow: the SYN that creates the
+    conntrack entries, the client's next segment, and that segment as DNATed for the pod."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from .datapath import Backend, ClusterView, Service
-    from . import testrun
-    from .testrun import PrivateNetns, SimCluster
-
-    run = getattr(testrun, "run_prog", None) or getattr(testrun, "test_run")
+    from .sync import Backend, ClusterView, Service
 
     view = ClusterView(
         nodes={"control": "198.19.0.1", "node1": "198.19.0.2"},
@@ -295,50 +330,49 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                 TCP(sport=41000, dport=30180, flags="A", seq=1, ack=1) / (b"x" * 64))
     dnat_ack = bytes(Ether() / IP(src="198.19.15.254", dst="198.19.16.65", flags="DF") /
                      TCP(sport=41000, dport=80, flags="A", seq=1, ack=1) / (b"x" * 64))
-    ns = PrivateNetns()
-    cluster = SimCluster(view, nodes=["control"])
+    return view, syn, ack, dnat_ack
+
+
+def _drain(reader: Any) -> None:
+    while reader.poll(0):
+        pass
+
+
+def _sample_encap(node: Any, ack: bytes, reader: Any, rounds: int, block: int) -> dict[str, list[int]]:
+    """from_hep run times (ns, one run each) per variant: off, on, on with the ring full."""
+    from .testrun import run_prog
+
+    fd = node.prog_fds["from_hep"]
     results: dict[str, list[int]] = {"off": [], "on": [], "on_ring_full": []}
+    for _ in range(rounds):
+        for variant in results:
+            node.dp.set_flags(trace=variant != "off")
+            if variant == "on_ring_full":   # fill it: later reserves fail
+                for _ in range(RING_EVENTS + 64):
+                    run_prog(fd, ack)
+            for _ in range(block):
+                results[variant].append(run_prog(fd, ack).duration_ns)
+            _drain(reader)
+    return results
+
+
+def _sample_ct_est(node: Any, dnat_ack: bytes, reader: Any, rounds: int) -> dict[str, list[int]]:
+    """to_wep average run times (ns, over REPEAT runs each) with trace off and on."""
+    from .testrun import run_prog
+
+    wep = node.prog_fds["to_wep"]
     repeated: dict[str, list[int]] = {"off": [], "on": []}
-    reasons: set[str] = set()
-    try:
-        with ns.inside():
-            cluster.load()
-            node = cluster["control"]
-            first = node.run("from_hep", syn)
-            if first.reason != "NAT_NEW":
-                raise RuntimeError(f"setup packet: expected NAT_NEW, got {first.describe()}")
-            fd = node.prog_fds["from_hep"]
-            drained = [0]
-            reader = node.maps.events(lambda ev: drained.__setitem__(0, drained[0] + 1))
-            try:
-                check = node.run("from_hep", ack)
-                reasons.add(check.reason or "?")
-                rounds = max(1, samples // block)
-                for _ in range(rounds):
-                    for variant in ("off", "on", "on_ring_full"):
-                        node.dp.set_flags(trace=variant != "off")
-                        if variant == "on_ring_full":   # fill it: later reserves fail
-                            for _ in range(RING_EVENTS + 64):
-                                run(fd, ack)
-                        for _ in range(block):
-                            results[variant].append(run(fd, ack).duration_ns)
-                        while reader.poll(0):
-                            pass
-                wep = node.prog_fds["to_wep"]
-                check = node.run("to_wep", dnat_ack)
-                reasons.add(f"to_wep {check.reason}")
-                for _ in range(rounds):
-                    for variant in ("off", "on"):
-                        node.dp.set_flags(trace=variant == "on")
-                        repeated[variant].append(run(wep, dnat_ack, repeat=REPEAT).duration_ns)
-                        while reader.poll(0):
-                            pass
-                node.dp.set_flags(trace=False)
-            finally:
-                reader.close()
-    finally:
-        cluster.close()
-        ns.close()
+    for _ in range(rounds):
+        for variant in repeated:
+            node.dp.set_flags(trace=variant == "on")
+            repeated[variant].append(run_prog(wep, dnat_ack, repeat=REPEAT).duration_ns)
+            _drain(reader)
+    return repeated
+
+
+def _cost_summary(results: dict[str, list[int]], repeated: dict[str, list[int]],
+                  reasons: set[str]) -> dict[str, Any]:
+    """The measure document: per variant median/mean/p10/p90, and the differences."""
     out: dict[str, Any] = {"packet": "from_hep, established NodePort flow -> ENCAP",
                            "reason": sorted(reasons), "samples_per_variant": len(results["off"]),
                            "kernel": os.uname().release}
@@ -347,10 +381,9 @@ def measure_cost(samples: int = 20000, block: int = 2000) -> dict[str, Any]:
                   "p10_ns": _pct(v, 10), "p90_ns": _pct(v, 90)}
     out["cost_on_ns"] = out["on"]["median_ns"] - out["off"]["median_ns"]
     out["cost_ring_full_ns"] = out["on_ring_full"]["median_ns"] - out["off"]["median_ns"]
-    out["to_wep_ct_est_repeat"] = {
-        "repeat": REPEAT, "runs": len(repeated["off"]),
-        "off_ns": statistics.median(repeated["off"]), "on_ns": statistics.median(repeated["on"]),
-        "cost_on_ns": statistics.median(repeated["on"]) - statistics.median(repeated["off"])}
+    off, on = statistics.median(repeated["off"]), statistics.median(repeated["on"])
+    out["to_wep_ct_est_repeat"] = {"repeat": REPEAT, "runs": len(repeated["off"]),
+                                   "off_ns": off, "on_ns": on, "cost_on_ns": on - off}
     return out
 
 
@@ -362,8 +395,9 @@ def _pct(values: list[int], p: int) -> int:
 def _main(argv: list[str]) -> int:
     import json
 
-    if not argv or argv[0] != "measure":
-        print("usage: python -m ebpf_nodeport.trace measure [SAMPLES]", file=sys.stderr)
+    usage = "usage: python -m ebpf_nodeport.trace measure [SAMPLES]"
+    if not argv or argv[0] != "measure" or len(argv) > 2 or (len(argv) == 2 and not argv[1].isdigit()):
+        print(usage, file=sys.stderr)
         return 2
     samples = int(argv[1]) if len(argv) > 1 else 20000
     print(json.dumps(measure_cost(samples), indent=2))

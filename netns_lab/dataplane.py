@@ -33,13 +33,14 @@ from typing import Any
 
 from ebpf_nodeport import tc
 from ebpf_nodeport.abi import EBPF_MODES, SKB_MARK_BYPASS
-from ebpf_nodeport.datapath import Backend, ClusterView, NodeDatapath, Service
+from ebpf_nodeport.datapath import NodeDatapath
+from ebpf_nodeport.sync import Backend, ClusterView, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
 from netns_lab import builder, cleanup, kubeproxy, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
-from netns_lab.nsexec import netns_inode
+from netns_lab.nsexec import netns_handle, netns_inode
 from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict
 from netns_lab.topology import Backend as PlanBackend
 
@@ -115,12 +116,13 @@ def datapath(st: dict[str, Any], node: str, keep_state: bool = False) -> NodeDat
     """The eBPF datapath handle of one node (state lives in its pins, so this is cheap);
     keep_state for a long-running programmer (see NodeDatapath)."""
     n = nodes_of(st)[node]
-    return NodeDatapath(st["lab"], node, n["netns"], n["address"], naming.UPLINK, keep_state=keep_state)
+    return NodeDatapath(naming.pin_dir(st["lab"], node), netns_handle(n["netns"]), n["address"],
+                        naming.UPLINK, name=node, keep_state=keep_state)
 
 
 def loaded_nodes(st: dict[str, Any]) -> list[str]:
     """Nodes whose datapath programs are pinned."""
-    return [n for n in nodes_of(st) if NodeDatapath.is_loaded(st["lab"], n)]
+    return [n for n in nodes_of(st) if NodeDatapath.is_loaded(naming.pin_dir(st["lab"], n))]
 
 
 def pod_ifnames(st: dict[str, Any], node: str) -> list[str]:
@@ -234,7 +236,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
     keep_kube_proxy = not felix.bpfKubeProxyIptablesCleanupEnabled
     view = cluster_view(st, felix)
     nodes = list(nodes_of(st))
-    fresh = [n for n in nodes if not NodeDatapath.is_loaded(st["lab"], n)]
+    fresh = [n for n in nodes if not NodeDatapath.is_loaded(naming.pin_dir(st["lab"], n))]
     kp_installed = bool(st.get("kubeproxy", {}).get("installed"))
 
     notrack_added = False
@@ -270,7 +272,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
     except (LoaderError, tc.TcError, OSError, ValueError) as exc:
         for node in fresh:  # none of them was loaded before: whatever a partial load_all pinned goes
             with contextlib.suppress(Exception):
-                datapath(st, node).unload()
+                datapath(st, node).unload(prune_up_to=naming.BPF_ROOT)
         if notrack_added and not kp_installed:
             set_notrack(st, False)
         raise LabError(f"eBPF datapath: {exc}; the lab is unchanged (mode {ch.old_mode})") from None
@@ -323,7 +325,7 @@ def _to_kube_proxy(st: dict[str, Any], ch: Change, say: Progress) -> None:
         with contextlib.suppress(OSError):
             datapath(st, node).set_flags(enabled=False)
     for node in loaded:
-        datapath(st, node).unload()
+        datapath(st, node).unload(prune_up_to=naming.BPF_ROOT)
     if loaded:
         say(f"eBPF datapath detached and unloaded on {', '.join(loaded)}")
     if any(has_notrack(n["netns"]) for n in nodes_of(st).values()):
@@ -423,7 +425,7 @@ def delete_pod(st: dict[str, Any], name: str, progress: Progress = _quiet) -> Po
     rec["pid"] = None
     ifname = builder.recreate_pod(lab, topo, lab_plan(st)[1], pod, new_ip)
     rec["host_ifname"] = ifname
-    if NodeDatapath.is_loaded(lab, pod.node):
+    if NodeDatapath.is_loaded(naming.pin_dir(lab, pod.node)):
         datapath(st, pod.node).attach_workload(ifname)  # before the app's first call to a ClusterIP
     started = launch.start(lab, topo, pod)
     rec["pid"] = started.pid
@@ -444,7 +446,7 @@ def status(st: dict[str, Any]) -> dict[str, Any]:
     nodes = {}
     for node, n in nodes_of(st).items():
         ns = n["netns"]
-        doc: dict[str, Any] = {"datapath_loaded": NodeDatapath.is_loaded(st["lab"], node), "programs": []}
+        doc: dict[str, Any] = {"datapath_loaded": NodeDatapath.is_loaded(naming.pin_dir(st["lab"], node)), "programs": []}
         try:
             if doc["datapath_loaded"] or st.get("mode") in EBPF_MODES:
                 doc["programs"] = [

@@ -89,3 +89,8 @@ def log_path(lab: str, pod: str) -> Path:
 def bpf_dir(lab: str) -> Path:
     """Pinned BPF objects of a lab: `/sys/fs/bpf/netns-lab/<lab>/<node>/...`."""
     return BPF_ROOT / lab
+
+
+def pin_dir(lab: str, node: str) -> Path:
+    """One node's pinned maps and programs: `/sys/fs/bpf/netns-lab/<lab>/<node>`."""
+    return bpf_dir(lab) / node

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import random
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from rich.table import Table
 
 from ebpf_nodeport import dump as dumps
 from ebpf_nodeport import libbpf
-from ebpf_nodeport.maps import NodeMaps, pin_dir
+from ebpf_nodeport.maps import NodeMaps
 from ebpf_nodeport.trace import TraceError, Tracer
 from netns_lab import cli as _cli
 from netns_lab import naming
@@ -64,7 +63,7 @@ def select_nodes(lab: str, st: dict[str, Any], node: str | None) -> dict[str, st
     if node is not None and node not in nodes:
         raise LabError(f"unknown node {node!r} of lab {lab!r} (nodes: {', '.join(nodes)})")
     wanted = {node: nodes[node]} if node else nodes
-    pinned = {n: ip for n, ip in wanted.items() if os.path.isfile(os.path.join(pin_dir(lab, n), "cfg"))}
+    pinned = {n: ip for n, ip in wanted.items() if (naming.pin_dir(lab, n) / "cfg").is_file()}
     if not pinned:
         mode = st.get("mode")
         hint = f"{PROG} mode tunnel --name {lab}" if lab != naming.DEFAULT_LAB else f"{PROG} mode tunnel"
@@ -79,11 +78,16 @@ def select_nodes(lab: str, st: dict[str, Any], node: str | None) -> dict[str, st
     return pinned
 
 
+def _pin_dirs(lab: str, nodes: dict[str, str]) -> dict[str, str]:
+    """Node name -> its pin directory, for the given nodes of the lab."""
+    return {n: str(naming.pin_dir(lab, n)) for n in nodes}
+
+
 @contextlib.contextmanager
 def open_maps(lab: str, node: str) -> Iterator[NodeMaps]:
     """A node's maps; kernel/pin problems become one LabError line."""
     try:
-        with NodeMaps.for_node(lab, node) as m:
+        with NodeMaps(str(naming.pin_dir(lab, node))) as m:
             yield m
     except FileNotFoundError as exc:
         raise LabError(f"node {node!r} of lab {lab!r}: {exc}") from None
@@ -285,8 +289,8 @@ def trace_cmd(lab: str | None, node: str | None, client: str | None, port: int |
     lab, st, nodes = _context(lab, node)
     if switch_off:
         return _trace_off(lab, nodes)
-    tracer = Tracer(lab, nodes, names=addr_names(st), holder_dir=_trace_holders(lab), client=client,
-                    port=port, include_pass=include_pass)
+    tracer = Tracer(_pin_dirs(lab, nodes), names=addr_names(st), holder_dir=_trace_holders(lab), client=client,
+                    port=port, include_pass=include_pass, owner=f"lab {lab!r}")
     shown = 0
     with _tracing(tracer) as stop:
         what = ", ".join(f for f in (client and f"client {client}", port and f"port {port}") if f)
@@ -321,14 +325,14 @@ def _trace_off(lab: str, nodes: dict[str, str]) -> int:
 
     busy = []
     for name, ip in nodes.items():
-        probe = Tracer(lab, {name: ip}, holder_dir=_trace_holders(lab))
+        probe = Tracer(_pin_dirs(lab, {name: ip}), holder_dir=_trace_holders(lab), owner=f"lab {lab!r}")
         try:
             probe.claim()
         except TraceError:
             busy.append(name)
             continue
         try:
-            NodeDatapath(lab, name, None, ip).set_flags(trace=False)
+            NodeDatapath(naming.pin_dir(lab, name), None, ip).set_flags(trace=False)
         finally:
             probe.stop()
     done = [n for n in nodes if n not in busy]
@@ -451,7 +455,8 @@ def explain_cmd(lab: str | None, output: str | None) -> int:
     frontend = next((f for n in nat for f in n["frontends"]
                      if f["kind"] == "nodeport" and f["port"] == tgt["node_port"] and f["proto"] == "tcp"), None)
     before = snapshot("counters")
-    tracer = Tracer(lab, nodes, names=names, holder_dir=_trace_holders(lab), client=tgt["client"])
+    tracer = Tracer(_pin_dirs(lab, nodes), names=names, holder_dir=_trace_holders(lab), client=tgt["client"],
+                    owner=f"lab {lab!r}")
     events: list[dict[str, Any]] = []
     with _tracing(tracer) as stop:
         cmd = ["ip", "netns", "exec", host_ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from netns_lab import naming
 from netns_lab.bench import topo as btopo
 from netns_lab.bench.stats import median, percentile, summary
 
@@ -46,7 +47,7 @@ WARM = 2  # untimed runs before each timed one
 
 def cluster_view(mode: str = "tunnel") -> Any:
     """The simulated cluster: three nodes, the bench's services (NodePorts to a local and a remote pod)."""
-    from ebpf_nodeport.datapath import Backend, ClusterView, Service
+    from ebpf_nodeport.sync import Backend, ClusterView, Service
 
     services = [
         Service("bench/local", "tcp", btopo.BENCH_CLUSTER_IPS["local"], 80, NP_LOCAL, [Backend(*LOCAL_BE)]),
@@ -405,10 +406,11 @@ def empty_program() -> Iterator[int]:
 @contextlib.contextmanager
 def sim_cluster(lab: str) -> Iterator[Any]:
     """control and node1 compiled and programmed under lab name `lab`, inside a private empty netns."""
-    from ebpf_nodeport.testrun import PrivateNetns, SimCluster
+    from ebpf_nodeport.netns import Netns
+    from ebpf_nodeport.testrun import SimCluster
 
-    ns = PrivateNetns()
-    cluster = SimCluster(cluster_view(), lab=lab, nodes=["control", "node1"])
+    ns = Netns.private()
+    cluster = SimCluster(cluster_view(), pin_root=naming.bpf_dir(lab), nodes=["control", "node1"])
     try:
         with ns.inside():
             cluster.load()

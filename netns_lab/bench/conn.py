@@ -1,8 +1,9 @@
 """New-connection load: a minimal HTTP server and a client opening a fresh TCP connection per request.
 
-Run inside lab namespaces as `python -m netns_lab.bench.conn server|client ...`. Stdlib only and
-one process each, so every mode is measured with exactly the same client and server. The server
-answers each request with a fixed 200 and no application work, so nothing hides the datapath.
+Run inside lab namespaces as `python -m netns_lab.bench.conn server|client ...`. Stdlib only
+(and the project's namespace handle) and one process each, so every mode is measured with
+exactly the same client and server. The server answers each request with a fixed 200 and no
+application work, so nothing hides the datapath.
 The client closes each connection as soon as the whole response is in, so the TIME_WAIT stays
 on the client (which reuses those ports with tcp_tw_reuse) and never on the server: with
 kube-proxy's SNAT every connection reaches the pod from the same node address, and server-side
@@ -21,13 +22,15 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import select
 import socket
 import struct
 import sys
 import time
 
+from ebpf_nodeport.netns import THREAD_NETNS
+from ebpf_nodeport.netns import Netns as NetnsHandle
+from netns_lab import naming
 from netns_lab.bench.stats import summary
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -105,23 +108,18 @@ def _ok(reply: bytes) -> bool:
 class Netns:
     """Switches the calling thread between network namespaces, so one client can reach two labs."""
 
-    CLONE_NEWNET = 0x40000000
-
     def __init__(self) -> None:
-        import ctypes
-
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self.fds: dict[str, int] = {"": os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)}
+        # Held open, so a switch is one setns(); "" is the namespace the thread started in.
+        self.handles: dict[str, NetnsHandle] = {"": NetnsHandle.hold(THREAD_NETNS, name="own")}
         self.current = ""
 
     def enter(self, name: str) -> None:
         """Join named namespace `name` ("" = the one the process started in)."""
         if name == self.current:
             return
-        if name not in self.fds:
-            self.fds[name] = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        if self._libc.setns(self.fds[name], self.CLONE_NEWNET) != 0:
-            raise OSError(f"setns({name or 'own'}) failed")
+        if name not in self.handles:
+            self.handles[name] = NetnsHandle.hold(naming.netns_path(name))
+        self.handles[name].join()
         self.current = name
 
 

@@ -2,7 +2,7 @@
 
 BPF_PROG_TEST_RUN times a program alone; this times it where it runs, on the lab's real packets:
 while an fd from BPF_ENABLE_STATS is open the kernel adds each run's duration to the program's
-run_time_ns and counts run_cnt (read here with `bpftool prog show pinned ... -j`). Statistics are
+run_time_ns and counts run_cnt (read here from the pinned program's info, libbpf.prog_info). Statistics are
 on only around the measured runs, and go off by themselves if the process dies (the fd closes).
 The kernel's own timing around each run is not included in run_time_ns.
 """
@@ -10,33 +10,24 @@ The kernel's own timing around each run is not included in run_time_ns.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import os
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+from ebpf_nodeport import libbpf
 from ebpf_nodeport.abi import PROGRAMS
-
-BPF_STATS_RUN_TIME = 0
+from ebpf_nodeport.loader import prog_pin
 
 Snapshot = dict[str, tuple[int, int]]  # "node/program" -> (run_time_ns, run_cnt)
-
-
-def _libbpf() -> ctypes.CDLL | None:
-    """libbpf, or None when it cannot be loaded."""
-    for name in ("libbpf.so.1", "libbpf.so"):
-        with contextlib.suppress(OSError):
-            return ctypes.CDLL(name, use_errno=True)
-    return None
 
 
 @contextlib.contextmanager
 def stats_enabled() -> Iterator[bool]:
     """Kernel BPF run-time statistics on for the block; yields False if the kernel refused."""
-    lib = _libbpf()
-    fd = lib.bpf_enable_stats(BPF_STATS_RUN_TIME) if lib is not None else -1
+    try:
+        fd = libbpf.enable_stats(libbpf.BPF_STATS_RUN_TIME)
+    except OSError:
+        fd = -1
     try:
         yield fd >= 0
     finally:
@@ -49,12 +40,15 @@ def snapshot(pin_dirs: dict[str, str]) -> Snapshot:
     out: Snapshot = {}
     for node, directory in pin_dirs.items():
         for prog in PROGRAMS:
-            path = os.path.join(directory, f"prog_{prog}")
-            proc = subprocess.run(["bpftool", "prog", "show", "pinned", path, "-j"], capture_output=True, text=True)
-            if proc.returncode != 0:
+            try:
+                fd = libbpf.obj_get(prog_pin(directory, prog))
+            except OSError:
                 continue
-            info = json.loads(proc.stdout)
-            out[f"{node}/{prog}"] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
+            try:
+                info = libbpf.prog_info(fd)
+            finally:
+                os.close(fd)
+            out[f"{node}/{prog}"] = (info.run_time_ns, info.run_cnt)
     return out
 
 

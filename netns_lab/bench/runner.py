@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ebpf_nodeport.abi import EBPF_MODES
+from netns_lab import naming
 from netns_lab.bench import bpfcost, livecost, measure
 from netns_lab.bench import topo as btopo
 from netns_lab.bench.config import BACKENDS, BenchConfig
@@ -32,11 +33,6 @@ from netns_lab.errors import LabError
 RESULT_VERSION = 1
 
 
-def livecost_root() -> str:
-    """Where the lab's programs are pinned (ebpf_nodeport.maps.PIN_ROOT)."""
-    from ebpf_nodeport.maps import PIN_ROOT
-
-    return PIN_ROOT
 Step = Callable[[str], None]
 
 
@@ -232,7 +228,7 @@ class Run:
 
     def _with_live_cost(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
         """fn() with the kernel's BPF run-time statistics on; (its result, ns per run of each attached program)."""
-        pins = {n.name: os.path.join(livecost_root(), self.labs.lab, n.name) for n in self.labs.topo.nodes}
+        pins = {n.name: str(naming.pin_dir(self.labs.lab, n.name)) for n in self.labs.topo.nodes}
         with livecost.stats_enabled() as on:
             before = livecost.snapshot(pins) if on else {}
             out = fn()

@@ -30,7 +30,7 @@ from netns_lab.errors import LabError
 
 def _ebpf_service(spec: btopo.SvcSpec, pod_ips: dict[str, str], backend_pod: str | None = None) -> Any:
     """A datapath Service for a bench service spec."""
-    from ebpf_nodeport.datapath import Backend, Service
+    from ebpf_nodeport.sync import Backend, Service
 
     pod = backend_pod or spec.backend_pod
     return Service(f"{spec.name}", "tcp", spec.cluster_ip, spec.port, spec.node_port,

@@ -3,9 +3,9 @@
 The cluster costs one compile (~1-2 s; the other nodes get relocated copies, ~60 ms
 each), so it is session-scoped; every test starts
 from the base view (resynced), empty conntrack and the default cfg. Pins live under
-/sys/fs/bpf/netns-lab/ut<random>/ and are removed at the end of the session, also
-when tests fail (and `netns-lab down --all` finds them after a crash). Runs happen in
-a private, empty network namespace (testrun.PrivateNetns).
+/sys/fs/bpf/netns-lab/ut<random>/ (topo.pin_root) and are removed at the end of the
+session, also when tests fail (and `netns-lab down --all` finds them after a crash). Runs
+happen in a private, empty network namespace (ebpf_nodeport.netns.Netns.private).
 """
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def netns():
-    from ebpf_nodeport.testrun import PrivateNetns
+    from ebpf_nodeport.netns import Netns
 
-    ns = PrivateNetns()
+    ns = Netns.private()
     yield ns
     ns.close()
 
@@ -49,9 +49,9 @@ def netns():
 def _cluster(netns):
     from ebpf_nodeport.testrun import SimCluster
 
-    from .topo import base_view
+    from .topo import base_view, pin_root
 
-    cluster = SimCluster(base_view())
+    cluster = SimCluster(base_view(), pin_root=pin_root())
     try:
         with netns.inside():
             cluster.load()

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from ebpf_nodeport import abi, btf, libbpf, loader
-from ebpf_nodeport.maps import MapView, pin_dir
-from ebpf_nodeport.testrun import unique_lab
+from ebpf_nodeport.maps import MapView
+from ebpf_nodeport.testrun import unique_name
+from netns_lab import naming
 
 
 def _layouts(path: str) -> btf.MapLayouts:
@@ -131,13 +132,13 @@ def test_old_pins_are_reused_upgraded_or_replaced(caplog):
     """Loading over an older datapath's pins: an identical map is reused untouched, one whose
     fields moved or were renamed keeps its entries under the new layout, and one whose fields
     do not convert is replaced by an empty map with one warning line naming it."""
-    lab, node = unique_lab(), "control"
-    directory = pin_dir(lab, node)
+    lab = unique_name()
+    directory = str(naming.pin_dir(lab, "control"))   # where down --all finds it after a crash
     os.makedirs(directory)
     try:
         ids = _pin_old_maps(directory)
         with caplog.at_level(logging.WARNING, logger="ebpf_nodeport.pins"):
-            res = loader.load(lab, node)
+            res = loader.load(directory)
         outcome = {n: "reused" for n in res.reused_maps}
         outcome.update({n: "upgraded" for n in res.upgraded_maps})
         outcome.update({n: "replaced" for n in res.replaced_maps})
@@ -154,4 +155,4 @@ def test_old_pins_are_reused_upgraded_or_replaced(caplog):
                 view.close()
             assert _layouts(view.path).value == abi.MAP_SPECS[p.name].value_layout, p.name
     finally:
-        loader.remove_pins(lab, node)
+        loader.remove_pins(directory, prune_up_to=naming.bpf_dir(lab))

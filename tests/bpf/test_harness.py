@@ -7,13 +7,11 @@ import os
 
 import pytest
 
-from ebpf_nodeport.maps import PIN_ROOT
-from ebpf_nodeport.testrun import (SimCluster, kernel_route, parse_ip4, scapy_checksum_errors, ip_hdr_csum_ok,
-                                   unique_lab)
+from ebpf_nodeport.testrun import SimCluster, kernel_route, parse_ip4, scapy_checksum_errors, ip_hdr_csum_ok
 
 from .expect import Encap, Nat, Same, check_result
 from .fuzz import Judge, malformed, nat_of
-from .topo import CLIENT, CONTROL, CUSTOMER, NODE1, NODES, NP_CUSTOMER, base_view, cport, tcp, udp
+from .topo import CLIENT, CONTROL, CUSTOMER, NODE1, NODES, NP_CUSTOMER, base_view, cport, pin_root, tcp, udp
 
 
 def _flip(frame: bytes, offset: int) -> bytes:
@@ -79,8 +77,8 @@ def test_malformed_matches_contract_examples():
 
 
 def test_pins_removed_when_load_fails(netns):
-    lab = unique_lab()
-    cl = SimCluster(base_view(), lab=lab, nodes=["control"], defines={"MAX_NODES": "(no such thing"})
+    root = pin_root()
+    cl = SimCluster(base_view(), pin_root=root, nodes=["control"], defines={"MAX_NODES": "(no such thing"})
     with netns.inside(), pytest.raises(Exception):
         cl.load()
-    assert not os.path.exists(os.path.join(PIN_ROOT, lab)), "a failed load left pins behind"
+    assert not os.path.exists(root), "a failed load left pins behind"

@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ebpf_nodeport import abi, libbpf
-from ebpf_nodeport.datapath import Backend, Service
+from ebpf_nodeport.sync import Backend, Service
 
 from .expect import Encap, Nat, check_result
 from .paths import request_tunnel

@@ -19,12 +19,11 @@ import pytest
 
 from ebpf_nodeport import libbpf, loader
 from ebpf_nodeport.abi import MAP_SPECS, PROGRAMS, NodeCfg
-from ebpf_nodeport.maps import pin_dir
-from ebpf_nodeport.testrun import SimCluster, unique_lab
+from ebpf_nodeport.testrun import SimCluster
 
 from .expect import Encap, Nat, check_result
 from .topo import (CLIENT, CONTROL, CUSTOMER, MAC_NODE, NODE1, NP_CUSTOMER, NP_WEB, WEB, base_view,
-                   cport, follow, tcp)
+                   cport, follow, pin_root, tcp)
 
 COMPILED, RELOCATED = "control", "node1"   # load_nodes compiles for the first node it is given
 
@@ -44,7 +43,7 @@ NODE1_VIEW = _without("yaobank/customer", 80)
 @pytest.fixture(scope="module")
 def pair(netns) -> Iterator[SimCluster]:
     """control compiled, node1 relocated (SimCluster.load uses load_nodes), each with its own services."""
-    cl = SimCluster(base_view(), lab=unique_lab(), nodes=[COMPILED, RELOCATED])
+    cl = SimCluster(base_view(), pin_root=pin_root(), nodes=[COMPILED, RELOCATED])
     try:
         with netns.inside():
             cl.load()
@@ -60,13 +59,13 @@ def _bpftool(*args: str) -> Any:
     return json.loads(out.stdout)
 
 
-def _map_ids(lab: str, node: str) -> dict[str, int]:
-    return {name: _bpftool("map", "show", "pinned", os.path.join(pin_dir(lab, node), name))["id"]
+def _map_ids(cl: SimCluster, node: str) -> dict[str, int]:
+    return {name: _bpftool("map", "show", "pinned", os.path.join(cl[node].dp.pin_dir, name))["id"]
             for name in MAP_SPECS}
 
 
-def _prog(lab: str, node: str, entry: str) -> dict[str, Any]:
-    return _bpftool("prog", "show", "pinned", loader.prog_pin(lab, node, entry))
+def _prog(cl: SimCluster, node: str, entry: str) -> dict[str, Any]:
+    return _bpftool("prog", "show", "pinned", cl[node].dp.prog_path(entry))
 
 
 def test_relocated_node_was_not_compiled(pair):
@@ -111,11 +110,11 @@ def test_each_node_tracks_in_its_own_conntrack(pair, netns):
 
 def test_kernel_lists_only_own_maps(pair):
     """Every program of each node uses maps of that node and none of the other's."""
-    own = {n: set(_map_ids(pair.lab, n).values()) for n in (COMPILED, RELOCATED)}
+    own = {n: set(_map_ids(pair, n).values()) for n in (COMPILED, RELOCATED)}
     assert not own[COMPILED] & own[RELOCATED]
     for node, other in ((COMPILED, RELOCATED), (RELOCATED, COMPILED)):
         for entry in PROGRAMS:
-            used = set(_prog(pair.lab, node, entry)["map_ids"])
+            used = set(_prog(pair, node, entry)["map_ids"])
             assert used and used <= own[node], f"{node}/{entry} uses maps {used - own[node]} not its own"
             assert not used & own[other]
 
@@ -124,19 +123,19 @@ def test_relocated_maps_carry_btf(pair, netns):
     """node1's maps were created by the loader, not BCC: same BTF as control's, so bpftool
     prints struct fields by name."""
     for name in MAP_SPECS:
-        shown = {n: _bpftool("map", "show", "pinned", os.path.join(pin_dir(pair.lab, n), name))
+        shown = {n: _bpftool("map", "show", "pinned", os.path.join(pair[n].dp.pin_dir, name))
                  for n in (COMPILED, RELOCATED)}
         assert shown[RELOCATED].get("btf_id") == shown[COMPILED].get("btf_id"), name
         assert {k: shown[RELOCATED][k] for k in ("type", "name", "bytes_key", "bytes_value",
                                                  "max_entries", "flags")} == \
                {k: shown[COMPILED][k] for k in ("type", "name", "bytes_key", "bytes_value",
                                                 "max_entries", "flags")}, name
-    cfg = _bpftool("map", "dump", "pinned", os.path.join(pin_dir(pair.lab, RELOCATED), "cfg"))
+    cfg = _bpftool("map", "dump", "pinned", os.path.join(pair[RELOCATED].dp.pin_dir, "cfg"))
     value = cfg[0].get("formatted", cfg[0])["value"]
     assert set(value) == {name for name, _ in NodeCfg._fields_}   # the C struct's field names
     with netns.inside():
         pair.run(RELOCATED, "from_hep", tcp(CLIENT, cport(), NODE1, NP_WEB, "S", mac_dst=MAC_NODE["node1"]))
-    ct = _bpftool("map", "dump", "pinned", os.path.join(pin_dir(pair.lab, RELOCATED), "ct"))
+    ct = _bpftool("map", "dump", "pinned", os.path.join(pair[RELOCATED].dp.pin_dir, "ct"))
     assert ct, "node1's program tracked nothing in node1's conntrack"
     assert set(ct[0].get("formatted", ct[0])["key"]) >= {"addr_a", "addr_b", "port_a", "port_b", "proto"}
 
@@ -145,7 +144,7 @@ def test_reload_keeps_maps_and_flows(netns):
     """load_nodes on loaded nodes replaces the programs and keeps every map: services and an
     open connection survive, on both nodes, also with the roles swapped (node1 compiled,
     control relocated onto its existing maps)."""
-    cl = SimCluster(base_view(), lab=unique_lab(), nodes=[COMPILED, RELOCATED])
+    cl = SimCluster(base_view(), pin_root=pin_root(), nodes=[COMPILED, RELOCATED])
     try:
         with netns.inside():
             cl.load()
@@ -154,15 +153,15 @@ def test_reload_keeps_maps_and_flows(netns):
                    RELOCATED: tcp(CLIENT, p, NODE1, NP_WEB, "S", mac_dst=MAC_NODE["node1"])}
             first = {n: cl.run(n, "from_hep", syn[n]) for n in syn}
             assert all(r.reason == "NAT_NEW" for r in first.values())
-            maps_before = {n: _map_ids(cl.lab, n) for n in syn}
-            progs_before = {n: _prog(cl.lab, n, "from_hep")["id"] for n in syn}
+            maps_before = {n: _map_ids(cl, n) for n in syn}
+            progs_before = {n: _prog(cl, n, "from_hep")["id"] for n in syn}
 
-            results = loader.load_nodes(cl.lab, [RELOCATED, COMPILED])
+            results = loader.load_nodes({n: cl[n].dp.pin_dir for n in (RELOCATED, COMPILED)})
             assert results[COMPILED].clone_of == RELOCATED and results[RELOCATED].clone_of is None
             for n, res in results.items():
                 assert set(res.reused_maps) == set(MAP_SPECS), n
-                assert _map_ids(cl.lab, n) == maps_before[n], f"{n}: a map was replaced"
-                assert _prog(cl.lab, n, "from_hep")["id"] != progs_before[n], f"{n}: program not replaced"
+                assert _map_ids(cl, n) == maps_before[n], f"{n}: a map was replaced"
+                assert _prog(cl, n, "from_hep")["id"] != progs_before[n], f"{n}: program not replaced"
                 node = cl[n]
                 for fd in node.prog_fds.values():
                     os.close(fd)
@@ -181,3 +180,44 @@ def test_refused_program_reports_the_verifier_log():
     exit_only = struct.pack("<BBhi", 0x95, 0, 0, 0)      # returns r0 without setting it
     with pytest.raises(libbpf.BpfError, match="R0 !read_ok"):
         libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, "bad", exit_only)
+
+
+def test_run_statistics_count_each_nodes_own_runs(pair, netns):
+    """libbpf.prog_info reads what `bpftool prog show` shows (id, name), and with
+    libbpf.enable_stats on, run_cnt counts exactly the runs of that node's program (what
+    bench/livecost reads around live traffic); with the fd closed counting stops."""
+    infos = {}
+    for n in (COMPILED, RELOCATED):
+        fd = libbpf.obj_get(pair[n].dp.prog_path("from_hep"))
+        try:
+            infos[n] = libbpf.prog_info(fd)
+        finally:
+            os.close(fd)
+        shown = _prog(pair, n, "from_hep")
+        assert (infos[n].id, infos[n].name) == (shown["id"], shown["name"]), n
+
+    def counts() -> dict[str, int]:
+        out = {}
+        for n in (COMPILED, RELOCATED):
+            fd = libbpf.obj_get(pair[n].dp.prog_path("from_hep"))
+            try:
+                out[n] = libbpf.prog_info(fd).run_cnt
+            finally:
+                os.close(fd)
+        return out
+
+    frame = tcp(CLIENT, cport(), CONTROL, 9, "S")     # no service: PASS, nothing remembered
+    stats = libbpf.enable_stats()
+    try:
+        before = counts()
+        with netns.inside():
+            for _ in range(5):
+                pair.run(COMPILED, "from_hep", frame)
+            pair.run(RELOCATED, "from_hep", frame)
+        after = counts()
+    finally:
+        os.close(stats)
+    assert {n: after[n] - before[n] for n in after} == {COMPILED: 5, RELOCATED: 1}
+    with netns.inside():
+        pair.run(COMPILED, "from_hep", frame)
+    assert counts() == after

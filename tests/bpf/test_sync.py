@@ -19,7 +19,8 @@ import pytest
 from scapy.layers.l2 import Ether
 
 from ebpf_nodeport import abi, maps
-from ebpf_nodeport.datapath import Backend, ClusterView, NodeDatapath, Service
+from ebpf_nodeport.datapath import NodeDatapath
+from ebpf_nodeport.sync import Backend, ClusterView, Service
 
 from .expect import Nat, check_result
 from .topo import (CLIENT, CONTROL, CUSTOMER, MAC_CALI, MAC_POD, NP_CUSTOMER, NP_WEB, WEB, base_view,
@@ -88,7 +89,7 @@ def _programmed(node) -> tuple[dict[str, tuple[dict, list]], dict[str, int]]:
 def _fresh(cluster, node: str = "control") -> NodeDatapath:
     """A new NodeDatapath for a pinned node, as a new CLI process builds it (no ifindex/MTU:
     those come from the pinned cfg)."""
-    return NodeDatapath(cluster.lab, node, None, cluster[node].ip)
+    return NodeDatapath(cluster[node].dp.pin_dir, None, cluster[node].ip)
 
 
 def _counts(**nonzero: int) -> dict[str, int]:
@@ -265,10 +266,10 @@ def test_sync_from_a_fresh_process(cluster):
     view = _view(changed)
     code = ("import pickle, sys\n"
             "from ebpf_nodeport.datapath import NodeDatapath\n"
-            "lab, node, ip, view = pickle.load(sys.stdin.buffer)\n"
-            "pickle.dump(NodeDatapath(lab, node, None, ip).sync(view), sys.stdout.buffer)\n")
+            "pin_dir, ip, view = pickle.load(sys.stdin.buffer)\n"
+            "pickle.dump(NodeDatapath(pin_dir, None, ip).sync(view), sys.stdout.buffer)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((cluster.lab, "control", CONTROL, view)),
+    proc = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((node.dp.pin_dir, CONTROL, view)),
                           capture_output=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     stats = pickle.loads(proc.stdout)
@@ -285,7 +286,7 @@ def test_sync_from_a_fresh_process(cluster):
 
 def _keeper(cluster, node: str = "control") -> NodeDatapath:
     """A long-running programmer's NodeDatapath (as felix keeps its own copy of the maps)."""
-    return NodeDatapath(cluster.lab, node, None, cluster[node].ip, keep_state=True)
+    return NodeDatapath(cluster[node].dp.pin_dir, None, cluster[node].ip, keep_state=True)
 
 
 def test_keep_state_changes_one_service_without_reading_the_maps_back(cluster, monkeypatch):

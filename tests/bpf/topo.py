@@ -14,9 +14,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from ebpf_nodeport.datapath import Backend, ClusterView, Service
 from ebpf_nodeport.abi import TUNNEL_PORT, TUNNEL_VNI
-from ebpf_nodeport.testrun import vxlan_header
+from ebpf_nodeport.sync import Backend, ClusterView, Service
+from ebpf_nodeport.testrun import unique_name, vxlan_header
+from netns_lab import naming
 
 CLIENT = "198.19.15.254"          # host1, outside the cluster
 CLIENT2 = "198.19.15.200"         # another external client (opt-out tests)
@@ -52,6 +53,12 @@ def services() -> list[Service]:
         Service("test/empty", "tcp", EMPTY_CIP, 80, NP_EMPTY, []),
         Service("test/web", "tcp", WEB_CIP, 8080, NP_WEB, [Backend(WEB, 8080)]),
     ]
+
+
+def pin_root() -> str:
+    """A unique pin root for a SimCluster, where the lab's pins live, so that
+    `netns-lab down --all` finds what a crashed test run left."""
+    return str(naming.bpf_dir(unique_name()))
 
 
 def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None) -> ClusterView:

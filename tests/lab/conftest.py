@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ebpf_nodeport.datapath import NodeDatapath
+from ebpf_nodeport.maps import NodeMaps
 from netns_lab import naming
 from netns_lab import state as lab_state
 
@@ -83,7 +83,7 @@ class Lab:
 
 def counter(lab: Lab, node: str, hook: str, reason: str) -> int:
     """A datapath counter of one node, read from its pinned maps."""
-    with NodeDatapath(lab.name, node, lab.netns(node), lab.node_address(node)).maps() as m:
+    with NodeMaps(str(naming.pin_dir(lab.name, node))) as m:
         return m.counter(hook, reason)
 
 

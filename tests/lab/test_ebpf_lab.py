@@ -13,6 +13,7 @@ import re
 import pytest
 
 from ebpf_nodeport.datapath import NodeDatapath
+from ebpf_nodeport.maps import NodeMaps
 from netns_lab import dataplane, kubeproxy, naming
 
 from .conftest import Lab, cli, counter, host_python, running_lab, same_port_twice, unique_lab, wait_for
@@ -202,7 +203,7 @@ def test_bad_patches_are_refused_and_change_nothing(tunnel_lab: Lab) -> None:
         assert lines[0].startswith(f"netns-lab: error: no lab named '{missing}'"), lines
         assert not naming.run_dir(missing).exists(), args  # not even a lock directory
     assert [(p["name"], p["ip"], p["pid"]) for p in after["pods"]] == [(p["name"], p["ip"], p["pid"]) for p in before["pods"]]
-    assert all(NodeDatapath.is_loaded(tunnel_lab.name, n) for n in NODES)
+    assert all(NodeDatapath.is_loaded(naming.pin_dir(tunnel_lab.name, n)) for n in NODES)
 
 
 def test_get_felixconfiguration(tunnel_lab: Lab) -> None:
@@ -231,7 +232,7 @@ def test_delete_pod_customer_then_curl_works_again(tunnel_lab: Lab) -> None:
         assert [e["client"] for e in entries] == [HOST1], addr
     # the datapath's backend is the new address; the old one is gone from every node's maps
     for node in NODES:
-        with NodeDatapath(tunnel_lab.name, node, tunnel_lab.netns(node), NODES[node]).maps() as m:
+        with NodeMaps(str(naming.pin_dir(tunnel_lab.name, node))) as m:
             addrs = {str(v.to_dict().get("addr")) for _, v in m.nat_be.items()}
         assert new["ip"] in addrs and old["ip"] not in addrs, (node, addrs)
 

@@ -513,16 +513,19 @@ def test_trace_filters() -> None:
 
 def test_one_tracer_per_node(tmp_path) -> None:
     """A ring buffer has one consumer position: a second tracer of a node must be refused, not split events."""
-    first = Tracer("unitlab", {"control": CONTROL, "node1": NODE1}, holder_dir=tmp_path)
+    def tracer(*nodes: str) -> Tracer:
+        return Tracer({n: f"/sys/fs/bpf/unit/{n}" for n in nodes}, holder_dir=tmp_path, owner="lab 'unitlab'")
+
+    first = tracer("control", "node1")
     first.claim()
     try:
-        second = Tracer("unitlab", {"node1": NODE1}, holder_dir=tmp_path)
+        second = tracer("node1")
         with pytest.raises(TraceError, match=rf"node1 of lab 'unitlab' is already being traced \(pid {__import__('os').getpid()}\)"):
             second.claim()
-        Tracer("unitlab", {"node2": NODE2}, holder_dir=tmp_path).claim()    # another node is free
+        tracer("node2").claim()    # another node is free
     finally:
         first.stop()
-    again = Tracer("unitlab", {"node1": NODE1}, holder_dir=tmp_path)
+    again = tracer("node1")
     again.claim()                                   # released by stop()
     again.stop()
 

@@ -61,7 +61,11 @@ def test_truncated_program_is_refused() -> None:
         relocate_map_fds(EXIT + b"\0" * 4, {})
 
 
-def test_load_nodes_checks_names_before_compiling() -> None:
-    with pytest.raises(LoaderError, match="invalid node"):
-        load_nodes("lab", ["control", "bad/name"])
-    assert load_nodes("lab", []) == {}
+@pytest.mark.parametrize("bad", ["relative/control", "/sys/fs/bpf/x/../control", '/sys/fs/bpf/"q"',
+                                 "/sys/fs/bpf/a b", "/sys/fs/bpf/x\\y", ""])
+def test_load_nodes_checks_pin_dirs_before_compiling(bad: str) -> None:
+    """A pin directory goes into the C as a string literal and names where pins go: only an
+    absolute path of plain parts is taken, and every one is checked before the compile."""
+    with pytest.raises(LoaderError, match="invalid pin directory"):
+        load_nodes({"control": "/sys/fs/bpf/x/control", "bad": bad})
+    assert load_nodes({}) == {}

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from ebpf_nodeport import abi, maps
-from ebpf_nodeport.datapath import Backend, Service
+from ebpf_nodeport import abi
+from ebpf_nodeport.sync import Backend, Service
 
 STRUCTS = [abi.U32, abi.Addr, abi.U64, abi.NodeCfg, abi.NodeInfo, abi.RouteKey, abi.RouteInfo,
            abi.FeKey, abi.FeValue, abi.BeKey, abi.BeValue, abi.SvcMeta, abi.CtKey, abi.CtValue,
