@@ -30,7 +30,7 @@ STRICT_RPF = {"net/ipv4/conf/all/rp_filter": "1", "net/ipv4/conf/default/rp_filt
 @pytest.fixture(scope="module")
 def dsr_lab() -> Iterator[Lab]:
     """A default lab brought up straight into DSR mode (`up --mode dsr`), strict rp_filter everywhere."""
-    with running_lab("d", "--mode", "dsr") as lab:
+    with running_lab("d", "dsr") as lab:
         for member in ("control", "node1", "node2", "host1"):
             sysctl(lab.netns(member), STRICT_RPF)
         yield lab

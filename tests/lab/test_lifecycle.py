@@ -185,7 +185,7 @@ services:
 def test_up_from_a_yaml_topology(lab_factory, tmp_path) -> None:
     f = tmp_path / "tiny.yaml"
     f.write_text(TWO_NODE)
-    lab = lab_factory("--topology", str(f))
+    lab = lab_factory(topology=f)
     st = lab.status()
     assert [n["name"] for n in st["nodes"]] == ["alpha", "beta"]
     page = lab.curl("198.19.0.22:31080", member="client")  # ingress on beta, backend on alpha

@@ -26,7 +26,7 @@ VNI = 4096  # docs/datapath.md: TUNNEL_VNI
 
 @pytest.fixture(scope="module")
 def lab() -> Lab:
-    with running_lab("sp", "--mode", "tunnel") as lab:
+    with running_lab("sp", "tunnel") as lab:
         yield lab
 
 
