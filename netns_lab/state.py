@@ -247,17 +247,19 @@ class LabState:
         return chosen
 
     def nodeport_target(self) -> NodePortTarget:
-        """The first host curling the first TCP NodePort on the first node (the lesson's curl); LabError if none."""
+        """The lesson's curl: the first host to the first TCP NodePort, on the first node not hosting that
+        service's first backend (so the tunnel and DSR are seen); LabError if there is none."""
         hosts, nodes = self.hosts(), self.nodes()
         if not hosts or not nodes:
             raise LabError(f"lab {self.lab!r} has no host or no node to walk a curl through")
         host, h = next(iter(hosts.items()))
-        ingress, n = next(iter(nodes.items()))
         for s in self.services:
             for sp in s.ports:
                 if sp.node_port and sp.protocol.upper() == "TCP":
-                    return NodePortTarget(host, str(h.address), ingress, str(n.address), sp.node_port, s.name,
-                                          sp.backends)
+                    local = {self.pods[b.pod].node for b in sp.backends[:1] if b.pod in self.pods}
+                    ingress = next((n for n in nodes if n not in local), next(iter(nodes)))
+                    return NodePortTarget(host, str(h.address), ingress, str(nodes[ingress].address), sp.node_port,
+                                          s.name, sp.backends)
         raise LabError(f"lab {self.lab!r} has no TCP NodePort service to curl")
 
     # -- on disk
