@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from netns_lab.lesson import Targets
 from netns_lab.state import LabState
 from netns_lab.topology import default_topology, load_topology_text, plan
 
-TINY = """\
-nodes:
-  - {name: alpha, address: 198.19.0.21}
-  - {name: beta, address: 198.19.0.22}
-hosts:
-  - {name: client, address: 198.19.15.1}
-pods:
-  - {name: web, node: alpha, app: customer, ports: [{name: http, protocol: TCP, port: 80}]}
-  - {name: api, node: beta, app: summary, ports: [{name: http, port: 80}]}
-  - {name: db, node: alpha, app: database, ports: [{name: http, port: 2379}]}
-services:
-  - {name: summary, clusterIP: 198.19.32.20, selector: {app: summary}, ports: [{name: http, port: 80}]}
-  - {name: database, clusterIP: 198.19.32.30, selector: {app: database}, ports: [{name: http, port: 2379}]}
-  - {name: web, namespace: shop, clusterIP: 198.19.32.40, backends: [web],
-     ports: [{name: http, port: 8080, targetPort: 80, nodePort: 31080}]}
-"""
+TINY = (Path(__file__).resolve().parents[1] / "topologies" / "two-node.yaml").read_text()  # also tests/lab's
 
 
 @pytest.mark.parametrize("topo,want", [

@@ -138,3 +138,10 @@ def test_a_malformed_state_is_one_line(tmp_path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(LabError, match="is malformed: KeyError"):
         state.load("t", path=path)
+
+
+def test_the_labs_ebpf_modes_are_the_datapaths() -> None:
+    """netns_lab's eBPF modes (from the felix model) are exactly the ones ebpf_nodeport implements."""
+    from ebpf_nodeport.datapath import MODES
+
+    assert state.EBPF_MODES == MODES
