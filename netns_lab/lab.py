@@ -138,25 +138,7 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         """What `status -o json` shows: the state plus live checks (namespace present, app running, dataplane)."""
-        from netns_lab import dataplane
-
-        st = self.state()
-        present = set(list_netns())
-        return {
-            "lab": self.name,
-            "status": st.status,
-            "mode": st.mode,
-            "felix": st.felix.to_spec(),
-            "nodes": [{"name": k, "address": m.address, "pod_block": m.pod_block, "netns": m.netns,
-                       "present": m.netns in present} for k, m in st.nodes().items()],
-            "hosts": [{"name": k, "address": m.address, "netns": m.netns, "present": m.netns in present}
-                      for k, m in st.hosts().items()],
-            "pods": [{"name": k, "node": p.node, "app": p.app, "ip": p.ip, "host_ifname": p.host_ifname, "pid": p.pid,
-                      "running": pid_running(p.pid)} for k, p in st.pods.items()],
-            "services": st.to_dict()["services"],
-            "kubeproxy": st.to_dict()["kubeproxy"],
-            "dataplane": dataplane.status(st),
-        }
+        return status_document(self.state())
 
     # -- members
 
@@ -186,7 +168,7 @@ class Lab:
         had_dir = naming.run_dir(self.name).exists()
         with lab_state.lock(self.name):
             try:
-                current = self._already_up(topology, mode)
+                current = _already_up(self.name, topology, mode)
             except LabError:
                 if not had_dir:
                     shutil.rmtree(naming.run_dir(self.name), ignore_errors=True)  # only the lock directory we just made
@@ -194,77 +176,8 @@ class Lab:
             if current is not None:
                 return UpResult(current, already=True)
             t0 = time.monotonic()
-            self._bring_up(LabState.new(self.name, topo, addr_plan, want))
+            _bring_up(LabState.new(self.name, topo, addr_plan, want), self.progress, self.failure)
             return UpResult(want, already=False, seconds=time.monotonic() - t0)
-
-    def _already_up(self, topo: Topology | None, mode: str | None) -> str | None:
-        """The lab's mode if it is already up as asked, None if there is none; LabError if it exists differently or half-built."""
-        lab = self.name
-        st = lab_state.load(lab)
-        leftovers = cleanup.lab_namespaces(lab) or naming.bpf_dir(lab).exists()
-        if st is None:
-            if leftovers:
-                raise LabError(f"lab {lab!r} has leftovers of an interrupted run; clean up first: {PROG} down --name {lab}")
-            return None
-        expected = {naming.netns(lab, naming.FABRIC)} | {m.netns for m in st.members.values()}
-        if st.status != "ready" or not expected <= set(list_netns()):
-            raise LabError(f"lab {lab!r} is half-built (an `up` was interrupted); clean up first: {PROG} down --name {lab}")
-        if mode is not None and mode != st.mode:
-            raise LabError(f"lab {lab!r} is already up in mode {st.mode}; switch live with `{PROG} mode {mode}` or `down` it first")
-        if topo is not None and topology_to_dict(topo) != st.topology:
-            raise LabError(f"lab {lab!r} is already up with a different topology; `{PROG} down --name {lab}` it first")
-        return st.mode
-
-    def _bring_up(self, st: LabState) -> None:
-        """Build, program services, start apps, wait for them; on any failure remove what was made."""
-        from netns_lab import builder, dataplane
-        from netns_lab.apps import launch
-
-        lab, progress = self.name, self.progress
-        lab_state.save(lab, st)
-        me = os.getpid()
-        old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def on_term(signum: int, frame: Any) -> None:
-            if os.getpid() != me:  # a forked helper of some library: never run our roll-back twice
-                os._exit(1)
-            raise KeyboardInterrupt  # SIGTERM during `up`: roll back like Ctrl-C
-
-        signal.signal(signal.SIGTERM, on_term)
-        try:
-            topo, addr_plan = st.plan()
-            for pod, ifname in builder.build(lab, topo, addr_plan, progress).items():
-                st.pods[pod].host_ifname = ifname
-            lab_state.save(lab, st)
-
-            t = time.monotonic()
-            if st.mode == "kube-proxy":
-                dataplane.kube_proxy_install(st)
-                progress(f"kube-proxy iptables rules on {len(topo.nodes)} nodes ({time.monotonic() - t:.2f}s)")
-            else:
-                dataplane.apply(st, st.felix, progress)
-                progress(f"eBPF dataplane, mode {st.mode} ({time.monotonic() - t:.2f}s)")
-            lab_state.save(lab, st)
-
-            t = time.monotonic()
-            started = [launch.start(lab, topo, pod) for pod in topo.pods]
-            for s in started:
-                st.pods[s.pod].pid = s.pid
-            lab_state.save(lab, st)
-            launch.wait_ready(lab, topo, addr_plan, started)
-            progress(f"{len(started)} apps answering ({time.monotonic() - t:.2f}s)")
-
-            st.status = "ready"
-            lab_state.save(lab, st)
-        except BaseException as exc:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish the clean-up even if signalled again
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            self.failure(f"{str(exc) or type(exc).__name__}; removing what was built")
-            cleanup.teardown(lab)
-            raise
-        finally:
-            for sig, handler in old.items():  # an API caller (bench, a test) goes on with its own handlers
-                signal.signal(sig, handler)
 
     def down(self) -> cleanup.Removed:
         """Remove the lab: processes, namespaces (with their veths and iptables), BPF pins, state; LabError if none."""
@@ -318,3 +231,95 @@ class Lab:
                 finally:
                     lab_state.save(self.name, st)
                 yield ch
+
+
+def _already_up(lab: str, topo: Topology | None, mode: str | None) -> str | None:
+    """The lab's mode if it is already up as asked, None if there is none; LabError if it exists differently or half-built."""
+    st = lab_state.load(lab)
+    leftovers = cleanup.lab_namespaces(lab) or naming.bpf_dir(lab).exists()
+    if st is None:
+        if leftovers:
+            raise LabError(f"lab {lab!r} has leftovers of an interrupted run; clean up first: {PROG} down --name {lab}")
+        return None
+    expected = {naming.netns(lab, naming.FABRIC)} | {m.netns for m in st.members.values()}
+    if st.status != "ready" or not expected <= set(list_netns()):
+        raise LabError(f"lab {lab!r} is half-built (an `up` was interrupted); clean up first: {PROG} down --name {lab}")
+    if mode is not None and mode != st.mode:
+        raise LabError(f"lab {lab!r} is already up in mode {st.mode}; switch live with `{PROG} mode {mode}` or `down` it first")
+    if topo is not None and topology_to_dict(topo) != st.topology:
+        raise LabError(f"lab {lab!r} is already up with a different topology; `{PROG} down --name {lab}` it first")
+    return st.mode
+
+
+def _bring_up(st: LabState, progress: Progress, failure: Progress) -> None:
+    """Build, program services, start apps, wait for them; on any failure remove what was made."""
+    from netns_lab import builder, dataplane
+    from netns_lab.apps import launch
+
+    lab = st.lab
+    lab_state.save(lab, st)
+    me = os.getpid()
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_term(signum: int, frame: Any) -> None:
+        if os.getpid() != me:  # a forked helper of some library: never run our roll-back twice
+            os._exit(1)
+        raise KeyboardInterrupt  # SIGTERM during `up`: roll back like Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        topo, addr_plan = st.plan()
+        for pod, ifname in builder.build(lab, topo, addr_plan, progress).items():
+            st.pods[pod].host_ifname = ifname
+        lab_state.save(lab, st)
+
+        t = time.monotonic()
+        if st.mode == "kube-proxy":
+            dataplane.kube_proxy_install(st)
+            progress(f"kube-proxy iptables rules on {len(topo.nodes)} nodes ({time.monotonic() - t:.2f}s)")
+        else:
+            dataplane.apply(st, st.felix, progress)
+            progress(f"eBPF dataplane, mode {st.mode} ({time.monotonic() - t:.2f}s)")
+        lab_state.save(lab, st)
+
+        t = time.monotonic()
+        started = [launch.start(lab, topo, pod) for pod in topo.pods]
+        for s in started:
+            st.pods[s.pod].pid = s.pid
+        lab_state.save(lab, st)
+        launch.wait_ready(lab, topo, addr_plan, started)
+        progress(f"{len(started)} apps answering ({time.monotonic() - t:.2f}s)")
+
+        st.status = "ready"
+        lab_state.save(lab, st)
+    except BaseException as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish the clean-up even if signalled again
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        failure(f"{str(exc) or type(exc).__name__}; removing what was built")
+        cleanup.teardown(lab)
+        raise
+    finally:
+        for sig, handler in old.items():  # an API caller (bench, a test) goes on with its own handlers
+            signal.signal(sig, handler)
+
+
+def status_document(st: LabState) -> dict[str, Any]:
+    """What `status -o json` shows: the state plus live checks (namespace present, app running, dataplane)."""
+    from netns_lab import dataplane
+
+    present = set(list_netns())
+    return {
+        "lab": st.lab,
+        "status": st.status,
+        "mode": st.mode,
+        "felix": st.felix.to_spec(),
+        "nodes": [{"name": k, "address": m.address, "pod_block": m.pod_block, "netns": m.netns,
+                   "present": m.netns in present} for k, m in st.nodes().items()],
+        "hosts": [{"name": k, "address": m.address, "netns": m.netns, "present": m.netns in present}
+                  for k, m in st.hosts().items()],
+        "pods": [{"name": k, "node": p.node, "app": p.app, "ip": p.ip, "host_ifname": p.host_ifname, "pid": p.pid,
+                  "running": pid_running(p.pid)} for k, p in st.pods.items()],
+        "services": st.to_dict()["services"],
+        "kubeproxy": st.to_dict()["kubeproxy"],
+        "dataplane": dataplane.status(st),
+    }

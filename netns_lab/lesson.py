@@ -10,6 +10,7 @@ in the ingress node's namespace while one curl runs from the client.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
@@ -26,6 +27,7 @@ from netns_lab import state as lab_state
 from netns_lab.apps import UPSTREAM
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
+from netns_lab.lab import Lab
 from netns_lab.state import LabState
 
 CLI = [sys.executable, "-m", "netns_lab"]
@@ -71,7 +73,6 @@ class Walk:
         self.lab = lab
         self.out = out
         self.problems: list[str] = []
-        self.t: Targets | None = None  # known once the lab is up
 
     # -- showing
 
@@ -117,11 +118,10 @@ class Walk:
             raise LabError(f"lesson step failed: {self.typed(args)}: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
 
-    @property
+    @functools.cached_property
     def targets(self) -> Targets:
-        """The lesson's targets on this lab (read after lab_setup)."""
-        assert self.t is not None, "lab_setup first"
-        return self.t
+        """The lesson's targets, read from the lab's state once it is up (after lab_setup)."""
+        return Targets.of(Lab(self.lab).state())
 
     def log_size(self) -> int:
         """Current size of the backend pod's log (lines after it are new)."""
@@ -172,21 +172,15 @@ class Walk:
         """Bring the lab up in kube-proxy mode with the default felix spec; True if this walk created it."""
         self.section("Lab setup")
         st = lab_state.load(self.lab)
-        created = st is None
         if st is None:
             self.run(["up"])
-            st = lab_state.load(self.lab)
-            if st is None:
-                raise LabError(f"lab {self.lab!r} has no state after `up`")
-        else:
-            self.say(f"Lab {self.lab!r} is up (mode {st.mode}); the lesson starts from kube-proxy mode.")
-            if st.mode != "kube-proxy":
-                self.run(["mode", "kube-proxy"])
-            if st.felix != FelixConfig(bpfEnabled=st.felix.bpfEnabled):
-                spec = FelixConfig().to_spec()
-                self.run(["patch", "felixconfiguration", "default", "--patch=" + json.dumps({"spec": spec})])
-        self.t = Targets.of(st)
-        return created
+            return True
+        self.say(f"Lab {self.lab!r} is up (mode {st.mode}); the lesson starts from kube-proxy mode.")
+        if st.mode != "kube-proxy":
+            self.run(["mode", "kube-proxy"])
+        if st.felix != FelixConfig(bpfEnabled=st.felix.bpfEnabled):
+            self.run(["patch", "felixconfiguration", "default", "--patch=" + json.dumps({"spec": FelixConfig().to_spec()})])
+        return False
 
     def kube_proxy(self) -> None:
         """NodePort without source IP preservation."""
