@@ -13,12 +13,13 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
-from .abi import CFG_F_DSR, CFG_F_ENABLED, CT_NAT_FWD, FE_F_CLUSTERIP, FE_F_NODEPORT, RT_F_LOCAL, Addr, BeKey, BeValue, FeKey, FeValue, NodeInfo, RouteInfo, RouteKey, SvcMeta, ct_rev_key_of_fwd, int2ip, ip2int, proto_num
-from .maps import MapView, NodeCfg, NodeMaps, U32
+from .abi import (CFG_F_DSR, CFG_F_ENABLED, CT_NAT_FWD, EBPF_MODES, FE_F_CLUSTERIP, FE_F_NODEPORT, RT_F_LOCAL,
+                  U32, Addr, BeKey, BeValue, FeKey, FeValue, NodeCfg, NodeInfo, RouteInfo, RouteKey, SvcMeta,
+                  ct_rev_key_of_fwd, int2ip, ip2int, proto_num)
+from .maps import MapView, NodeMaps
 
-MODES = ("tunnel", "dsr")
 
-__all__ = ["Backend", "Service", "ClusterView", "ServiceSyncer", "SyncStats", "MODES",
+__all__ = ["Backend", "Service", "ClusterView", "ServiceSyncer", "SyncStats",
            "services_from"]
 
 
@@ -75,8 +76,8 @@ class ClusterView:
 
     def validate(self, services: bool = True) -> None:
         """Raise ValueError on anything the maps cannot hold; services=False leaves them to the caller."""
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode not in EBPF_MODES:
+            raise ValueError(f"mode must be one of {', '.join(EBPF_MODES)}, not {self.mode!r}")
         for name, addr in self.nodes.items():
             # 0.0.0.0 is no address: as a node it would be a NodePort address and a tunnel peer.
             if ipaddress.IPv4Address(addr).is_unspecified:

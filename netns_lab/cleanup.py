@@ -79,8 +79,8 @@ def _all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
 
-def lab_processes(lab: str, state: dict | None = None) -> list[int]:
-    """Processes of the lab: inside one of its namespaces, recorded in its state, or its app command lines."""
+def lab_processes(lab: str, recorded: list[int] | tuple[int, ...] = ()) -> list[int]:
+    """Processes of the lab: inside one of its namespaces, `recorded` in its state, or its app command lines."""
     ids = {i for n in lab_namespaces(lab) if (i := netns_inode(str(naming.netns_path(n))))}
     me = os.getpid()
     found: set[int] = set()
@@ -89,8 +89,7 @@ def lab_processes(lab: str, state: dict | None = None) -> list[int]:
             continue
         if netns_inode(f"/proc/{pid}/ns/net") in ids or _is_lab_app(pid, lab):
             found.add(pid)
-    for pod in (state or {}).get("pods", {}).values():
-        pid = pod.get("pid")
+    for pid in recorded:
         # a recorded pid may have been reused by an unrelated process: only take it if it is ours
         if isinstance(pid, int) and pid != me and _is_lab_app(pid, lab):
             found.add(pid)
@@ -134,11 +133,7 @@ def kill(pids: list[int]) -> None:
 def teardown(lab: str) -> Removed:
     """Remove everything of `lab`; safe on a half-built or already half-removed lab."""
     out = Removed(lab)
-    try:
-        st = lab_state.load(lab)
-    except Exception:  # a corrupt state file must not block clean-up
-        st = None
-    out.pids = lab_processes(lab, st)
+    out.pids = lab_processes(lab, lab_state.recorded_pids(lab))
     kill(out.pids)
     for name in lab_namespaces(lab):
         with contextlib.suppress(FileNotFoundError):

@@ -41,19 +41,13 @@ from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
 from netns_lab.nsexec import netns_handle, netns_inode
-from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict
-from netns_lab.topology import Backend as PlanBackend
+from netns_lab.state import BackendRecord, LabState
 
 NOTRACK_COMMENT = "netns-lab: eBPF bypass mark, kube-proxy rules left in place"
 NOTRACK_RULE = [
     "PREROUTING", "-m", "comment", "--comment", NOTRACK_COMMENT,
     "-m", "mark", "--mark", f"{SKB_MARK_BYPASS:#x}/{SKB_MARK_BYPASS:#x}", "-j", "NOTRACK",
 ]
-# sysctls a mode needs beyond what the builder sets: none. DSR replies leave the backend
-# node with the ingress node's address as source, and the client's route back to that
-# address is the interface they arrive on, so even strict rp_filter accepts them.
-MODE_SYSCTLS: dict[str, dict[str, str]] = {"kube-proxy": {}, "tunnel": {}, "dsr": {}}
-
 Progress = Callable[[str], None]
 
 
@@ -64,89 +58,65 @@ def _quiet(msg: str) -> None:
 # --------------------------------------------------------------------------- reading the state
 
 
-def felix_of(st: dict[str, Any]) -> FelixConfig:
-    """The lab's FelixConfiguration "default"."""
-    return FelixConfig.from_spec(st.get("felix"))
-
-
-def nodes_of(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Node name -> member record (address, pod_block, netns), in topology order."""
-    return {k: v for k, v in st.get("members", {}).items() if v.get("kind") == "node"}
-
-
-def lab_plan(st: dict[str, Any]) -> tuple[Topology, AddressPlan]:
-    """The lab's topology and address plan as they are now (pods recreated by `delete pod` may have new addresses)."""
-    topo = topology_from_dict(st["topology"])
-    p = plan(topo)
-    pods = st.get("pods", {})
-    p.pod_ips = {name: ipaddress.IPv4Address(rec["ip"]) for name, rec in pods.items()}
-    ports = {(s["name"], sp["name"]): sp for s in st.get("services", []) for sp in s["ports"]}
-    for key in p.endpoints:
-        sp = ports.get(key)
-        if sp is not None:
-            p.endpoints[key] = [PlanBackend(b["pod"], pods[b["pod"]]["node"], b["ip"], b["port"]) for b in sp["backends"]]
-    return topo, p
-
-
-def cluster_view(st: dict[str, Any], felix: FelixConfig) -> ClusterView:
+def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
     """What the datapath must know: node addresses, pod blocks, services with their current backends, mode, opt-outs."""
-    nodes = nodes_of(st)
+    nodes = st.nodes()
     services = [
         Service(
-            name=s["name"],
-            proto=sp["protocol"].lower(),
-            cluster_ip=s["cluster_ip"],
-            port=sp["port"],
-            node_port=sp.get("node_port"),
-            backends=[Backend(b["ip"], b["port"]) for b in sp["backends"]],
+            name=s.name,
+            proto=sp.protocol.lower(),
+            cluster_ip=s.cluster_ip,
+            port=sp.port,
+            node_port=sp.node_port,
+            backends=[Backend(b.ip, b.port) for b in sp.backends],
         )
-        for s in st.get("services", [])
-        for sp in s["ports"]
+        for s in st.services
+        for sp in s.ports
     ]
     return ClusterView(
-        nodes={name: n["address"] for name, n in nodes.items()},
-        pod_blocks={n["pod_block"]: n["address"] for n in nodes.values()},
+        nodes={name: str(n.address) for name, n in nodes.items()},
+        pod_blocks={str(n.pod_block): str(n.address) for n in nodes.values()},
         services=services,
         mode="dsr" if felix.mode == "dsr" else "tunnel",
         dsr_optout=list(felix.bpfDSROptoutCIDRs),
     )
 
 
-def datapath(st: dict[str, Any], node: str, keep_state: bool = False) -> NodeDatapath:
-    """The eBPF datapath handle of one node (state lives in its pins, so this is cheap);
-    keep_state for a long-running programmer (see NodeDatapath)."""
-    n = nodes_of(st)[node]
-    return NodeDatapath(naming.pin_dir(st["lab"], node), netns_handle(n["netns"]), n["address"],
-                        naming.UPLINK, name=node, keep_state=keep_state)
+def datapath(st: LabState, node: str, keep_state: bool = False) -> NodeDatapath:
+    """The eBPF datapath handle of one node, the one place netns_lab makes one (state lives in its pins,
+    so this is cheap); keep_state for a long-running programmer (see NodeDatapath)."""
+    n = st.nodes()[node]
+    return NodeDatapath(naming.pin_dir(st.lab, node), netns_handle(n.netns), str(n.address), naming.UPLINK,
+                        name=node, keep_state=keep_state)
 
 
-def loaded_nodes(st: dict[str, Any]) -> list[str]:
+def is_loaded(st: LabState, node: str) -> bool:
+    """True when `node`'s datapath programs are pinned: the one check netns_lab makes."""
+    return NodeDatapath.is_loaded(naming.pin_dir(st.lab, node))
+
+
+def loaded_nodes(st: LabState) -> list[str]:
     """Nodes whose datapath programs are pinned."""
-    return [n for n in nodes_of(st) if NodeDatapath.is_loaded(naming.pin_dir(st["lab"], n))]
-
-
-def pod_ifnames(st: dict[str, Any], node: str) -> list[str]:
-    """Node-side veth names of the pods on `node`."""
-    return [p["host_ifname"] for p in st.get("pods", {}).values() if p["node"] == node]
+    return [n for n in st.nodes() if is_loaded(st, n)]
 
 
 # --------------------------------------------------------------------------- iptables: kube-proxy and NOTRACK
 
 
-def kube_proxy_install(st: dict[str, Any]) -> None:
+def kube_proxy_install(st: LabState) -> None:
     """Install (or resync) kube-proxy's rules on every node, for the services' current endpoints."""
-    topo, p = lab_plan(st)
-    for node, n in nodes_of(st).items():
-        kubeproxy.install(n["netns"], kubeproxy.ruleset(topo, p, node))
-    st["kubeproxy"] = {"installed": True, "nodes": list(nodes_of(st))}
+    topo, p = st.plan()
+    for node, n in st.nodes().items():
+        kubeproxy.install(n.netns, kubeproxy.ruleset(topo, p, node))
+    st.kubeproxy.installed, st.kubeproxy.nodes = True, list(st.nodes())
 
 
-def kube_proxy_remove(st: dict[str, Any]) -> None:
+def kube_proxy_remove(st: LabState) -> None:
     """Delete kube-proxy's rules (nat and filter) from every node, as Felix's cleanup does."""
-    topo, p = lab_plan(st)
-    for node, n in nodes_of(st).items():
-        kubeproxy.remove(n["netns"], kubeproxy.ruleset(topo, p, node))
-    st["kubeproxy"] = {"installed": False, "nodes": []}
+    topo, p = st.plan()
+    for node, n in st.nodes().items():
+        kubeproxy.remove(n.netns, kubeproxy.ruleset(topo, p, node))
+    st.kubeproxy.installed, st.kubeproxy.nodes = False, []
 
 
 def _iptables(ns: str, *args: str) -> subprocess.CompletedProcess:
@@ -159,10 +129,15 @@ def has_notrack(ns: str) -> bool:
     return _iptables(ns, "-t", "raw", "-C", *NOTRACK_RULE).returncode == 0
 
 
-def set_notrack(st: dict[str, Any], on: bool) -> None:
+def any_notrack(st: LabState) -> bool:
+    """True when some node has the NOTRACK rule."""
+    return any(has_notrack(n.netns) for n in st.nodes().values())
+
+
+def set_notrack(st: LabState, on: bool) -> None:
     """Add or remove the NOTRACK rule for the bypass mark on every node (idempotent)."""
-    for n in nodes_of(st).values():
-        ns = n["netns"]
+    for n in st.nodes().values():
+        ns = n.netns
         if on and not has_notrack(ns):
             proc = _iptables(ns, "-t", "raw", "-A", *NOTRACK_RULE)
             if proc.returncode != 0:
@@ -190,14 +165,14 @@ class Change:
         return bool(self.lines)
 
 
-def apply(st: dict[str, Any], felix: FelixConfig, progress: Progress = _quiet) -> Change:
+def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet) -> Change:
     """Move the lab described by `st` to the mode and settings `felix` selects; updates `st` (the caller saves it).
 
     On a failure while loading the datapath, what this call loaded is unloaded again and the
     lab keeps running as before (LabError).
     """
     t0 = time.monotonic()
-    old_mode = st.get("mode", "kube-proxy")
+    old_mode = st.mode
     ch = Change(old_mode, felix.mode)
 
     def say(msg: str) -> None:
@@ -208,39 +183,37 @@ def apply(st: dict[str, Any], felix: FelixConfig, progress: Progress = _quiet) -
         _to_ebpf(st, felix, ch, say)
     else:
         _to_kube_proxy(st, ch, say)
-    st["felix"] = felix.to_spec()
-    st["mode"] = felix.mode
-    dp = st.setdefault("dataplane", {})
-    dp["sysctls"] = dict(MODE_SYSCTLS[felix.mode])
-    dp["loaded"] = loaded_nodes(st)
-    dp["notrack"] = felix.mode in EBPF_MODES and not felix.bpfKubeProxyIptablesCleanupEnabled
+    st.felix = felix
+    dp = st.dataplane
+    dp.loaded = loaded_nodes(st)
+    dp.notrack = felix.mode in EBPF_MODES and not felix.bpfKubeProxyIptablesCleanupEnabled
     if ch.load_s:
-        dp["load_s"] = ch.load_s
+        dp.load_s = ch.load_s
     ch.total_s = time.monotonic() - t0
     if ch.changed:
-        dp["last_switch"] = {"from": old_mode, "to": felix.mode, "seconds": round(ch.total_s, 3)}
+        dp.last_switch = {"from": old_mode, "to": felix.mode, "seconds": round(ch.total_s, 3)}
     return ch
 
 
-def apply_mode(st: dict[str, Any], mode: str, progress: Progress = _quiet) -> Change:
+def apply_mode(st: LabState, mode: str, progress: Progress = _quiet) -> Change:
     """Move the lab to `mode` (the short form of a felix patch); what `up --mode` and `mode` call."""
     try:
-        felix = felix_model.for_mode(felix_of(st), mode)
+        felix = felix_model.for_mode(st.felix, mode)
     except felix_model.FelixConfigError as exc:
         raise LabError(str(exc)) from None
     return apply(st, felix, progress)
 
 
-def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) -> None:
+def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> None:
     """Load/attach/program the datapath on every node, then settle kube-proxy's rules as the cleanup flag says."""
     keep_kube_proxy = not felix.bpfKubeProxyIptablesCleanupEnabled
     view = cluster_view(st, felix)
-    nodes = list(nodes_of(st))
-    fresh = [n for n in nodes if not NodeDatapath.is_loaded(naming.pin_dir(st["lab"], n))]
-    kp_installed = bool(st.get("kubeproxy", {}).get("installed"))
+    nodes = list(st.nodes())
+    fresh = [n for n in nodes if not is_loaded(st, n)]
+    kp_installed = st.kubeproxy.installed
 
     notrack_added = False
-    if keep_kube_proxy and not all(has_notrack(n["netns"]) for n in nodes_of(st).values()):
+    if keep_kube_proxy and not all(has_notrack(n.netns) for n in st.nodes().values()):
         set_notrack(st, True)  # before BPF hands anything to the kernel
         notrack_added = True
         say(f"raw-table NOTRACK for the BPF bypass mark {SKB_MARK_BYPASS:#010x} on {len(nodes)} nodes "
@@ -261,7 +234,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
             stats = dp.sync(view)
             if node in fresh:
                 tc.attach(dp.netns, dp.host_ifname, tc.INGRESS, dp.prog_path("from_hep"), "from_hep")
-                for ifname in pod_ifnames(st, node):
+                for ifname in st.pod_ifnames(node):
                     dp.attach_workload(ifname)
             elif stats.changed:
                 synced[node] = _stats_text(stats)
@@ -280,7 +253,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
         for node in fresh:
             datapath(st, node).set_flags(enabled=True)
         say(f"eBPF datapath on: from_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
-            f"{sum(len(pod_ifnames(st, n)) for n in fresh)} pod veths")
+            f"{sum(len(st.pod_ifnames(n)) for n in fresh)} pod veths")
     if ch.old_mode != felix.mode and ch.old_mode in EBPF_MODES:
         say(f"bpfExternalServiceMode {'DSR' if felix.mode == 'dsr' else 'Tunnel'}: new connections use "
             f"{felix.mode}; open ones keep the mode they started with")
@@ -292,7 +265,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
     elif not keep_kube_proxy and kp_installed:
         kube_proxy_remove(st)
         say("kube-proxy rules removed from every node (bpfKubeProxyIptablesCleanupEnabled true)")
-    if not keep_kube_proxy and any(has_notrack(n["netns"]) for n in nodes_of(st).values()):
+    if not keep_kube_proxy and any_notrack(st):
         set_notrack(st, False)
         say("NOTRACK rule for the bypass mark removed (no kube-proxy rules left to bypass)")
 
@@ -313,14 +286,14 @@ def _load_lines(results: dict[str, LoadResult], wall_s: float) -> list[str]:
     return lines
 
 
-def _to_kube_proxy(st: dict[str, Any], ch: Change, say: Progress) -> None:
+def _to_kube_proxy(st: LabState, ch: Change, say: Progress) -> None:
     """kube-proxy's rules first, then the datapath off and unloaded, then the NOTRACK rule gone."""
     loaded = loaded_nodes(st)
-    if not st.get("kubeproxy", {}).get("installed"):
+    if not st.kubeproxy.installed:
         if loaded:
             set_notrack(st, True)  # until BPF is off, its flows must not meet kube-proxy's INVALID drop
         kube_proxy_install(st)
-        say(f"kube-proxy rules installed on {len(nodes_of(st))} nodes")
+        say(f"kube-proxy rules installed on {len(st.nodes())} nodes")
     for node in loaded:
         with contextlib.suppress(OSError):
             datapath(st, node).set_flags(enabled=False)
@@ -328,7 +301,7 @@ def _to_kube_proxy(st: dict[str, Any], ch: Change, say: Progress) -> None:
         datapath(st, node).unload(prune_up_to=naming.BPF_ROOT)
     if loaded:
         say(f"eBPF datapath detached and unloaded on {', '.join(loaded)}")
-    if any(has_notrack(n["netns"]) for n in nodes_of(st).values()):
+    if any_notrack(st):
         set_notrack(st, False)
         say("NOTRACK rule for the bypass mark removed")
 
@@ -345,13 +318,13 @@ def _stats_text(stats: Any) -> str:
     return ", ".join(parts) or "no change"
 
 
-def reprogram(st: dict[str, Any]) -> None:
+def reprogram(st: LabState) -> None:
     """Program the services' current endpoints into whatever dataplane runs (kube-proxy rules, BPF maps, or both)."""
-    if st.get("kubeproxy", {}).get("installed"):
+    if st.kubeproxy.installed:
         kube_proxy_install(st)
     loaded = loaded_nodes(st)
     if loaded:
-        view = cluster_view(st, felix_of(st))
+        view = cluster_view(st, st.felix)
         for node in loaded:
             datapath(st, node).sync(view)
 
@@ -364,102 +337,92 @@ class PodChange:
     """What delete_pod() did."""
 
     pod: str
+    node: str
     old_ip: str
     new_ip: str
     pid: int
     seconds: float
 
 
-def _pod_processes(st: dict[str, Any], name: str) -> list[int]:
+def _pod_processes(st: LabState, name: str) -> list[int]:
     """Processes living in a pod's namespace, plus its recorded app pid."""
-    rec = st["pods"][name]
-    ino = netns_inode(str(naming.netns_path(rec["netns"])))
+    rec = st.pods[name]
+    ino = netns_inode(str(naming.netns_path(rec.netns)))
     pids = set()
     if ino:
         for d in os.listdir("/proc"):
             if d.isdigit() and netns_inode(f"/proc/{d}/ns/net") == ino and int(d) != os.getpid():
                 pids.add(int(d))
-    pid = rec.get("pid")
-    if isinstance(pid, int) and pid in cleanup.lab_processes(st["lab"], st):
-        pids.add(pid)
+    if rec.pid is not None and rec.pid in cleanup.lab_processes(st.lab, [rec.pid]):
+        pids.add(rec.pid)
     return sorted(pids)
 
 
-def _next_ip(st: dict[str, Any], node: str, avoid: str) -> str:
+def _next_ip(st: LabState, node: str, avoid: str) -> str:
     """The lowest free address of the node's pod block, not `avoid` (the deleted pod's): a recreated pod gets a new one."""
-    block = ipaddress.IPv4Network(nodes_of(st)[node]["pod_block"])
-    used = {p["ip"] for p in st["pods"].values()} | {avoid}
+    block = ipaddress.IPv4Network(st.nodes()[node].pod_block)
+    used = {p.ip for p in st.pods.values()} | {avoid}
     for ip in block.hosts():
         if str(ip) not in used:
             return str(ip)
     raise LabError(f"node {node}'s pod block {block} is full")
 
 
-def delete_pod(st: dict[str, Any], name: str, progress: Progress = _quiet) -> PodChange:
+def delete_pod(st: LabState, name: str, progress: Progress = _quiet) -> PodChange:
     """`kubectl delete pod`: take the pod out of its services, kill it, rebuild it (new address), restart its app, put it back."""
     from netns_lab.apps import launch
 
     t0 = time.monotonic()
-    if name not in st.get("pods", {}):
-        raise LabError(f"unknown pod {name!r} of lab {st['lab']!r} (pods: {', '.join(st.get('pods', {}))})")
-    lab = st["lab"]
-    rec = st["pods"][name]
-    old_ip = rec["ip"]
+    if name not in st.pods:
+        raise LabError(f"unknown pod {name!r} of lab {st.lab!r} (pods: {', '.join(st.pods)})")
+    lab = st.lab
+    rec = st.pods[name]
+    old_ip = rec.ip
     memberships = []
-    for s in st.get("services", []):
-        for sp in s["ports"]:
-            for b in sp["backends"]:
-                if b["pod"] == name:
-                    memberships.append((sp, b["port"]))
-            sp["backends"] = [b for b in sp["backends"] if b["pod"] != name]
+    for s in st.services:
+        for sp in s.ports:
+            memberships += [(sp, b.port) for b in sp.backends if b.pod == name]
+            sp.backends = [b for b in sp.backends if b.pod != name]
     reprogram(st)  # endpoints first, as Kubernetes does for a terminating pod
     progress(f"pod {name} removed from {len(memberships)} service ports")
-    topo, _ = lab_plan(st)
+    topo = st.spec()
     pod = topo.pod(name)
     cleanup.kill(_pod_processes(st, name))
     builder.remove_pod(lab, pod)
     progress(f"pod {name} ({old_ip}) deleted: app stopped, namespace and veth removed")
 
     new_ip = _next_ip(st, pod.node, old_ip)
-    rec["ip"] = new_ip
-    rec["pid"] = None
-    ifname = builder.recreate_pod(lab, topo, lab_plan(st)[1], pod, new_ip)
-    rec["host_ifname"] = ifname
-    if NodeDatapath.is_loaded(naming.pin_dir(lab, pod.node)):
-        datapath(st, pod.node).attach_workload(ifname)  # before the app's first call to a ClusterIP
+    rec.ip, rec.pid = new_ip, None
+    rec.host_ifname = builder.recreate_pod(lab, topo, st.plan()[1], pod, new_ip)
+    if is_loaded(st, pod.node):
+        datapath(st, pod.node).attach_workload(rec.host_ifname)  # before the app's first call to a ClusterIP
     started = launch.start(lab, topo, pod)
-    rec["pid"] = started.pid
-    launch.wait_ready(lab, topo, lab_plan(st)[1], [started])
+    rec.pid = started.pid
+    launch.wait_ready(lab, topo, st.plan()[1], [started])
     for sp, port in memberships:
-        sp["backends"].append({"pod": name, "ip": new_ip, "port": port})
-        sp["backends"].sort(key=lambda b: int(ipaddress.IPv4Address(b["ip"])))
+        sp.backends.append(BackendRecord(name, new_ip, port))
+        sp.backends.sort(key=lambda b: int(ipaddress.IPv4Address(b.ip)))
     reprogram(st)
     progress(f"pod {name} recreated on {pod.node} with address {new_ip}, app answering, backends re-programmed")
-    return PodChange(name, old_ip, new_ip, started.pid, time.monotonic() - t0)
+    return PodChange(name, pod.node, old_ip, new_ip, started.pid, time.monotonic() - t0)
 
 
 # --------------------------------------------------------------------------- status
 
 
-def status(st: dict[str, Any]) -> dict[str, Any]:
-    """Per node: datapath loaded, our programs attached (interface, hook, program), kube-proxy rules, NOTRACK; sysctls."""
+def status(st: LabState) -> dict[str, Any]:
+    """Per node: datapath loaded, our programs attached (interface, hook, program), kube-proxy rules, NOTRACK."""
     nodes = {}
-    for node, n in nodes_of(st).items():
-        ns = n["netns"]
-        doc: dict[str, Any] = {"datapath_loaded": NodeDatapath.is_loaded(naming.pin_dir(st["lab"], node)), "programs": []}
+    for node, n in st.nodes().items():
+        doc: dict[str, Any] = {"datapath_loaded": is_loaded(st, node), "programs": []}
         try:
-            if doc["datapath_loaded"] or st.get("mode") in EBPF_MODES:
+            if doc["datapath_loaded"] or st.mode in EBPF_MODES:
                 doc["programs"] = [
                     {"interface": f.ifname, "hook": f.direction, "program": f.name} for f in datapath(st, node).attached()
                 ]
-            doc["kube_proxy_rules"] = kubeproxy.present(ns)
-            doc["notrack"] = has_notrack(ns)
+            doc["kube_proxy_rules"] = kubeproxy.present(n.netns)
+            doc["notrack"] = has_notrack(n.netns)
         except (OSError, LabError, tc.TcError) as exc:
             doc["error"] = str(exc)
         nodes[node] = doc
-    return {
-        "nodes": nodes,
-        "sysctls": (st.get("dataplane") or {}).get("sysctls", {}),
-        "load_s": (st.get("dataplane") or {}).get("load_s", {}),
-        "last_switch": (st.get("dataplane") or {}).get("last_switch"),
-    }
+    return {"nodes": nodes, "load_s": st.dataplane.load_s, "last_switch": st.dataplane.last_switch}

@@ -1,17 +1,22 @@
 """`netns-lab lesson`: the lesson's steps on a lab, each shown as the command a user would type and what it shows.
 
 Every step runs the real CLI in a subprocess (what a user sees is what is printed), so the
-walk holds no lock itself. The tcpdump of the DSR section is netns_lab/capture.py in
-control's namespace while one curl runs from host1.
+walk holds no lock itself. Its targets come from the lab's state (Targets), so a lab built
+from another topology is walked with its own names and addresses: the client is the first
+host, the NodePort the first TCP one on the first node (the ingress node), the pod whose log
+is read that service's first backend. The tcpdump of the DSR section is netns_lab/capture.py
+in the ingress node's namespace while one curl runs from the client.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -19,15 +24,46 @@ from rich.markup import escape
 
 from netns_lab import capture, naming
 from netns_lab import state as lab_state
+from netns_lab.apps import UPSTREAM
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
+from netns_lab.lab import Lab
+from netns_lab.state import LabState
 
 CLI = [sys.executable, "-m", "netns_lab"]
-CLIENT = "198.19.15.254"
-INGRESS = "198.19.0.1"
-NODEPORT = 30180
-URL = f"{INGRESS}:{NODEPORT}"
 PAGE_LINES = 6
+
+
+@dataclass
+class Targets:
+    """Who curls what in the lesson, read from the lab's state."""
+
+    host: str  # the client host (host1 in yaobank)
+    client: str  # its address
+    ingress: str  # the node whose NodePort is curled (control)
+    ingress_ip: str
+    node_port: int
+    pod: str  # the backend pod whose access log shows the source (customer)
+    backend_node: str  # the node hosting it (node1)
+    restart_apps: list[str]  # apps whose pods call services, restarted after enabling eBPF (customer, summary)
+
+    @property
+    def url(self) -> str:
+        """What the client curls."""
+        return f"{self.ingress_ip}:{self.node_port}"
+
+    @classmethod
+    def of(cls, st: LabState) -> Targets:
+        """The lesson's targets on this lab; LabError if it has no host, node or TCP NodePort with a backend."""
+        t = st.nodeport_target()
+        if not t.backends:
+            raise LabError(f"lab {st.lab!r}: service {t.service} has no backend for the lesson to reach")
+        pod = t.backends[0].pod
+        apps, app = [], st.pods[pod].app
+        while app is not None and UPSTREAM.get(app) is not None and app not in apps:
+            apps.append(app)
+            app = UPSTREAM[app]
+        return cls(t.host, t.client, t.ingress, t.frontend_ip, t.node_port, pod, st.pods[pod].node, apps)
 
 
 class Walk:
@@ -82,44 +118,51 @@ class Walk:
             raise LabError(f"lesson step failed: {self.typed(args)}: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
 
+    @functools.cached_property
+    def targets(self) -> Targets:
+        """The lesson's targets, read from the lab's state once it is up (after lab_setup)."""
+        return Targets.of(Lab(self.lab).state())
+
     def log_size(self) -> int:
-        """Current size of the customer pod's log (lines after it are new)."""
+        """Current size of the backend pod's log (lines after it are new)."""
         try:
-            return naming.log_path(self.lab, "customer").stat().st_size
+            return naming.log_path(self.lab, self.targets.pod).stat().st_size
         except FileNotFoundError:
             return 0
 
     def new_log_lines(self, since: int) -> list[str]:
-        """Access-log lines the customer pod wrote since offset `since`."""
-        path: Path = naming.log_path(self.lab, "customer")
+        """Access-log lines the backend pod wrote since offset `since`."""
+        path: Path = naming.log_path(self.lab, self.targets.pod)
         with open(path, errors="replace") as f:
             f.seek(since)
             return [line.rstrip("\n") for line in f if " - - [" in line]
 
     def curl_and_log(self, expect: str) -> None:
         """The lesson's pair: `logs --follow` in one shell, curl in the other; checks the source the pod saw."""
+        t = self.targets
         since = self.log_size()
-        self.prompt(["logs", "customer", "--follow"], "in a second shell; the lines it prints are shown below")
-        self.run(["exec", "host1", "--", "curl", URL], limit=PAGE_LINES)
+        self.prompt(["logs", t.pod, "--follow"], "in a second shell; the lines it prints are shown below")
+        self.run(["exec", t.host, "--", "curl", t.url], limit=PAGE_LINES)
         lines = self.new_log_lines(since)
         for _ in range(40):  # the app logs right after replying
             if lines:
                 break
             time.sleep(0.05)
             lines = self.new_log_lines(since)
-        self.say("The customer pod's log (netns-lab logs customer --follow) shows:")
+        self.say(f"The {t.pod} pod's log (netns-lab logs {t.pod} --follow) shows:")
         self.show(lines)
         seen = {line.split(" ", 1)[0] for line in lines}
         if seen != {expect}:
-            self.problems.append(f"the customer pod logged {', '.join(sorted(seen)) or 'nothing'}, expected {expect}")
+            self.problems.append(f"the {t.pod} pod logged {', '.join(sorted(seen)) or 'nothing'}, expected {expect}")
 
     def snoop(self) -> capture.Capture:
-        """tcpdump on control for one curl from host1; shows the lines and returns the capture."""
-        ns = naming.netns(self.lab, "control")
-        self.prompt(["exec", "control", "--", "tcpdump", "-ni", "any", f"tcp port {NODEPORT}"], "in a shell on control")
-        with capture.tcpdump(ns, f"tcp port {NODEPORT}") as cap:
-            self.run(["exec", "host1", "--", "curl", "-s", URL], quiet=True, note="page as before")
-        self.say("tcpdump on control prints:")
+        """tcpdump on the ingress node for one curl from the client; shows the lines and returns the capture."""
+        t = self.targets
+        ns = naming.netns(self.lab, t.ingress)
+        self.prompt(["exec", t.ingress, "--", "tcpdump", "-ni", "any", f"tcp port {t.node_port}"], f"in a shell on {t.ingress}")
+        with capture.tcpdump(ns, f"tcp port {t.node_port}") as cap:
+            self.run(["exec", t.host, "--", "curl", "-s", t.url], quiet=True, note="page as before")
+        self.say(f"tcpdump on {t.ingress} prints:")
         self.show(cap.lines)
         return cap
 
@@ -132,21 +175,21 @@ class Walk:
         if st is None:
             self.run(["up"])
             return True
-        self.say(f"Lab {self.lab!r} is up (mode {st.get('mode')}); the lesson starts from kube-proxy mode.")
-        if st.get("mode") != "kube-proxy":
+        self.say(f"Lab {self.lab!r} is up (mode {st.mode}); the lesson starts from kube-proxy mode.")
+        if st.mode != "kube-proxy":
             self.run(["mode", "kube-proxy"])
-        spec = FelixConfig(bpfEnabled=False).to_spec()
-        if {k: v for k, v in (st.get("felix") or {}).items() if k != "bpfEnabled"} != {k: v for k, v in spec.items() if k != "bpfEnabled"}:
-            self.run(["patch", "felixconfiguration", "default", "--patch=" + json.dumps({"spec": spec})])
+        if st.felix != FelixConfig(bpfEnabled=st.felix.bpfEnabled):
+            self.run(["patch", "felixconfiguration", "default", "--patch=" + json.dumps({"spec": FelixConfig().to_spec()})])
         return False
 
     def kube_proxy(self) -> None:
         """NodePort without source IP preservation."""
         self.section("NodePort without source IP preservation")
-        self.say("kube-proxy DNATs the node port to the customer pod and SNATs to the ingress node, "
+        self.say(f"kube-proxy DNATs the node port to the {self.targets.pod} pod and SNATs to the ingress node, "
                  "so the reply comes back through it.")
-        self.curl_and_log(INGRESS)
-        self.say(f"The pod sees {INGRESS}, the control node we went through, not host1 ({CLIENT}).")
+        t = self.targets
+        self.curl_and_log(t.ingress_ip)
+        self.say(f"The pod sees {t.ingress_ip}, the {t.ingress} node we went through, not {t.host} ({t.client}).")
 
     def enable_ebpf(self) -> None:
         """Enable Calico eBPF: keep kube-proxy's rules, switch bpfEnabled on, restart the pods."""
@@ -156,20 +199,23 @@ class Walk:
                   '--patch={"spec": {"bpfKubeProxyIptablesCleanupEnabled": false}}'])
         self.say("Switch on eBPF mode (compiles and loads the datapath on every node):")
         self.run(["patch", "felixconfiguration", "default", '--patch={"spec": {"bpfEnabled": true}}'])
-        self.say("Enabling eBPF mode can disrupt existing connections: restart the customer and summary pods.")
-        self.run(["delete", "pod", "-l", "app=customer"])
-        self.run(["delete", "pod", "-l", "app=summary"])
+        apps = self.targets.restart_apps
+        self.say(f"Enabling eBPF mode can disrupt existing connections: restart the {' and '.join(apps)} pods.")
+        for app in apps:
+            self.run(["delete", "pod", "-l", f"app={app}"])
 
     def source_ip(self) -> None:
         """Source IP preservation."""
         self.section("Source IP preservation")
-        self.curl_and_log(CLIENT)
-        self.say(f"The pod sees {CLIENT}: host1, the real client. The source IP is preserved end to end.")
+        t = self.targets
+        self.curl_and_log(t.client)
+        self.say(f"The pod sees {t.client}: {t.host}, the real client. The source IP is preserved end to end.")
 
     def dsr(self) -> None:
-        """DSR: tcpdump on control shows both directions in Tunnel mode, the request direction only in DSR mode."""
+        """DSR: tcpdump on the ingress node shows both directions in Tunnel mode, the request direction only in DSR mode."""
         self.section("Direct Server Return (DSR)")
-        self.say("Snoop the node port's traffic on the control node while host1 fetches the page (Tunnel mode):")
+        t = self.targets
+        self.say(f"Snoop the node port's traffic on the {t.ingress} node while {t.host} fetches the page (Tunnel mode):")
         cap = self.snoop()
         self._judge(cap, both=True)
         self.say("Switch on DSR:")
@@ -179,17 +225,18 @@ class Walk:
 
     def _judge(self, cap: capture.Capture, both: bool) -> None:
         """Say which directions the capture shows; record a problem if it is not what the mode should show."""
-        to_np = [p for p in cap.between(CLIENT, INGRESS) if p.dport == NODEPORT]
-        from_np = [p for p in cap.between(INGRESS, CLIENT) if p.sport == NODEPORT]
-        self.say(f"host1 -> node port: {len(to_np)} packets; node port -> host1: {len(from_np)} packets.")
+        t = self.targets
+        to_np = [p for p in cap.between(t.client, t.ingress_ip) if p.dport == t.node_port]
+        from_np = [p for p in cap.between(t.ingress_ip, t.client) if p.sport == t.node_port]
+        self.say(f"{t.host} -> node port: {len(to_np)} packets; node port -> {t.host}: {len(from_np)} packets.")
         if both:
-            self.say("Traffic flows via the node port in both directions: node1 tunnels the replies back to control.")
+            self.say(f"Traffic flows via the node port in both directions: {t.backend_node} tunnels the replies back to {t.ingress}.")
             ok = bool(to_np and from_np)
         else:
-            self.say("Only one direction: node1, which hosts the customer pod, replies straight to host1.")
+            self.say(f"Only one direction: {t.backend_node}, which hosts the {t.pod} pod, replies straight to {t.host}.")
             ok = bool(to_np) and not from_np
         if not ok:
-            self.problems.append(f"tcpdump on control: {len(to_np)} packets to the node port, {len(from_np)} back "
+            self.problems.append(f"tcpdump on {t.ingress}: {len(to_np)} packets to the node port, {len(from_np)} back "
                                  f"({'both directions' if both else 'one direction'} expected)")
 
 

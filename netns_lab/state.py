@@ -1,45 +1,308 @@
-"""Lab state on disk: /run/netns-lab/<lab>/state.json (atomic writes) and a flock so CLI calls don't interleave.
+"""Lab state on disk: a typed, versioned document in /run/netns-lab/<lab>/state.json, and the per-lab flock.
 
-The state is a plain JSON document so later work (the eBPF dataplane, `mode`, `patch`) can
-add keys without a schema change here. Keys written by this module:
+`LabState` is what every layer reads (nodes, hosts, pods, services, FelixConfiguration,
+kube-proxy and dataplane records); load() and save() are the only places that touch the
+JSON. The mode is not stored: it follows from the felix spec (FelixConfig.mode). On disk
+the document stays plain, readable JSON:
 
-    version, lab, status ("building" | "ready"), created, updated, mode,
+    version, lab, status ("building" | "ready"), created, updated,
     topology (YAML-shaped dict), members {name: {kind, netns, address?, pod_block?, node?}},
     pods {name: {node, app, ip, netns, host_ifname, pid, log}},
     services [{name, cluster_ip, ports: [{name, protocol, port, target_port, node_port, backends}]}],
-    felix {bpfEnabled, bpfExternalServiceMode, bpfKubeProxyIptablesCleanupEnabled, bpfDSROptoutCIDRs}
-        (FelixConfiguration "default"'s spec; netns_lab/felix.py is its model),
-    kubeproxy {installed, nodes}, dataplane {...} (written by netns_lab/dataplane.py)
+    felix {bpfEnabled, ...} (FelixConfiguration "default"'s spec; netns_lab/felix.py is its model),
+    kubeproxy {installed, nodes}, dataplane {loaded, notrack, load_s?, last_switch?}
+
+Version 1 (until the typed state) also stored `mode` and `dataplane.sysctls`; such a file is
+read and converted. A newer version is refused with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import ipaddress
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from netns_lab import felix, naming
 from netns_lab.errors import LabError
+from netns_lab.felix import FelixConfig, FelixConfigError
+from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict, topology_to_dict
+from netns_lab.topology import Backend as PlanBackend
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODES = felix.MODES
+EBPF_MODES = felix.EBPF_MODES
 
 
-def felix_for_mode(mode: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The felix spec dict for a mode, other fields of `base` kept (felix.py is the model; this is its dict form)."""
-    return felix.for_mode(felix.FelixConfig.from_spec(base), mode).to_spec()
+@dataclass
+class Member:
+    """A namespace of the lab: a node, host or pod."""
+
+    kind: str  # node | host | pod
+    netns: str
+    address: str | None = None  # nodes and hosts: the fabric address
+    pod_block: str | None = None  # nodes
+    node: str | None = None  # pods
 
 
-def load(lab: str, path: Path | None = None) -> dict[str, Any] | None:
-    """The lab's state, or None when it has none; LabError if the file is unreadable."""
-    p = path or naming.state_path(lab)
+@dataclass
+class PodRecord:
+    """A pod as it runs now (a recreated pod has a new address and pid)."""
+
+    node: str
+    app: str
+    ip: str
+    netns: str
+    host_ifname: str
+    pid: int | None
+    log: str
+
+
+@dataclass
+class BackendRecord:
+    """One endpoint of a service port."""
+
+    pod: str
+    ip: str
+    port: int
+
+
+@dataclass
+class ServicePortRecord:
+    """One port of a service with its current endpoints."""
+
+    name: str
+    protocol: str
+    port: int
+    target_port: int
+    node_port: int | None
+    backends: list[BackendRecord] = field(default_factory=list)
+
+
+@dataclass
+class ServiceRecord:
+    """A service (namespace/name) and its ports."""
+
+    name: str
+    cluster_ip: str
+    ports: list[ServicePortRecord] = field(default_factory=list)
+
+
+@dataclass
+class KubeProxyRecord:
+    """Whether kube-proxy's rules are installed, and on which nodes."""
+
+    installed: bool = False
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataplaneRecord:
+    """What the last dataplane change left: nodes with the datapath loaded, NOTRACK, load and switch times."""
+
+    loaded: list[str] = field(default_factory=list)
+    notrack: bool = False
+    load_s: dict[str, float] = field(default_factory=dict)
+    last_switch: dict[str, Any] | None = None
+
+
+@dataclass
+class NodePortTarget:
+    """The lesson's curl: a client host to a TCP NodePort on the first node, and that service's backends."""
+
+    host: str
+    client: str
+    ingress: str
+    frontend_ip: str
+    node_port: int
+    service: str
+    backends: list[BackendRecord]
+
+    @property
+    def url(self) -> str:
+        """ingress:nodeport, what the client curls."""
+        return f"{self.frontend_ip}:{self.node_port}"
+
+
+@dataclass
+class LabState:
+    """A lab's recorded state; methods answer the questions every layer asks of it."""
+
+    lab: str
+    topology: dict[str, Any]
+    members: dict[str, Member]
+    pods: dict[str, PodRecord]
+    services: list[ServiceRecord]
+    felix: FelixConfig = field(default_factory=FelixConfig)
+    status: str = "building"
+    created: str = ""
+    updated: str = ""
+    kubeproxy: KubeProxyRecord = field(default_factory=KubeProxyRecord)
+    dataplane: DataplaneRecord = field(default_factory=DataplaneRecord)
+    version: int = STATE_VERSION
+
+    # -- building
+
+    @classmethod
+    def new(cls, lab: str, topo: Topology, addr_plan: AddressPlan, mode: str) -> LabState:
+        """The state of a lab about to be built (status "building")."""
+        members: dict[str, Member] = {}
+        for n in topo.nodes:
+            members[n.name] = Member("node", naming.netns(lab, n.name), n.address, str(addr_plan.node_blocks[n.name]))
+        for h in topo.hosts:
+            members[h.name] = Member("host", naming.netns(lab, h.name), h.address)
+        pods: dict[str, PodRecord] = {}
+        for p in topo.pods:
+            members[p.name] = Member("pod", naming.netns(lab, p.name), node=p.node)
+            pods[p.name] = PodRecord(p.node, p.app, str(addr_plan.pod_ips[p.name]), naming.netns(lab, p.name),
+                                     naming.cali_ifname(lab, p.name), None, str(naming.log_path(lab, p.name)))
+        services = [
+            ServiceRecord(s.full_name, s.cluster_ip, [
+                ServicePortRecord(sp.name, sp.protocol, sp.port, sp.target, sp.node_port,
+                                  [BackendRecord(b.pod, b.ip, b.port) for b in addr_plan.backends(s, sp)])
+                for sp in s.ports
+            ])
+            for s in topo.services
+        ]
+        return cls(lab, topology_to_dict(topo), members, pods, services,
+                   felix=felix.for_mode(FelixConfig(), mode), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    # -- reading
+
+    @property
+    def mode(self) -> str:
+        """kube-proxy, tunnel or dsr: what the felix spec selects."""
+        return self.felix.mode
+
+    def _of_kind(self, kind: str) -> dict[str, Member]:
+        return {k: m for k, m in self.members.items() if m.kind == kind}
+
+    def nodes(self) -> dict[str, Member]:
+        """Node name -> member record, in topology order."""
+        return self._of_kind("node")
+
+    def hosts(self) -> dict[str, Member]:
+        """Host name -> member record, in topology order."""
+        return self._of_kind("host")
+
+    def addresses(self) -> dict[str, str]:
+        """Fabric address -> node or host name (labels tunnel peers and clients)."""
+        return {m.address: k for k, m in self.members.items() if m.kind in ("node", "host") and m.address}
+
+    def namespaces(self) -> dict[str, str]:
+        """Member name -> namespace, the fabric included: what `exec` can enter."""
+        return {**{k: m.netns for k, m in self.members.items()}, naming.FABRIC: naming.netns(self.lab, naming.FABRIC)}
+
+    def pod_ifnames(self, node: str) -> list[str]:
+        """Node-side veth names of the pods on `node`."""
+        return [p.host_ifname for p in self.pods.values() if p.node == node]
+
+    def spec(self) -> Topology:
+        """The topology the lab was built from (pods at their original addresses)."""
+        return topology_from_dict(self.topology)
+
+    def plan(self) -> tuple[Topology, AddressPlan]:
+        """The topology and the address plan as they are now: recreated pods at their new addresses."""
+        topo = self.spec()
+        p = plan(topo)
+        p.pod_ips = {name: ipaddress.IPv4Address(rec.ip) for name, rec in self.pods.items()}
+        ports = {(s.name, sp.name): sp for s in self.services for sp in s.ports}
+        for key in p.endpoints:
+            sp = ports.get(key)
+            if sp is not None:
+                p.endpoints[key] = [PlanBackend(b.pod, self.pods[b.pod].node, b.ip, b.port) for b in sp.backends]
+        return topo, p
+
+    def pod_of(self, ip: str) -> str | None:
+        """The pod that has address `ip` now."""
+        return next((name for name, p in self.pods.items() if p.ip == ip), None)
+
+    def select_pods(self, names: tuple[str, ...], selector: str | None) -> list[str]:
+        """Pod names from arguments and/or a label selector (k=v[,k=v]); LabError for unknown pods or a bad selector."""
+        chosen = list(names)
+        for n in names:
+            if n not in self.pods:
+                raise LabError(f"unknown pod {n!r} of lab {self.lab!r} (pods: {', '.join(self.pods)})")
+        if selector:
+            want = {}
+            for part in selector.split(","):
+                key, eq, value = part.partition("=")
+                if not eq or not key or not value:
+                    raise LabError(f"bad selector {selector!r}: use key=value[,key=value], e.g. app=summary")
+                want[key.strip()] = value.strip()
+            matched = [p.name for p in self.spec().pods if want.items() <= p.all_labels().items()]
+            if not matched:
+                raise LabError(f"no pod of lab {self.lab!r} matches {selector!r}")
+            chosen += [m for m in matched if m not in chosen]
+        return chosen
+
+    def nodeport_target(self) -> NodePortTarget:
+        """The lesson's curl: the first host to the first TCP NodePort, on the first node not hosting that
+        service's first backend (so the tunnel and DSR are seen); LabError if there is none."""
+        hosts, nodes = self.hosts(), self.nodes()
+        if not hosts or not nodes:
+            raise LabError(f"lab {self.lab!r} has no host or no node to walk a curl through")
+        host, h = next(iter(hosts.items()))
+        for s in self.services:
+            for sp in s.ports:
+                if sp.node_port and sp.protocol.upper() == "TCP":
+                    local = {self.pods[b.pod].node for b in sp.backends[:1] if b.pod in self.pods}
+                    ingress = next((n for n in nodes if n not in local), next(iter(nodes)))
+                    return NodePortTarget(host, str(h.address), ingress, str(nodes[ingress].address), sp.node_port,
+                                          s.name, sp.backends)
+        raise LabError(f"lab {self.lab!r} has no TCP NodePort service to curl")
+
+    # -- on disk
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (felix as its spec)."""
+        doc = dataclasses.asdict(self)
+        doc["felix"] = self.felix.to_spec()
+        order = ("version", "lab", "status", "created", "updated", "topology", "members", "pods", "services",
+                 "felix", "kubeproxy", "dataplane")
+        return {k: doc[k] for k in order}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str = "lab state") -> LabState:
+        """A state document of any readable version; LabError (one line) for another version or a malformed one."""
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if version not in READABLE_VERSIONS:
+            raise LabError(f"{source} is version {version}, this netns-lab reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}: remove the lab with the netns-lab that made it")
+        try:
+            dp = dict(doc.get("dataplane") or {})
+            dp.pop("sysctls", None)  # version 1: a per-mode sysctl record that was always empty
+            return cls(
+                lab=doc["lab"],
+                topology=doc["topology"],
+                members={k: Member(**v) for k, v in doc["members"].items()},
+                pods={k: PodRecord(**v) for k, v in doc["pods"].items()},
+                services=[ServiceRecord(s["name"], s["cluster_ip"], [
+                    ServicePortRecord(**{**sp, "backends": [BackendRecord(**b) for b in sp["backends"]]})
+                    for sp in s["ports"]]) for s in doc["services"]],
+                felix=FelixConfig.from_spec(doc.get("felix")),
+                status=doc.get("status", "building"),
+                created=doc.get("created", ""),
+                updated=doc.get("updated", ""),
+                kubeproxy=KubeProxyRecord(**(doc.get("kubeproxy") or {})),
+                dataplane=DataplaneRecord(**dp),
+            )
+        except (KeyError, TypeError, AttributeError, FelixConfigError) as exc:
+            raise LabError(f"{source} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _read(p: Path) -> Any:
+    """The parsed JSON at `p`, or None when there is none; LabError if unreadable."""
     try:
         with open(p) as f:
             return json.load(f)
@@ -49,15 +312,31 @@ def load(lab: str, path: Path | None = None) -> dict[str, Any] | None:
         raise LabError(f"cannot read lab state {p}: {exc}") from None
 
 
-def save(lab: str, state: dict[str, Any], path: Path | None = None) -> None:
+def load(lab: str, path: Path | None = None) -> LabState | None:
+    """The lab's state, or None when it has none; LabError if the file is unreadable, malformed or of another version."""
+    p = path or naming.state_path(lab)
+    doc = _read(p)
+    return None if doc is None else LabState.from_dict(doc, f"lab state {p}")
+
+
+def recorded_pids(lab: str) -> list[int]:
+    """App pids the state file records, whatever its version or condition (clean-up must never be blocked)."""
+    try:
+        doc = _read(naming.state_path(lab))
+        return [p["pid"] for p in doc["pods"].values() if isinstance(p.get("pid"), int)]
+    except Exception:
+        return []
+
+
+def save(lab: str, state: LabState, path: Path | None = None) -> None:
     """Write the state atomically: a temp file in the same directory, fsync, rename over the old one."""
     p = path or naming.state_path(lab)
     p.parent.mkdir(parents=True, exist_ok=True)
-    state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    state.updated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2, sort_keys=False)
+            json.dump(state.to_dict(), f, indent=2, sort_keys=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

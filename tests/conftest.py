@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# The project's own plugin (also installed as a pytest11 entry point; listing it here makes
+# a checkout without a fresh install use the checkout's copy).
+pytest_plugins = ["netns_lab.pytest_plugin", "pytester"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip root-marked tests for non-root runs; CI runs as root, so there nothing is skipped."""

@@ -1,7 +1,7 @@
-"""The bench's two labs: the service lab (every mode, through the CLI) and the direct-routing lab (no services).
+"""The bench's two labs: the service lab (every mode, through the lab API) and the direct-routing lab (no services).
 
-- service lab `<base>`: `netns-lab up --topology <bench topology>`, then `netns-lab mode ...`
-  between measurements, exactly what a user runs.
+- service lab `<base>`: Lab.up(topology=<bench topology>), then Lab.switch_mode(...) between
+  measurements: what `netns-lab up --topology` and `netns-lab mode` run.
 - direct lab `<base>d`: the same nodes, client and bench pods built by the builder alone: no
   iptables rules, no BPF programs, no conntrack; the client routes the pod pool via the ingress
   node, so a packet takes the same hops as a NodePort one (client -> control -> [node1 ->] pod).
@@ -19,16 +19,16 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from typing import Any
 
 from netns_lab import builder, cleanup, naming
 from netns_lab import state as lab_state
 from netns_lab.bench import topo as btopo
 from netns_lab.errors import LabError
+from netns_lab.lab import Lab
 from netns_lab.nsexec import in_netns, sysctl
-from netns_lab.topology import dump_topology, plan
+from netns_lab.state import LabState
+from netns_lab.topology import plan
 
 CLIENT_SYSCTLS = {
     # many short connections: the whole port range, and TIME_WAIT ports reused (the client closes first)
@@ -36,20 +36,6 @@ CLIENT_SYSCTLS = {
     "net/ipv4/tcp_tw_reuse": "1",
 }
 SERVER_SYSCTLS = {"net/core/somaxconn": "4096", "net/ipv4/tcp_max_syn_backlog": "4096"}
-
-
-def cli_argv(*args: str) -> list[str]:
-    """The netns-lab command line, run with this interpreter (works without the console script on PATH)."""
-    return [sys.executable, "-m", "netns_lab", *args]
-
-
-def run_cli(*args: str, timeout: float = 300) -> str:
-    """Run netns-lab; its stdout, or LabError with the last line of its error output."""
-    proc = subprocess.run(cli_argv(*args), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise LabError(f"netns-lab {' '.join(args)}: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
 
 
 class BenchLabs:
@@ -77,10 +63,7 @@ class BenchLabs:
         """Bring both labs up with servers running; seconds per step."""
         times: dict[str, float] = {}
         t = time.monotonic()
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="netns-lab-bench-") as f:
-            f.write(dump_topology(self.topo))
-            f.flush()
-            run_cli("up", "--name", self.lab, "--mode", "kube-proxy", "--topology", f.name)
+        Lab(self.lab).up("kube-proxy", self.topo)
         times["service_lab_up_s"] = time.monotonic() - t
         t = time.monotonic()
         self._build_direct()
@@ -136,18 +119,15 @@ class BenchLabs:
                         time.sleep(0.05)
 
     def switch(self, mode: str) -> float:
-        """`netns-lab mode <mode>` on the service lab; seconds it took (as seen by the user)."""
+        """`netns-lab mode <mode>` on the service lab (through the API); seconds it took."""
         t = time.monotonic()
-        run_cli("mode", mode, "--name", self.lab)
+        Lab(self.lab).switch_mode(mode)
         self.mode = mode
         return time.monotonic() - t
 
-    def state(self) -> dict[str, Any]:
-        """The service lab's state document."""
-        st = lab_state.load(self.lab)
-        if st is None:
-            raise LabError(f"lab {self.lab!r} has no state")
-        return st
+    def state(self) -> LabState:
+        """The service lab's state."""
+        return Lab(self.lab).state()
 
     def teardown(self) -> list[str]:
         """Stop the servers and remove both labs (safe after a partial bring-up); the labs removed."""
@@ -160,8 +140,7 @@ class BenchLabs:
         removed = []
         for lab in (self.lab, self.direct):
             if cleanup.lab_exists(lab):
-                with lab_state.lock(lab, timeout=30):
-                    cleanup.teardown(lab)
+                Lab(lab).down()
                 removed.append(lab)
         return removed
 

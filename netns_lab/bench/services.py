@@ -26,6 +26,7 @@ from netns_lab import kubeproxy, naming
 from netns_lab.bench import topo as btopo
 from netns_lab.bench.stats import median
 from netns_lab.errors import LabError
+from netns_lab.state import LabState
 
 
 def _ebpf_service(spec: btopo.SvcSpec, pod_ips: dict[str, str], backend_pod: str | None = None) -> Any:
@@ -46,10 +47,10 @@ class Programmer:
         self.pod_ips = pod_ips
         self.nodes = nodes
         self.mode = "kube-proxy"
-        self.st: dict[str, Any] | None = None
+        self.st: LabState | None = None
         self._dps: dict[str, Any] = {}     # node -> its keep_state NodeDatapath, for this mode
 
-    def set_mode(self, mode: str, st: dict[str, Any]) -> None:
+    def set_mode(self, mode: str, st: LabState) -> None:
         """Follow a mode switch (st: the lab's state after it)."""
         self.mode = mode
         self.st = st
@@ -113,7 +114,7 @@ class Programmer:
         from netns_lab import dataplane
 
         assert self.st is not None
-        view = dataplane.cluster_view(self.st, dataplane.felix_of(self.st))
+        view = dataplane.cluster_view(self.st, self.st.felix)
         mine = [_ebpf_service(s, self.pod_ips) for s in btopo.bench_services()]
         mine += [_ebpf_service(s, self.pod_ips, btopo.REMOTE_POD if s is moved else None) for s in extras]
         return dataclasses.replace(view, services=list(view.services) + mine)

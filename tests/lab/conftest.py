@@ -1,7 +1,8 @@
 """Fixtures for whole-lab tests: labs under unique names, always torn down, plus a private sandbox for `down --all`.
 
-Every lab is driven through the real CLI in a subprocess (`python -m netns_lab ...`), so the
-tests see exactly what a user sees: exit codes, detached apps outliving `up`, state on disk.
+Labs are brought up and removed by the project's pytest plugin (netns_lab/pytest_plugin.py,
+the lab API underneath); the tests then drive them through the real CLI in a subprocess
+(`python -m netns_lab ...`), so they see exactly what a user sees: exit codes, output, state on disk.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -20,18 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from ebpf_nodeport.maps import NodeMaps
 from netns_lab import naming
 from netns_lab import state as lab_state
+from netns_lab.lab import Lab as ApiLab
+from netns_lab.pytest_plugin import running_lab as api_lab
+from netns_lab.pytest_plugin import unique_name
 
 CLI = [sys.executable, "-m", "netns_lab"]
 
 
 def unique_lab(tag: str = "") -> str:
     """A lab name nobody else uses: `t1` + tag + random hex, at most 12 characters."""
-    name = f"t1{tag}{secrets.token_hex(4)}"[:12]
-    assert naming.LAB_RE.match(name), name
-    return name
+    return unique_name("t1", tag)
 
 
 def cli(*args: str, check: bool = True, timeout: float = 120, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +66,7 @@ class Lab:
 
     def node_address(self, node: str) -> str:
         """A member's fabric address, from the lab's state."""
-        return lab_state.load(self.name)["members"][node]["address"]
+        return str(lab_state.load(self.name).members[node].address)
 
     def status(self) -> dict:
         """`status -o json`."""
@@ -80,10 +80,14 @@ class Lab:
         """Namespace name of a member."""
         return naming.netns(self.name, member)
 
+    def api(self) -> ApiLab:
+        """The same lab through the lab API (state, datapath handles)."""
+        return ApiLab(self.name)
+
 
 def counter(lab: Lab, node: str, hook: str, reason: str) -> int:
     """A datapath counter of one node, read from its pinned maps."""
-    with NodeMaps(str(naming.pin_dir(lab.name, node))) as m:
+    with lab.api().datapath(node).maps() as m:
         return m.counter(hook, reason)
 
 
@@ -207,36 +211,26 @@ def assert_lab_gone(lab: str, inodes: set[tuple[int, int]], pids: list[int]) -> 
 
 
 @pytest.fixture
-def lab_factory() -> Iterator[Callable[..., Lab]]:
-    """Bring labs up under unique names; every one is taken down at the end, even when the test fails."""
-    made: list[str] = []
+def lab_factory(netns_lab: Callable[..., ApiLab]) -> Callable[..., Lab]:
+    """Bring labs up under unique names (the plugin's `netns_lab`); every one is taken down at the end, even when the test fails."""
 
-    def make(*args: str, tag: str = "") -> Lab:
-        name = unique_lab(tag)
-        made.append(name)
-        cli("up", "--name", name, *args)
-        return Lab(name)
+    def make(mode: str | None = None, topology: Path | None = None, tag: str = "") -> Lab:
+        return Lab(netns_lab(mode, topology, name=unique_lab(tag)).name)
 
-    yield make
-    for name in made:
-        cli("down", "--name", name, check=False)
+    return make
 
 
 @contextlib.contextmanager
-def running_lab(tag: str, *up_args: str) -> Iterator[Lab]:
+def running_lab(tag: str, mode: str | None = None) -> Iterator[Lab]:
     """A default lab up under a unique name for the block; always taken down, also when `up` or the block fails."""
-    lab = Lab(unique_lab(tag))
-    try:
-        cli("up", "--name", lab.name, *up_args, timeout=600)
-        yield lab
-    finally:
-        cli("down", "--name", lab.name, check=False)
+    with api_lab(unique_lab(tag), mode) as lab:
+        yield Lab(lab.name)
 
 
 @pytest.fixture(scope="module")
 def yaobank() -> Iterator[Lab]:
     """One default kube-proxy lab shared by a module's read-only tests."""
-    with running_lab("m", "--mode", "kube-proxy") as lab:
+    with running_lab("m", "kube-proxy") as lab:
         yield lab
 
 

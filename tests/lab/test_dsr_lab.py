@@ -30,7 +30,7 @@ STRICT_RPF = {"net/ipv4/conf/all/rp_filter": "1", "net/ipv4/conf/default/rp_filt
 @pytest.fixture(scope="module")
 def dsr_lab() -> Iterator[Lab]:
     """A default lab brought up straight into DSR mode (`up --mode dsr`), strict rp_filter everywhere."""
-    with running_lab("d", "--mode", "dsr") as lab:
+    with running_lab("d", "dsr") as lab:
         for member in ("control", "node1", "node2", "host1"):
             sysctl(lab.netns(member), STRICT_RPF)
         yield lab
@@ -118,7 +118,6 @@ class KeepAlive:
 def test_up_mode_dsr(dsr_lab: Lab) -> None:
     st = dsr_lab.status()
     assert st["mode"] == "dsr" and st["felix"]["bpfExternalServiceMode"] == "DSR" and st["felix"]["bpfEnabled"]
-    assert st["dataplane"]["sysctls"] == {}
     for node, n in st["dataplane"]["nodes"].items():
         assert n["datapath_loaded"] and ("eth0", "ingress", "from_hep") in {
             (p["interface"], p["hook"], p["program"]) for p in n["programs"]}, node

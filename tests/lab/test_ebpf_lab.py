@@ -12,8 +12,6 @@ import re
 
 import pytest
 
-from ebpf_nodeport.datapath import NodeDatapath
-from ebpf_nodeport.maps import NodeMaps
 from netns_lab import dataplane, kubeproxy, naming
 
 from .conftest import Lab, cli, counter, host_python, running_lab, same_port_twice, unique_lab, wait_for
@@ -28,7 +26,7 @@ LESSON_LINE = re.compile(r'^198\.19\.15\.254 - - \[\d\d/[A-Z][a-z]{2}/\d{4} \d\d
 @pytest.fixture(scope="module")
 def tunnel_lab() -> Lab:
     """A default lab brought up straight into eBPF Tunnel mode (`up --mode tunnel`)."""
-    with running_lab("e", "--mode", "tunnel") as lab:
+    with running_lab("e", "tunnel") as lab:
         yield lab
 
 
@@ -64,7 +62,6 @@ def test_up_mode_tunnel_attaches_the_datapath_everywhere(tunnel_lab: Lab) -> Non
         assert p["running"], p
         pods_by_node.setdefault(p["node"], set()).add(p["host_ifname"])
     dp = st["dataplane"]
-    assert dp["sysctls"] == {}  # the eBPF modes need no sysctl beyond the builder's
     for node in NODES:
         n = dp["nodes"][node]
         assert n["datapath_loaded"] is True
@@ -203,7 +200,8 @@ def test_bad_patches_are_refused_and_change_nothing(tunnel_lab: Lab) -> None:
         assert lines[0].startswith(f"netns-lab: error: no lab named '{missing}'"), lines
         assert not naming.run_dir(missing).exists(), args  # not even a lock directory
     assert [(p["name"], p["ip"], p["pid"]) for p in after["pods"]] == [(p["name"], p["ip"], p["pid"]) for p in before["pods"]]
-    assert all(NodeDatapath.is_loaded(naming.pin_dir(tunnel_lab.name, n)) for n in NODES)
+    st = tunnel_lab.api().state()
+    assert all(dataplane.is_loaded(st, n) for n in NODES)
 
 
 def test_get_felixconfiguration(tunnel_lab: Lab) -> None:
@@ -232,7 +230,7 @@ def test_delete_pod_customer_then_curl_works_again(tunnel_lab: Lab) -> None:
         assert [e["client"] for e in entries] == [HOST1], addr
     # the datapath's backend is the new address; the old one is gone from every node's maps
     for node in NODES:
-        with NodeMaps(str(naming.pin_dir(tunnel_lab.name, node))) as m:
+        with tunnel_lab.api().datapath(node).maps() as m:
             addrs = {str(v.to_dict().get("addr")) for _, v in m.nat_be.items()}
         assert new["ip"] in addrs and old["ip"] not in addrs, (node, addrs)
 
@@ -242,7 +240,7 @@ def test_delete_pod_customer_then_curl_works_again(tunnel_lab: Lab) -> None:
 
 def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
     """kube-proxy -> eBPF (rules kept, then cleaned up) -> kube-proxy, curl working with the expected source each time."""
-    lab = lab_factory("--mode", "kube-proxy", tag="s")
+    lab = lab_factory("kube-proxy", tag="s")
 
     def source() -> str:
         entries = new_entries(lab, "customer", lambda: lab.curl("198.19.0.1:30180"))
@@ -266,8 +264,7 @@ def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
     assert "database pod: database" in lab.curl("198.19.0.2:30180")
 
     # why the NOTRACK rule is there: without it kube-proxy's INVALID drop kills the flows BPF hands over
-    for node in NODES:
-        dataplane.set_notrack({"lab": lab.name, "members": {node: {"kind": "node", "netns": lab.netns(node)}}}, False)
+    dataplane.set_notrack(lab.api().state(), False)
     proc = lab.exec("host1", "curl", "-sS", "--max-time", "3", "198.19.0.1:30180", check=False)
     assert proc.returncode != 0
     lab.run("mode", "tunnel")  # re-applying the mode puts it back

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -157,35 +158,13 @@ def test_concurrent_ups_of_one_lab_are_serialised() -> None:
         cli("down", "--name", name, check=False)
 
 
-TWO_NODE = """\
-name: tiny
-nodes:
-  - {name: alpha, address: 198.19.0.21}
-  - {name: beta, address: 198.19.0.22}
-hosts:
-  - {name: client, address: 198.19.15.1}
-pods:
-  - name: web
-    node: alpha
-    app: customer
-    ports: [{name: http, protocol: TCP, port: 80}]
-  - {name: api, node: beta, app: summary, ports: [{name: http, port: 80}]}
-  - {name: db, node: alpha, app: database, ports: [{name: http, port: 2379}]}
-services:
-  - {name: summary, clusterIP: 198.19.32.20, selector: {app: summary}, ports: [{name: http, port: 80}]}
-  - {name: database, clusterIP: 198.19.32.30, selector: {app: database}, ports: [{name: http, port: 2379}]}
-  - name: web
-    namespace: shop
-    clusterIP: 198.19.32.40
-    backends: [web]
-    ports: [{name: http, port: 8080, targetPort: 80, nodePort: 31080}]
-"""
+TWO_NODE = (Path(__file__).resolve().parents[1] / "topologies" / "two-node.yaml").read_text()
 
 
 def test_up_from_a_yaml_topology(lab_factory, tmp_path) -> None:
     f = tmp_path / "tiny.yaml"
     f.write_text(TWO_NODE)
-    lab = lab_factory("--topology", str(f))
+    lab = lab_factory(topology=f)
     st = lab.status()
     assert [n["name"] for n in st["nodes"]] == ["alpha", "beta"]
     page = lab.curl("198.19.0.22:31080", member="client")  # ingress on beta, backend on alpha

@@ -26,7 +26,7 @@ NODE1 = "198.19.0.2"
 
 @pytest.fixture(scope="module")
 def lab() -> Lab:
-    with running_lab("sp", "--mode", "tunnel") as lab:
+    with running_lab("sp", "tunnel") as lab:
         yield lab
 
 

@@ -29,13 +29,13 @@ FRONTEND = f"{CONTROL}:30180"
 
 @pytest.fixture(scope="module")
 def tunnel_lab() -> Iterator[Lab]:
-    with running_lab("st", "--mode", "tunnel") as lab:
+    with running_lab("st", "tunnel") as lab:
         yield lab
 
 
 @pytest.fixture(scope="module")
 def dsr_lab() -> Iterator[Lab]:
-    with running_lab("st", "--mode", "dsr") as lab:
+    with running_lab("st", "dsr") as lab:
         yield lab
 
 
@@ -240,7 +240,7 @@ def test_errors_are_one_line(tunnel_lab: Lab) -> None:
 
 
 def test_kube_proxy_lab_has_no_maps(lab_factory) -> None:
-    lab = lab_factory("--mode", "kube-proxy")
+    lab = lab_factory("kube-proxy")
     for args in (("dump", "conntrack"), ("trace", "--duration", "1"), ("explain",)):
         res = lab.run(*args, check=False)
         assert res.returncode == 1, args

@@ -9,6 +9,7 @@ import secrets
 import pytest
 
 from netns_lab import cli, naming
+from netns_lab.commands import members
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -74,34 +75,17 @@ def test_missing_topology_file(capsys, tmp_path, lab: str) -> None:
     assert "cannot read topology file" in one_error_line(err)
 
 
-def _fake_find_spec(missing: str):
+def test_ebpf_mode_needs_bcc(capsys, monkeypatch, lab: str) -> None:
     real = importlib.util.find_spec
-
-    def find_spec(name: str, *args, **kwargs):
-        if name == missing:
-            return None
-        if name == "netns_lab.dataplane":
-            return object()  # pretend the module exists so later checks are reached
-        return real(name, *args, **kwargs)
-
-    return find_spec
-
-
-@pytest.mark.parametrize(
-    "missing,message",
-    [("netns_lab.dataplane", "needs the eBPF dataplane"), ("bcc", "needs BCC's python module")],
-)
-def test_ebpf_mode_prerequisites(capsys, monkeypatch, lab: str, missing: str, message: str) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(importlib.util, "find_spec", _fake_find_spec(missing))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **kw: None if name == "bcc" else real(name, *a, **kw))
     code, _, err = run(capsys, "up", "--name", lab, "--mode", "dsr")
     assert code == 1
-    assert message in one_error_line(err)
+    assert "needs BCC's python module" in one_error_line(err)
 
 
 def test_ebpf_mode_needs_kernel_headers(capsys, monkeypatch, lab: str) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(importlib.util, "find_spec", _fake_find_spec("nothing-missing"))
     real = os.uname()
     monkeypatch.setattr(os, "uname", lambda: os.uname_result((real.sysname, real.nodename, "0.0.0-nothing", real.version, real.machine)))
     code, _, err = run(capsys, "up", "--name", lab, "--mode", "tunnel")
@@ -134,7 +118,7 @@ def test_topology_command_prints_loadable_default(capsys, tmp_path) -> None:
 
 
 def test_parse_access_line_reads_the_lessons_lines() -> None:
-    e = cli.parse_access_line('198.19.15.254 - - [05/Oct/2020 10:04:41] "GET /logout HTTP/1.1" 404 -\n')
+    e = members.parse_access_line('198.19.15.254 - - [05/Oct/2020 10:04:41] "GET /logout HTTP/1.1" 404 -\n')
     assert e == {
         "client": "198.19.15.254",
         "time": "05/Oct/2020 10:04:41",
@@ -144,4 +128,4 @@ def test_parse_access_line_reads_the_lessons_lines() -> None:
         "method": "GET",
         "path": "/logout",
     }
-    assert cli.parse_access_line(" * customer (pod customer) serving on TCP 80") is None
+    assert members.parse_access_line(" * customer (pod customer) serving on TCP 80") is None

@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 
 from ebpf_nodeport.loader import LoadResult
-from netns_lab import cli, dataplane, kubeproxy
+from netns_lab import dataplane, kubeproxy
 from netns_lab.felix import FelixConfig, for_mode
+from netns_lab.state import LabState
 from netns_lab.topology import default_topology, plan
 
 
-def _state() -> dict:
+def _state() -> LabState:
     topo = default_topology()
-    return cli._new_state("unit", topo, plan(topo), "kube-proxy")
+    return LabState.new("unit", topo, plan(topo), "kube-proxy")
 
 
 def test_cluster_view_of_the_default_lab() -> None:
@@ -41,20 +42,20 @@ def test_cluster_view_carries_opt_out_cidrs_and_tunnel_mode() -> None:
 def test_a_recreated_pod_moves_its_backends_in_both_dataplanes() -> None:
     st = _state()
     old = copy.deepcopy(st)
-    st["pods"]["customer"]["ip"] = "198.19.16.67"
-    for s in st["services"]:
-        for sp in s["ports"]:
-            for b in sp["backends"]:
-                if b["pod"] == "customer":
-                    b["ip"] = "198.19.16.67"
+    st.pods["customer"].ip = "198.19.16.67"
+    for s in st.services:
+        for sp in s.ports:
+            for b in sp.backends:
+                if b.pod == "customer":
+                    b.ip = "198.19.16.67"
     view = dataplane.cluster_view(st, FelixConfig(bpfEnabled=True))
     assert {b.addr for s in view.services if s.name == "yaobank/customer" for b in s.backends} == {"198.19.16.67"}
-    topo, p = dataplane.lab_plan(st)
+    topo, p = st.plan()
     rs = kubeproxy.ruleset(topo, p, "node1")
     assert any("--to-destination 198.19.16.67:80" in r for r in rs.rules)
     assert not any("198.19.16.65" in r for r in rs.rules)
     # a resync deletes the chains of the endpoint that is gone, in the same batch
-    old_rs = kubeproxy.ruleset(*dataplane.lab_plan(old), "node1")
+    old_rs = kubeproxy.ruleset(*old.plan(), "node1")
     saved = kubeproxy.install_text(old_rs)
     gone = sorted(set(old_rs.chains) - set(rs.chains))
     assert gone and all(c.startswith("KUBE-SEP-") for c in gone)
@@ -66,7 +67,7 @@ def test_a_recreated_pod_moves_its_backends_in_both_dataplanes() -> None:
 def test_next_address_of_a_recreated_pod_is_new() -> None:
     st = _state()
     assert dataplane._next_ip(st, "node1", "198.19.16.65") == "198.19.16.67"  # .65 is the old one, .66 summary-1
-    st["pods"]["customer"]["ip"] = "198.19.16.67"
+    st.pods["customer"].ip = "198.19.16.67"
     assert dataplane._next_ip(st, "node1", "198.19.16.67") == "198.19.16.65"
 
 

@@ -23,6 +23,8 @@ from ebpf_nodeport.abi import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_F_CLIEN
                                CtKey, CtValue, Event, FeKey, FeValue, NodeCfg, RouteInfo, RouteKey, ct_key,
                                ip2int)
 from ebpf_nodeport.trace import Tracer, TraceError, event_record, format_record, matches
+from netns_lab.felix import FelixConfig, for_mode
+from netns_lab.state import LabState, Member
 
 CLIENT, CONTROL, NODE1, NODE2 = "198.19.15.254", "198.19.0.1", "198.19.0.2", "198.19.0.3"
 CUSTOMER, SUMMARY1, SUMMARY2, DATABASE = "198.19.16.65", "198.19.16.66", "198.19.16.129", "198.19.16.130"
@@ -533,19 +535,19 @@ def test_one_tracer_per_node(tmp_path) -> None:
 # ---- study CLI helpers (no root: errors before any kernel access) ------------------------------------
 
 
-def lab_state(mode: str = "kube-proxy") -> dict:
-    return {"mode": mode, "members": {
-        "control": {"kind": "node", "address": CONTROL}, "node1": {"kind": "node", "address": NODE1},
-        "host1": {"kind": "host", "address": CLIENT}, "customer": {"kind": "pod", "node": "node1"}}}
+def lab_state(mode: str = "kube-proxy") -> LabState:
+    members = {"control": Member("node", "nl-zzunit-control", CONTROL), "node1": Member("node", "nl-zzunit-node1", NODE1),
+               "host1": Member("host", "nl-zzunit-host1", CLIENT), "customer": Member("pod", "nl-zzunit-customer", node="node1")}
+    return LabState("zzunit", {}, members, {}, [], felix=for_mode(FelixConfig(), mode))
 
 
 def test_select_nodes_errors_are_one_clear_line() -> None:
     from netns_lab.errors import LabError
-    from netns_lab.study import addr_names, lab_nodes, select_nodes
+    from netns_lab.commands.study import lab_nodes, select_nodes
 
     st = lab_state()
     assert lab_nodes(st) == {"control": CONTROL, "node1": NODE1}
-    assert addr_names(st) == {CONTROL: "control", NODE1: "node1", CLIENT: "host1"}
+    assert st.addresses() == {CONTROL: "control", NODE1: "node1", CLIENT: "host1"}
     with pytest.raises(LabError, match=r"unknown node 'host1' of lab 'zzunit' \(nodes: control, node1\)"):
         select_nodes("zzunit", st, "host1")
     with pytest.raises(LabError, match=r"lab 'zzunit' runs mode kube-proxy: no BPF maps are pinned"):
@@ -559,7 +561,7 @@ def test_commands_are_registered_on_the_cli_group() -> None:
 
     from netns_lab import cli
 
-    group = cli.main if hasattr(cli.main, "commands") else cli.cli
+    group = cli.cli
     assert {"dump", "trace", "explain"} <= set(group.commands)
     assert set(group.commands["dump"].commands) == set(dump.KINDS)
     res = CliRunner().invoke(group, ["dump", "conntrack", "--state", "bogus"])

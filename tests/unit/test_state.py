@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -10,16 +11,28 @@ import pytest
 
 from netns_lab import state
 from netns_lab.errors import LabError
+from netns_lab.felix import FelixConfig
+from netns_lab.state import LabState
+from netns_lab.topology import default_topology, plan
+
+
+def new_state(mode: str = "kube-proxy") -> LabState:
+    topo = default_topology()
+    return LabState.new("t", topo, plan(topo), mode)
 
 
 def test_save_then_load_round_trips_and_leaves_no_temp_files(tmp_path) -> None:
     path = tmp_path / "lab" / "state.json"
-    doc = {"lab": "t", "status": "building", "pods": {"customer": {"pid": 12}}}
-    state.save("t", doc, path=path)
+    st = new_state("dsr")
+    st.pods["customer"].pid = 12
+    state.save("t", st, path=path)
     loaded = state.load("t", path=path)
-    assert loaded["pods"] == {"customer": {"pid": 12}}
-    assert "updated" in loaded
+    assert loaded == st and loaded.updated
+    assert loaded.pods["customer"].pid == 12
     assert os.listdir(path.parent) == ["state.json"]
+    doc = json.loads(path.read_text())  # plain, readable JSON in the documented shape
+    assert doc["version"] == state.STATE_VERSION and doc["pods"]["customer"]["pid"] == 12
+    assert doc["felix"]["bpfExternalServiceMode"] == "DSR" and "mode" not in doc
 
 
 def test_load_missing_is_none_and_corrupt_is_an_error(tmp_path) -> None:
@@ -77,20 +90,58 @@ def test_lock_follows_a_replaced_lock_file(tmp_path) -> None:
     assert path.exists()
 
 
-@pytest.mark.parametrize(
-    "mode,enabled,ext",
-    [("kube-proxy", False, "Tunnel"), ("tunnel", True, "Tunnel"), ("dsr", True, "DSR")],
-)
-def test_felix_config_per_mode(mode: str, enabled: bool, ext: str) -> None:
-    felix = state.felix_for_mode(mode)
-    assert felix["bpfEnabled"] is enabled
-    assert felix["bpfExternalServiceMode"] == ext
-    assert felix["bpfKubeProxyIptablesCleanupEnabled"] is True
-    assert felix["bpfDSROptoutCIDRs"] == []
+@pytest.mark.parametrize("mode", ["kube-proxy", "tunnel", "dsr"])
+def test_the_mode_follows_from_the_felix_spec(mode: str) -> None:
+    st = new_state(mode)
+    assert st.mode == mode
+    st.felix = FelixConfig(bpfEnabled=False)
+    assert st.mode == "kube-proxy"
 
 
-def test_felix_config_keeps_user_fields() -> None:
-    felix = state.felix_for_mode("dsr", {"bpfKubeProxyIptablesCleanupEnabled": False, "bpfDSROptoutCIDRs": ["10.0.0.0/8"]})
-    assert felix["bpfKubeProxyIptablesCleanupEnabled"] is False
-    assert felix["bpfDSROptoutCIDRs"] == ["10.0.0.0/8"]
-    assert felix["bpfExternalServiceMode"] == "DSR"
+def test_the_plan_has_recreated_pods_at_their_new_address() -> None:
+    st = new_state()
+    st.pods["customer"].ip = "198.19.16.67"
+    for sp in st.services[0].ports:
+        for b in sp.backends:
+            b.ip = "198.19.16.67"
+    topo, p = st.plan()
+    assert str(p.pod_ips["customer"]) == "198.19.16.67"
+    assert {b.ip for b in p.endpoints[("yaobank/customer", "http")]} == {"198.19.16.67"}
+    assert st.spec() == topo
+
+
+def test_a_version_1_file_is_converted(tmp_path) -> None:
+    """Version 1 stored the mode beside the felix spec and an always-empty sysctl record."""
+    path = tmp_path / "state.json"
+    doc = new_state("tunnel").to_dict()
+    doc.update(version=1, mode="tunnel")
+    doc["dataplane"]["sysctls"] = {}
+    path.write_text(json.dumps(doc))
+    st = state.load("t", path=path)
+    assert st.version == state.STATE_VERSION and st.mode == "tunnel"
+    assert "sysctls" not in st.to_dict()["dataplane"]
+
+
+@pytest.mark.parametrize("version", [None, 0, 99])
+def test_another_version_is_refused_in_one_line(tmp_path, version) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({**new_state().to_dict(), "version": version}))
+    with pytest.raises(LabError, match=rf"is version {version}, this netns-lab reads versions 1, 2") as exc:
+        state.load("t", path=path)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_malformed_state_is_one_line(tmp_path) -> None:
+    path = tmp_path / "state.json"
+    doc = new_state().to_dict()
+    del doc["members"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LabError, match="is malformed: KeyError"):
+        state.load("t", path=path)
+
+
+def test_the_labs_ebpf_modes_are_the_datapaths() -> None:
+    """netns_lab's eBPF modes (from the felix model) are exactly the ones ebpf_nodeport implements."""
+    from ebpf_nodeport.abi import EBPF_MODES
+
+    assert state.EBPF_MODES == EBPF_MODES

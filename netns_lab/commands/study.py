@@ -26,16 +26,11 @@ from ebpf_nodeport import dump as dumps
 from ebpf_nodeport import libbpf
 from ebpf_nodeport.maps import NodeMaps
 from ebpf_nodeport.trace import TraceError, Tracer
-from netns_lab import cli as _cli
-from netns_lab import naming
-from netns_lab.cli import console, lab_option, load_lab, require_root
+from netns_lab import dataplane, naming
+from netns_lab.commands.common import console, lab_option, load_lab, require_root
 from netns_lab.errors import LabError
-
-# The brief calls the click group `main`; today cli.py's group is `cli` and `main` is the
-# console-script function. Register on whichever is the group.
-main: click.Group = _cli.main if isinstance(getattr(_cli, "main", None), click.Group) else _cli.cli
-
-PROG = "netns-lab"
+from netns_lab.lab import PROG
+from netns_lab.state import LabState, NodePortTarget
 
 _output = click.option("-o", "--output", type=click.Choice(["table", "json"]), default=None,
                        help="Output format [default: table].")
@@ -46,18 +41,12 @@ _node = click.option("--node", "node", default=None, metavar="NODE",
 # --------------------------------------------------------------------------- lab -> nodes and pins
 
 
-def lab_nodes(st: dict[str, Any]) -> dict[str, str]:
+def lab_nodes(st: LabState) -> dict[str, str]:
     """Node name -> fabric address, in topology order."""
-    return {k: v["address"] for k, v in st.get("members", {}).items() if v.get("kind") == "node"}
+    return {k: str(m.address) for k, m in st.nodes().items()}
 
 
-def addr_names(st: dict[str, Any]) -> dict[str, str]:
-    """Address -> member name for nodes and hosts (labels tunnel peers and clients)."""
-    return {v["address"]: k for k, v in st.get("members", {}).items()
-            if v.get("kind") in ("node", "host") and v.get("address")}
-
-
-def select_nodes(lab: str, st: dict[str, Any], node: str | None) -> dict[str, str]:
+def select_nodes(lab: str, st: LabState, node: str | None) -> dict[str, str]:
     """The nodes a command works on; LabError for an unknown node or a lab without maps."""
     nodes = lab_nodes(st)
     if node is not None and node not in nodes:
@@ -65,7 +54,7 @@ def select_nodes(lab: str, st: dict[str, Any], node: str | None) -> dict[str, st
     wanted = {node: nodes[node]} if node else nodes
     pinned = {n: ip for n, ip in wanted.items() if (naming.pin_dir(lab, n) / "cfg").is_file()}
     if not pinned:
-        mode = st.get("mode")
+        mode = st.mode
         hint = f"{PROG} mode tunnel --name {lab}" if lab != naming.DEFAULT_LAB else f"{PROG} mode tunnel"
         if node:
             raise LabError(f"node {node!r} of lab {lab!r} has no BPF maps (mode {mode}): "
@@ -97,11 +86,10 @@ def open_maps(lab: str, node: str) -> Iterator[NodeMaps]:
         raise LabError(f"node {node!r} of lab {lab!r}: {exc.strerror or exc}") from None
 
 
-def _context(lab: str | None, node: str | None = None) -> tuple[str, dict[str, Any], dict[str, str]]:
+def _context(lab: str | None, node: str | None = None) -> tuple[str, LabState, dict[str, str]]:
     require_root()
-    lab = lab or naming.DEFAULT_LAB
     st = load_lab(lab)
-    return lab, st, select_nodes(lab, st, node)
+    return st.lab, st, select_nodes(st.lab, st, node)
 
 
 def _emit_json(doc: Any) -> None:
@@ -140,7 +128,7 @@ def _merged(ctx: click.Context, lab: str | None, node: str | None, output: str |
 def _run_dump(kind: str, lab: str | None, node: str | None, output: str, reset: bool = False,
               **filters: Any) -> int:
     lab, st, nodes = _context(lab, node)
-    names = addr_names(st)
+    names = st.addresses()
     docs = []
     for name, ip in nodes.items():
         with open_maps(lab, name) as m:
@@ -148,7 +136,7 @@ def _run_dump(kind: str, lab: str | None, node: str | None, output: str, reset: 
             docs.append(dumps.node_document(kind, snap, ip, **filters))
             if reset:
                 m.counters.zero()
-    doc: dict[str, Any] = {"lab": lab, "mode": st.get("mode"), "dump": kind, "nodes": docs}
+    doc: dict[str, Any] = {"lab": lab, "mode": st.mode, "dump": kind, "nodes": docs}
     if kind == "counters":
         doc["reset"] = reset
     if output == "json":
@@ -288,8 +276,8 @@ def trace_cmd(lab: str | None, node: str | None, client: str | None, port: int |
             raise click.BadParameter("give the port with --port", param_hint="--client")
     lab, st, nodes = _context(lab, node)
     if switch_off:
-        return _trace_off(lab, nodes)
-    tracer = Tracer(_pin_dirs(lab, nodes), names=addr_names(st), holder_dir=_trace_holders(lab), client=client,
+        return _trace_off(st, nodes)
+    tracer = Tracer(_pin_dirs(lab, nodes), names=st.addresses(), holder_dir=_trace_holders(lab), client=client,
                     port=port, include_pass=include_pass, owner=f"lab {lab!r}")
     shown = 0
     with _tracing(tracer) as stop:
@@ -319,10 +307,9 @@ def trace_cmd(lab: str | None, node: str | None, client: str | None, port: int |
     return 0
 
 
-def _trace_off(lab: str, nodes: dict[str, str]) -> int:
+def _trace_off(st: LabState, nodes: dict[str, str]) -> int:
     """Turn the flag off unless a live trace holds the node."""
-    from ebpf_nodeport.datapath import NodeDatapath
-
+    lab = st.lab
     busy = []
     for name, ip in nodes.items():
         probe = Tracer(_pin_dirs(lab, {name: ip}), holder_dir=_trace_holders(lab), owner=f"lab {lab!r}")
@@ -332,7 +319,7 @@ def _trace_off(lab: str, nodes: dict[str, str]) -> int:
             busy.append(name)
             continue
         try:
-            NodeDatapath(naming.pin_dir(lab, name), None, ip).set_flags(trace=False)
+            dataplane.datapath(st, name).set_flags(trace=False)
         finally:
             probe.stop()
     done = [n for n in nodes if n not in busy]
@@ -343,8 +330,6 @@ def _trace_off(lab: str, nodes: dict[str, str]) -> int:
     return 0
 
 
-main.add_command(dump_group)
-main.add_command(trace_cmd)
 
 
 # --------------------------------------------------------------------------- explain
@@ -405,23 +390,6 @@ def _story_text(rec: dict[str, Any], ctx: dict[str, Any]) -> str:
     return template.format(node=rec["node"], peer=peer, tunnel_text=tunnel_text, **ctx)
 
 
-def _lesson_target(lab: str, st: dict[str, Any]) -> dict[str, Any]:
-    """host1 -> first node's address : first TCP NodePort, and that service's backends."""
-    members = st.get("members", {})
-    hosts = [(k, v["address"]) for k, v in members.items() if v.get("kind") == "host"]
-    nodes = lab_nodes(st)
-    if not hosts or not nodes:
-        raise LabError(f"lab {lab!r} has no host or no node to walk a curl through")
-    for svc in st.get("services", []):
-        for sp in svc.get("ports", []):
-            if sp.get("node_port") and str(sp.get("protocol", "")).upper() == "TCP":
-                ingress, ingress_ip = next(iter(nodes.items()))
-                return {"host": hosts[0][0], "client": hosts[0][1], "ingress": ingress,
-                        "frontend_ip": ingress_ip, "node_port": sp["node_port"],
-                        "service": svc["name"], "backends": sp.get("backends", [])}
-    raise LabError(f"lab {lab!r} has no TCP NodePort service to curl")
-
-
 @click.command(
     "explain",
     epilog="""\b
@@ -436,10 +404,10 @@ Examples:
 def explain_cmd(lab: str | None, output: str | None) -> int:
     """Walk one curl from host1 to the NodePort on control through the maps and the trace, in the lab's current mode."""
     lab, st, nodes = _context(lab)
-    names = addr_names(st)
-    tgt = _lesson_target(lab, st)
-    host_ns = st["members"][tgt["host"]]["netns"]
-    fe = f"{tgt['frontend_ip']}:{tgt['node_port']}"
+    names = st.addresses()
+    tgt = st.nodeport_target()
+    host_ns = st.members[tgt.host].netns
+    fe = tgt.url
     port = random.randint(20000, 29999)
 
     def snapshot(kind: str, **filters: Any) -> list[dict[str, Any]]:
@@ -451,11 +419,11 @@ def explain_cmd(lab: str | None, output: str | None) -> int:
         return docs
 
     config = snapshot("config")
-    nat = [f for f in snapshot("nat") if f["node"] == tgt["ingress"]]
+    nat = [f for f in snapshot("nat") if f["node"] == tgt.ingress]
     frontend = next((f for n in nat for f in n["frontends"]
-                     if f["kind"] == "nodeport" and f["port"] == tgt["node_port"] and f["proto"] == "tcp"), None)
+                     if f["kind"] == "nodeport" and f["port"] == tgt.node_port and f["proto"] == "tcp"), None)
     before = snapshot("counters")
-    tracer = Tracer(_pin_dirs(lab, nodes), names=names, holder_dir=_trace_holders(lab), client=tgt["client"],
+    tracer = Tracer(_pin_dirs(lab, nodes), names=names, holder_dir=_trace_holders(lab), client=tgt.client,
                     owner=f"lab {lab!r}")
     events: list[dict[str, Any]] = []
     with _tracing(tracer) as stop:
@@ -469,17 +437,16 @@ def explain_cmd(lab: str | None, output: str | None) -> int:
             raise KeyboardInterrupt
     # curl may have had to take another port of the range: learn it from the events.
     events = [e for e in events if _is_ours(e, port)]
-    used = _client_port(events, tgt["client"]) or port
+    used = _client_port(events, tgt.client) or port
     events = [e for e in events if used in (e["sport"], e["dport"], e["nat_sport"], e["nat_dport"])]
     after = snapshot("counters")
-    ct = snapshot("conntrack", client=f"{tgt['client']}:{used}")
+    ct = snapshot("conntrack", client=f"{tgt.client}:{used}")
     delta = [{"node": a["node"], "moved": dumps.counter_delta(b, a)} for b, a in zip(before, after)]
     entries = [e for n in ct for e in n["entries"]]
     backend = next((e["backend"] for e in entries if e["backend"]), None)
-    backend_pod = next((p for p, v in st.get("pods", {}).items()
-                        if backend and v.get("ip") == backend.split(":")[0]), None)
+    backend_pod = st.pod_of(backend.split(":")[0]) if backend else None
     log_line = _last_log_line(lab, backend_pod) if backend_pod else None
-    ctx = {"client": f"{tgt['client']}:{used}", "frontend": fe, "service": frontend["service_key"] if frontend else tgt["service"],
+    ctx = {"client": f"{tgt.client}:{used}", "frontend": fe, "service": frontend["service_key"] if frontend else tgt.service,
            "backend": backend or "?"}
     steps: list[dict[str, Any]] = []
     seen: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -490,10 +457,10 @@ def explain_cmd(lab: str | None, output: str | None) -> int:
                        "first": e, "explanation": _story_text(e, ctx)}
             steps.append(seen[k])
         seen[k]["packets"] += 1
-    ingress_cfg = next((c["config"] for c in config if c["node"] == tgt["ingress"]), None)
-    doc = {"lab": lab, "mode": ingress_cfg["mode"] if ingress_cfg else st.get("mode"), "lab_mode": st.get("mode"),
-           "client": tgt["client"], "client_port": used,
-           "host": tgt["host"], "frontend": fe, "service": ctx["service"], "backend": backend,
+    ingress_cfg = next((c["config"] for c in config if c["node"] == tgt.ingress), None)
+    doc = {"lab": lab, "mode": ingress_cfg["mode"] if ingress_cfg else st.mode, "lab_mode": st.mode,
+           "client": tgt.client, "client_port": used,
+           "host": tgt.host, "frontend": fe, "service": ctx["service"], "backend": backend,
            "backend_pod": backend_pod, "curl_exit": proc.returncode, "http_code": proc.stdout.strip() or None,
            "config": [{"node": c["node"], "mode": c["config"]["mode"], "flags": c["config"]["flags"]} for c in config],
            "nat_frontend": frontend, "steps": steps, "events": events,
@@ -504,7 +471,7 @@ def explain_cmd(lab: str | None, output: str | None) -> int:
     else:
         _render_story(doc, tgt)
     if proc.returncode != 0:
-        raise LabError(f"curl {fe} from {tgt['host']} failed (exit {proc.returncode}): "
+        raise LabError(f"curl {fe} from {tgt.host} failed (exit {proc.returncode}): "
                        f"{proc.stderr.strip() or 'no output'}")
     if not events:
         raise LabError("the curl left no trace events: is the datapath attached? (netns-lab status)")
@@ -539,19 +506,19 @@ def _last_log_line(lab: str, pod: str) -> str | None:
     return None
 
 
-def _render_story(doc: dict[str, Any], tgt: dict[str, Any]) -> None:
+def _render_story(doc: dict[str, Any], tgt: NodePortTarget) -> None:
     out = console()
     p = lambda s: out.print(s, highlight=False)  # noqa: E731
     p(f"[bold]One curl through the eBPF datapath of lab {doc['lab']}, mode {doc['mode']}[/]")
     p(f"  {doc['host']} ({doc['client']}, source port {doc['client_port']}) -> {doc['frontend']} "
-      f"(NodePort on {tgt['ingress']}); HTTP {doc['http_code'] or '-'}")
+      f"(NodePort on {tgt.ingress}); HTTP {doc['http_code'] or '-'}")
     for c in doc["config"]:
         p(f"  cfg on {c['node']}: mode {c['mode']}, flags {','.join(c['flags']) or '-'}")
     fe = doc["nat_frontend"]
     if fe:
         bes = ", ".join(f"#{b['ordinal']} {b['backend']} on {'this node' if b['local'] else b['node']}"
                         for b in fe["backends"])
-        p(f"  nat_fe on {tgt['ingress']}: {fe['frontend']}/{fe['proto']} -> {fe['service_key']} "
+        p(f"  nat_fe on {tgt.ingress}: {fe['frontend']}/{fe['proto']} -> {fe['service_key']} "
           f"({fe['backend_count']} backends, {fe['local_count']} local): {bes}")
     p("")
     p("[bold]The packets, as the programs saw them[/] (first packet of each kind, then how many)")
@@ -583,4 +550,4 @@ def _render_story(doc: dict[str, Any], tgt: dict[str, Any]) -> None:
             p(f"  the pod saw {client_seen}, not the client {doc['client']}.")
 
 
-main.add_command(explain_cmd)
+COMMANDS = (dump_group, trace_cmd, explain_cmd)

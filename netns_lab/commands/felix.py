@@ -1,0 +1,119 @@
+"""`netns-lab get | patch felixconfiguration default` and `mode`: the lesson's calicoctl knobs, applied live."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+
+from netns_lab import felix as felix_model
+from netns_lab.commands.common import console, lab_handle, lab_option, load_lab, output_option, require_root
+from netns_lab.errors import LabError
+from netns_lab.felix import FelixConfig, FelixConfigError
+from netns_lab.lab import PROG
+from netns_lab.state import MODES
+
+FELIX_KINDS = ("felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs")
+
+
+def _felix_target(kind: str, name: str) -> None:
+    """LabError unless KIND NAME is felixconfiguration default (the only resource of its kind here)."""
+    if kind.lower() not in FELIX_KINDS:
+        raise LabError(f"unknown resource kind {kind!r}: this lab has felixconfiguration only (e.g. {PROG} get felixconfiguration default)")
+    if name != "default":
+        raise LabError(f"felixconfiguration {name!r} not found: this lab has only 'default'")
+
+
+def _report(out: Console, ch: Any) -> None:
+    """One closing line for a mode switch."""
+    if not ch.changed:
+        out.print(f"mode {ch.new_mode}: nothing to change", highlight=False)
+    elif ch.old_mode == ch.new_mode:
+        out.print(f"mode {ch.new_mode}: updated in {ch.total_s:.2f}s", highlight=False)
+    else:
+        out.print(f"mode {ch.old_mode} -> {ch.new_mode} in {ch.total_s:.2f}s", highlight=False)
+
+
+@click.command(
+    epilog="""\b
+Examples (the lesson's calicoctl commands):
+  netns-lab patch felixconfiguration default --patch='{"spec": {"bpfKubeProxyIptablesCleanupEnabled": false}}'
+  netns-lab patch felixconfiguration default --patch='{"spec": {"bpfEnabled": true}}'
+  netns-lab patch felixconfiguration default --patch='{"spec": {"bpfExternalServiceMode": "DSR"}}'
+  netns-lab patch felixconfiguration default -p '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/24"]}}'
+\b
+Fields: bpfEnabled (true: eBPF dataplane), bpfExternalServiceMode (Tunnel | DSR),
+bpfKubeProxyIptablesCleanupEnabled (false: kube-proxy's rules stay, bypassed by BPF),
+bpfDSROptoutCIDRs (clients that keep Tunnel behaviour in DSR mode).
+"""
+)
+@lab_option
+@click.argument("kind", metavar="felixconfiguration")
+@click.argument("name", metavar="default")
+@click.option("-p", "--patch", "patch_text", required=True, metavar="JSON", help='A JSON merge patch: {"spec": {...}}.')
+def patch(lab: str | None, kind: str, name: str, patch_text: str) -> int:
+    """Patch FelixConfiguration "default" as calicoctl does; the lab moves to what it selects, live."""
+    _felix_target(kind, name)
+    try:
+        felix_model.apply_patch(FelixConfig(), patch_text)  # refuse bad input before the root check
+    except FelixConfigError as exc:
+        raise LabError(str(exc)) from None
+    require_root()
+    out = console()
+    ch = lab_handle(lab, out).patch_felix(patch_text)
+    out.print("Successfully patched 1 'FelixConfiguration' resource", highlight=False)
+    _report(out, ch)
+    return 0
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  netns-lab get felixconfiguration default
+  netns-lab get felixconfiguration default -o json | jq .spec.bpfEnabled
+"""
+)
+@lab_option
+@click.argument("kind", metavar="felixconfiguration")
+@click.argument("name", metavar="default")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
+def get(lab: str | None, kind: str, name: str, output: str) -> int:
+    """Show FelixConfiguration "default" (the fields this lab models) as calicoctl get would."""
+    import yaml
+
+    _felix_target(kind, name)
+    resource = load_lab(lab).felix.to_resource()
+    click.echo(json.dumps(resource, indent=2) if output == "json" else yaml.safe_dump(resource, sort_keys=False).rstrip())
+    return 0
+
+
+@click.command(
+    "mode",
+    epilog="""\b
+Examples:
+  netns-lab mode                  # show the current mode
+  netns-lab mode tunnel           # = patch {"spec": {"bpfEnabled": true, "bpfExternalServiceMode": "Tunnel"}}
+  netns-lab mode dsr              # = ... "bpfExternalServiceMode": "DSR"
+  netns-lab mode kube-proxy       # = patch {"spec": {"bpfEnabled": false}}
+""",
+)
+@lab_option
+@click.argument("mode", required=False, type=click.Choice(MODES))
+@output_option
+def mode_cmd(lab: str | None, mode: str | None, output: str) -> int:
+    """Switch the service dataplane of a running lab live (kube-proxy, tunnel or dsr); without MODE, show it."""
+    if mode is None:
+        handle = lab_handle(lab)
+        st = handle.state()
+        doc = {"lab": handle.name, "mode": st.mode, "felix": st.felix.to_spec()}
+        click.echo(json.dumps(doc, indent=2) if output == "json" else str(doc["mode"]))
+        return 0
+    require_root()
+    out = console()
+    _report(out, lab_handle(lab, out).switch_mode(mode))
+    return 0
+
+
+COMMANDS = (patch, get, mode_cmd)

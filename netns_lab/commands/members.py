@@ -1,0 +1,114 @@
+"""`netns-lab exec | logs`: run a command in a member's namespace, read a pod's access log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import Any, NoReturn
+
+import click
+
+from netns_lab import naming
+from netns_lab.commands.common import lab_handle, lab_option, output_option, require_root
+from netns_lab.errors import LabError
+
+ACCESS_RE = re.compile(r'^(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<size>\S+)$')
+
+
+@click.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    epilog="""\b
+Examples:
+  netns-lab exec host1 -- curl -s 198.19.0.1:30180
+  netns-lab exec control -- tcpdump -nvi any 'tcp port 30180'
+  netns-lab exec --name lab2 node1 -- ip route
+""",
+)
+@lab_option
+@click.argument("member")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn:
+    """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through."""
+    if command and command[0] == "--":  # parsing stops at MEMBER, so a separating `--` arrives here
+        command = command[1:]
+    if not command:
+        raise click.UsageError("missing COMMAND after MEMBER")
+    require_root()
+    argv = lab_handle(lab).exec_argv(member, *command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise LabError(f"cannot run ip netns exec: {exc.strerror}") from None
+
+
+def parse_access_line(line: str) -> dict[str, Any] | None:
+    """One access-log line as a dict (client, time, request, method, path, status, size); None for other lines."""
+    m = ACCESS_RE.match(line.rstrip("\n"))
+    if not m:
+        return None
+    d: dict[str, Any] = m.groupdict()
+    parts = d["request"].split()
+    d["method"] = parts[0] if parts else ""
+    d["path"] = parts[1] if len(parts) > 1 else ""
+    d["status"] = int(d["status"])
+    return d
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  netns-lab logs customer
+  netns-lab logs customer --follow        # like kubectl logs --follow
+  netns-lab logs customer -o json         # parsed access-log entries
+"""
+)
+@lab_option
+@click.argument("pod")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
+@output_option
+def logs(lab: str | None, pod: str, follow: bool, output: str) -> int:
+    """Print a pod's log: its app's access log in the lesson's format."""
+    handle = lab_handle(lab)
+    st = handle.state()
+    if pod not in st.pods:
+        raise LabError(f"unknown pod {pod!r} of lab {handle.name!r} (pods: {', '.join(st.pods)})")
+    path = naming.log_path(handle.name, pod)
+    try:
+        f = open(path, errors="replace")
+    except FileNotFoundError:
+        raise LabError(f"pod {pod!r} has no log yet ({path})") from None
+    with f:
+        if output == "json" and not follow:
+            entries = [e for line in f if (e := parse_access_line(line))]
+            click.echo(json.dumps(entries, indent=2))
+            return 0
+        _emit(f.read(), output)
+        while follow:
+            chunk = f.read()
+            if chunk:
+                _emit(chunk, output)
+            elif not path.exists():
+                return 0  # the lab was taken down
+            else:
+                time.sleep(0.1)
+    return 0
+
+
+def _emit(text: str, output: str) -> None:
+    """Write log text, or one JSON object per access line when following with -o json."""
+    if output == "json":
+        for line in text.splitlines():
+            if e := parse_access_line(line):
+                click.echo(json.dumps(e))
+    else:
+        sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+COMMANDS = (exec_cmd, logs)
