@@ -1,0 +1,226 @@
+"""kube-proxy's nftables mode (GA in Kubernetes 1.33), reproduced: topology -> one `nft -f` transaction per node.
+
+The table layout, names and comments follow kube-proxy's nftables proxier: one table
+`ip kube-proxy`; the hooks nat-prerouting/nat-output jump to `services`, which dispatches in
+one lookup through the verdict maps `service-ips` (ClusterIP . proto . port) and
+`service-nodeports` (proto . port, for destinations in the set `nodeport-ips`); a service
+port's chain `service-<hash>-ns/name/proto/port` marks off-cluster sources for masquerade and
+picks an endpoint chain with `numgen random mod N vmap`; `endpoint-<hash>-...__ip/port`
+DNATs. `external-<hash>-...` is a NodePort's entry (mark for masquerade, then the service
+chain). Services without endpoints are rejected through `no-endpoint-services` /
+`no-endpoint-nodeports`, and ClusterIPs of the service CIDR that nobody owns are dropped.
+
+Where the iptables mode walks KUBE-SERVICES rule by rule, every lookup here is a hash (the
+point of the rewrite), which `netns-lab bench` measures side by side.
+
+A sync replaces the whole table in one transaction (add, delete, add: atomic, so no packet
+sees a half-built table; conntrack keeps open connections' NAT bindings). kube-proxy flushes
+and rewrites chains and deletes stale ones later; the resulting table is the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+from dataclasses import dataclass, field
+
+from netns_lab.errors import LabError
+from netns_lab.topology import AddressPlan, Service, ServicePort, Topology
+
+FAMILY = "ip"
+TABLE = "kube-proxy"
+MASQ_MARK = "0x4000"
+T = f"{FAMILY} {TABLE}"  # every command names the table this way
+
+# The table's fixed part, as kube-proxy creates it on start (sets, maps, base and helper chains).
+SETS = (
+    ("cluster-ips", "ipv4_addr", "Active ClusterIPs"),
+    ("nodeport-ips", "ipv4_addr", "IPs that accept NodePort traffic"),
+)
+MAPS = (
+    ("firewall-ips", "ipv4_addr . inet_proto . inet_service", "destinations that are subject to LoadBalancerSourceRanges"),
+    ("no-endpoint-nodeports", "inet_proto . inet_service", "vmap to drop or reject packets to service nodeports with no endpoints"),
+    ("no-endpoint-services", "ipv4_addr . inet_proto . inet_service", "vmap to drop or reject packets to services with no endpoints"),
+    ("service-ips", "ipv4_addr . inet_proto . inet_service", "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+    ("service-nodeports", "inet_proto . inet_service", "NodePort traffic"),
+)
+# (chain, hook spec or None for a regular chain)
+CHAINS = (
+    ("cluster-ips-check", None),
+    ("filter-prerouting-pre-dnat", "type filter hook prerouting priority -110 ;"),
+    ("filter-output-pre-dnat", "type filter hook output priority -110 ;"),
+    ("filter-forward", "type filter hook forward priority 0 ;"),
+    ("filter-input", "type filter hook input priority 0 ;"),
+    ("filter-output", "type filter hook output priority 0 ;"),
+    ("firewall-check", None),
+    ("mark-for-masquerade", None),
+    ("masquerading", None),
+    ("nat-output", "type nat hook output priority -100 ;"),
+    ("nat-postrouting", "type nat hook postrouting priority 100 ;"),
+    ("nat-prerouting", "type nat hook prerouting priority -100 ;"),
+    ("nodeport-endpoints-check", None),
+    ("reject-chain", 'comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ;'),
+    ("services", None),
+    ("service-endpoints-check", None),
+)
+
+
+def base_rules(service_cidr: str) -> list[str]:
+    """The fixed rules: filter hooks into the endpoint/ClusterIP checks, masquerading, the service dispatch."""
+    return [
+        f'cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',
+        f'cluster-ips-check ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"',
+        "filter-prerouting-pre-dnat ct state new jump firewall-check",
+        "filter-forward ct state new jump service-endpoints-check",
+        "filter-forward ct state new jump cluster-ips-check",
+        "filter-input ct state new jump nodeport-endpoints-check",
+        "filter-input ct state new jump service-endpoints-check",
+        "filter-output ct state new jump service-endpoints-check",
+        "filter-output-pre-dnat ct state new jump firewall-check",
+        "filter-output ct state new jump cluster-ips-check",
+        "firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips",
+        f"mark-for-masquerade mark set mark or {MASQ_MARK}",
+        f"masquerading mark and {MASQ_MARK} == 0 return",
+        f"masquerading mark set mark xor {MASQ_MARK}",
+        "masquerading masquerade fully-random",
+        "nat-output jump services",
+        "nat-postrouting jump masquerading",
+        "nat-prerouting jump services",
+        "nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+        "reject-chain reject",
+        "services ip daddr . meta l4proto . th dport vmap @service-ips",
+        "services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+        "service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+    ]
+
+
+def _hashed(prefix: str, base: str) -> str:
+    """kube-proxy's hashAndTruncate: `<prefix>-` + base32(sha256(base))[:8] + `-` + base."""
+    return f"{prefix}-{base64.b32encode(hashlib.sha256(base.encode()).digest()).decode()[:8]}-{base}"
+
+
+def port_base(svc: Service, sp: ServicePort) -> str:
+    """`ns/name/proto/port-name`: the base of a service port's chain names."""
+    return f"{svc.namespace}/{svc.name}/{sp.protocol.lower()}/{sp.name}"
+
+
+def service_chain(svc: Service, sp: ServicePort) -> str:
+    """service-<hash>-ns/name/proto/port: the ClusterIP entry of a service port."""
+    return _hashed("service", port_base(svc, sp))
+
+
+def external_chain(svc: Service, sp: ServicePort) -> str:
+    """external-<hash>-...: the NodePort entry (same hash as the service chain)."""
+    return _hashed("external", port_base(svc, sp))
+
+
+def endpoint_chain(svc: Service, sp: ServicePort, ip: str, port: int) -> str:
+    """endpoint-<hash>-ns/name/proto/port__ip/port: DNAT to one endpoint."""
+    return _hashed("endpoint", f"{port_base(svc, sp)}__{ip}/{port}")
+
+
+@dataclass
+class Ruleset:
+    """kube-proxy's nftables table for one node: chains it owns, rules (chain first) and map/set elements."""
+
+    chains: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    elements: list[str] = field(default_factory=list)
+    service_cidr: str = ""
+    node_ips: list[str] = field(default_factory=list)
+
+
+def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
+    """The table kube-proxy's nftables mode would program on `node` for the topology's services
+    (externalTrafficPolicy Cluster everywhere, as the iptables mode of this lab)."""
+    me = next((n for n in topo.nodes if n.name == node), None)
+    if me is None:
+        raise KeyError(node)
+    cluster = topo.pod_pool
+    rs = Ruleset(service_cidr=topo.service_cidr, node_ips=[me.address])
+    for svc in topo.services:
+        rs.elements.append(f"cluster-ips {{ {svc.cluster_ip} }}")
+        for sp in svc.ports:
+            proto = sp.protocol.lower()
+            what = f"{svc.full_name}:{sp.name}"
+            backends = plan.backends(svc, sp)
+            if not backends:  # kube-proxy rejects these (a REJECT, i.e. ICMP port unreachable or TCP RST)
+                rs.elements.append(f'no-endpoint-services {{ {svc.cluster_ip} . {proto} . {sp.port} comment "{what}" : goto reject-chain }}')
+                if sp.node_port is not None:
+                    rs.elements.append(f'no-endpoint-nodeports {{ {proto} . {sp.node_port} comment "{what}" : goto reject-chain }}')
+                continue
+            svc_c = service_chain(svc, sp)
+            eps = [(endpoint_chain(svc, sp, b.ip, b.port), b) for b in backends]
+            picks = " , ".join(f"{i} : goto {c}" for i, (c, _) in enumerate(eps))
+            rs.chains.append(svc_c)
+            rs.rules += [
+                f"{svc_c} ip daddr {svc.cluster_ip} ip saddr != {cluster} jump mark-for-masquerade",
+                f"{svc_c} numgen random mod {len(eps)} vmap {{ {picks} }}",
+            ]
+            if sp.node_port is not None:
+                ext_c = external_chain(svc, sp)
+                rs.chains.append(ext_c)
+                rs.rules += [f"{ext_c} jump mark-for-masquerade", f"{ext_c} goto {svc_c}"]
+                rs.elements.append(f"service-nodeports {{ {proto} . {sp.node_port} : goto {ext_c} }}")
+            for c, b in eps:
+                rs.chains.append(c)
+                rs.rules += [f"{c} ip saddr {b.ip} jump mark-for-masquerade", f"{c} meta l4proto {proto} dnat to {b.ip}:{b.port}"]
+            rs.elements.append(f"service-ips {{ {svc.cluster_ip} . {proto} . {sp.port} : goto {svc_c} }}")
+    return rs
+
+
+# --------------------------------------------------------------------------- nft -f text (pure)
+
+
+def install_text(rs: Ruleset) -> str:
+    """One `nft -f` transaction making the node's kube-proxy table exactly `rs` (replacing any previous one)."""
+    lines = [f"add table {T}", f"delete table {T}", f'add table {T} {{ comment "rules for kube-proxy" ; }}']
+    lines += [f'add set {T} {name} {{ type {typ} ; comment "{c}" ; }}' for name, typ, c in SETS]
+    lines += [f'add map {T} {name} {{ type {typ} : verdict ; comment "{c}" ; }}' for name, typ, c in MAPS]
+    lines += [f"add chain {T} {name}" + (f" {{ {spec} }}" if spec else "") for name, spec in CHAINS]
+    lines += [f"add chain {T} {c}" for c in rs.chains]
+    lines += [f"add rule {T} {r}" for r in base_rules(rs.service_cidr)]
+    lines += [f"add element {T} nodeport-ips {{ {ip} }}" for ip in rs.node_ips]
+    lines += [f"add rule {T} {r}" for r in rs.rules]
+    lines += [f"add element {T} {e}" for e in rs.elements]
+    return "\n".join(lines) + "\n"
+
+
+def removal_text() -> str:
+    """One `nft -f` transaction deleting kube-proxy's table, also when it is not there (add first)."""
+    return f"add table {T}\ndelete table {T}\n"
+
+
+# --------------------------------------------------------------------------- applying inside a node namespace
+
+
+def _nft(ns: str, args: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """nft inside `ns`; LabError with its stderr on failure when `check`."""
+    proc = subprocess.run(["ip", "netns", "exec", ns, "nft", *args], input=stdin, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise LabError(f"nft {' '.join(args)} in {ns} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def install(ns: str, rs: Ruleset) -> None:
+    """Program the table into `ns` in one transaction (idempotent; also the resync after endpoint changes)."""
+    _nft(ns, ["-f", "-"], install_text(rs))
+
+
+def remove(ns: str) -> bool:
+    """Delete kube-proxy's table from `ns` (what Felix's cleanup does); False if it was not there."""
+    had = present(ns)
+    if had:
+        _nft(ns, ["-f", "-"], removal_text())
+    return had
+
+
+def present(ns: str) -> bool:
+    """True when kube-proxy's nftables table exists in `ns`."""
+    return _nft(ns, ["list", "table", FAMILY, TABLE], check=False).returncode == 0
+
+
+def listing(ns: str) -> str:
+    """`nft list table ip kube-proxy` in `ns` (what a user reads to see the rules)."""
+    return _nft(ns, ["list", "table", FAMILY, TABLE]).stdout
