@@ -242,10 +242,23 @@ def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
     """kube-proxy -> eBPF (rules kept, then cleaned up) -> kube-proxy, curl working with the expected source each time."""
     lab = lab_factory("kube-proxy", tag="s")
 
+    probes = iter(range(1, 1000))
+
     def source() -> str:
-        entries = new_entries(lab, "customer", lambda: lab.curl("198.19.0.1:30180"))
-        assert len(entries) == 1
-        return entries[0]["client"]
+        """The client the customer pod logs for one curl through control's NodePort. The curl is
+        told apart by its query: the one refused on purpose below may still be logged late."""
+        tag = f"/?probe={next(probes)}"
+        before = len(lab.log_entries("customer"))
+        lab.curl(f"198.19.0.1:30180{tag}")
+        mine: list[dict] = []
+
+        def logged() -> bool:
+            mine[:] = [e for e in lab.log_entries("customer")[before:] if e["path"] == tag]
+            return bool(mine)
+
+        wait_for(logged, timeout=5, interval=0.05)
+        assert len(mine) == 1, mine
+        return mine[0]["client"]
 
     assert source() == "198.19.0.1"
 
