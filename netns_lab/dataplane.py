@@ -39,7 +39,7 @@ from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
 from netns_lab.nsexec import netns_inode
-from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict
+from netns_lab.topology import HEADLESS, AddressPlan, Topology, plan, topology_from_dict
 from netns_lab.topology import Backend as PlanBackend
 
 EBPF_MODES = ("tunnel", "dsr")
@@ -102,6 +102,7 @@ def cluster_view(st: dict[str, Any], felix: FelixConfig) -> ClusterView:
             backends=[Backend(b["ip"], b["port"]) for b in sp["backends"]],
         )
         for s in st.get("services", [])
+        if s["cluster_ip"] != HEADLESS  # endpoints only: nothing to load-balance
         for sp in s["ports"]
     ]
     return ClusterView(
