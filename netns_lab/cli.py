@@ -72,13 +72,18 @@ def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 lab_option = click.option(
     "--name",
-    "-n",
     "lab",
     default=None,
+    envvar="NETNS_LAB",
     callback=_check_name,
     metavar="LAB",
-    help=f"Lab name (default: {naming.DEFAULT_LAB}).",
+    help=f"Lab name (default: $NETNS_LAB, else {naming.DEFAULT_LAB}).",
 )
+namespace_option = click.option(
+    "-n", "--namespace", default=None, metavar="NS",
+    help="Kubernetes namespace (the lab is --name; without -n, names and selectors match in every namespace).",
+)
+NAMESPACE_HINT = "-n/--namespace is now the Kubernetes namespace, as in kubectl; name the lab with --name LAB or NETNS_LAB=LAB"
 output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format."
 )
@@ -152,6 +157,8 @@ Examples:
   netns-lab up                              # default lab, kube-proxy mode
   netns-lab up --name lab2                  # a second lab beside the first
   netns-lab up --topology my.yaml           # your own topology (see: netns-lab topology)
+  netns-lab up --manifest examples/yaobank.yaml   # Kubernetes YAML (what `up` runs by default)
+  netns-lab up --manifest app.yaml --manifest more/   # files, directories, - for stdin
   netns-lab up --mode dsr                   # eBPF dataplane, DSR for NodePorts
 """
 )
@@ -161,15 +168,26 @@ Examples:
     "--topology",
     "topology_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML topology file (default: yaobank as in the lesson).",
+    help="YAML topology file: nodes and hosts (and pods and services in the lab's own format).",
 )
-def up(lab: str | None, mode: str | None, topology_file: Path | None) -> int:
-    """Build the lab: namespaces, veths, routes, services and the yaobank apps.
+@click.option("--manifest", "manifests", multiple=True, metavar="FILE|DIR|-",
+              help="Kubernetes YAML to run (repeatable; default: examples/yaobank.yaml on the lesson's nodes).")
+def up(lab: str | None, mode: str | None, topology_file: Path | None, manifests: tuple[str, ...]) -> int:
+    """Build the lab: namespaces, veths, routes, services and the apps of its pods.
 
     Idempotent: running it again on a lab that is up changes nothing and says so.
     """
+    from netns_lab.k8s import manifest
+
     lab = lab or naming.DEFAULT_LAB
-    topo = load_topology(topology_file) if topology_file else default_topology()
+    topo = load_topology(topology_file) if topology_file else None
+    if manifests:
+        result = manifest.load(list(manifests), topo or manifest.nodes_only(default_topology()))
+        for line in result.lines:
+            if "skipped" in line:
+                click.echo(line, err=True)
+        topo = result.topology
+    topo = topo or manifest.default_lab()
     addr_plan = plan(topo)
     require_root()
     want_mode = mode or "kube-proxy"
@@ -179,7 +197,7 @@ def up(lab: str | None, mode: str | None, topology_file: Path | None) -> int:
     had_dir = naming.run_dir(lab).exists()
     with lab_state.lock(lab):
         try:
-            if _already_up(lab, topo if topology_file else None, mode, out):
+            if _already_up(lab, topo if topology_file or manifests else None, mode, out):
                 return 0
         except LabError:
             if not had_dir:
@@ -298,24 +316,9 @@ def _new_state(lab: str, topo: Topology, addr_plan: AddressPlan, mode: str) -> d
             "pid": None,
             "log": str(naming.log_path(lab, p.name)),
         }
-    services = [
-        {
-            "name": s.full_name,
-            "cluster_ip": s.cluster_ip,
-            "ports": [
-                {
-                    "name": sp.name,
-                    "protocol": sp.protocol,
-                    "port": sp.port,
-                    "target_port": sp.target,
-                    "node_port": sp.node_port,
-                    "backends": [{"pod": b.pod, "ip": b.ip, "port": b.port} for b in addr_plan.backends(s, sp)],
-                }
-                for sp in s.ports
-            ],
-        }
-        for s in topo.services
-    ]
+    from netns_lab.k8s.live import services_doc
+
+    services = services_doc(topo, addr_plan)
     return {
         "version": lab_state.STATE_VERSION,
         "lab": lab,
@@ -533,16 +536,23 @@ def list_labs(output: str) -> int:
 @cli.command(
     epilog="""\b
 Examples:
-  netns-lab topology > my.yaml          # the default yaobank, to edit
+  netns-lab topology > my.yaml          # the default lab (examples/yaobank.yaml, normalised), to edit
   netns-lab up --name mine --topology my.yaml
   netns-lab topology --name mine -o json
+  netns-lab topology --manifest app.yaml   # what a manifest becomes: pods named and placed, IPs and ports allocated
 """
 )
 @lab_option
+@click.option("--manifest", "manifests", multiple=True, metavar="FILE|DIR|-", help="Show what this Kubernetes YAML becomes.")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
-def topology(lab: str | None, output: str) -> int:
-    """Print a lab's topology (or the default one) in the format `up --topology` reads."""
-    topo = lab_topology(load_lab(lab))[0] if lab else default_topology()
+def topology(lab: str | None, manifests: tuple[str, ...], output: str) -> int:
+    """Print a lab's topology (or the default one, or a manifest's) in the normalised form `up --topology` reads."""
+    from netns_lab.k8s import manifest
+
+    if manifests:
+        topo = manifest.load(list(manifests), manifest.nodes_only(default_topology())).topology
+    else:
+        topo = lab_topology(load_lab(lab))[0] if lab else manifest.default_lab()
     click.echo(dump_topology(topo) if output == "yaml" else json.dumps(topology_to_dict(topo), indent=2))
     return 0
 
@@ -565,6 +575,8 @@ Examples:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn:
     """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through."""
+    if member in ("-n", "--namespace"):  # unknown options reach MEMBER here (see context_settings)
+        raise click.UsageError(f"exec has no {member}: {NAMESPACE_HINT}")
     lab = lab or naming.DEFAULT_LAB
     if command and command[0] == "--":  # parsing stops at MEMBER, so a separating `--` arrives here
         command = command[1:]
@@ -603,40 +615,50 @@ def parse_access_line(line: str) -> dict[str, Any] | None:
 @cli.command(
     epilog="""\b
 Examples:
-  netns-lab logs customer
-  netns-lab logs customer --follow        # like kubectl logs --follow
-  netns-lab logs customer -o json         # parsed access-log entries
+  netns-lab logs -n yaobank -l app=customer --follow   # the lesson's line, as typed
+  netns-lab logs customer-648964b964-k8sk4             # one pod by name
+  netns-lab logs -l app=summary -o json                # parsed access-log entries of both summary pods
 """
 )
 @lab_option
-@click.argument("pod")
+@namespace_option
+@click.argument("pod", required=False)
+@click.option("-l", "--selector", metavar="KEY=VALUE", help="The pods with these labels (e.g. app=customer).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
 @output_option
-def logs(lab: str | None, pod: str, follow: bool, output: str) -> int:
-    """Print a pod's log: its app's access log in the lesson's format."""
+def logs(lab: str | None, namespace: str | None, pod: str | None, selector: str | None, follow: bool, output: str) -> int:
+    """Print pods' logs: their apps' access logs in the lesson's format."""
+    if not pod and not selector:
+        raise click.UsageError("give a POD name or -l KEY=VALUE")
     lab = lab or naming.DEFAULT_LAB
     st = load_lab(lab)
-    if pod not in st.get("pods", {}):
-        raise LabError(f"unknown pod {pod!r} of lab {lab!r} (pods: {', '.join(st.get('pods', {}))})")
-    path = naming.log_path(lab, pod)
+    pods = _select_pods(st, (pod,) if pod else (), selector, namespace)
+    files = []
+    for name in pods:
+        path = naming.log_path(lab, name)
+        try:
+            files.append((path, open(path, errors="replace")))
+        except FileNotFoundError:
+            raise LabError(f"pod {name!r} has no log yet ({path})") from None
     try:
-        f = open(path, errors="replace")
-    except FileNotFoundError:
-        raise LabError(f"pod {pod!r} has no log yet ({path})") from None
-    with f:
         if output == "json" and not follow:
-            entries = [e for line in f if (e := parse_access_line(line))]
+            entries = [e for _, f in files for line in f if (e := parse_access_line(line))]
             click.echo(json.dumps(entries, indent=2))
             return 0
-        _emit(f.read(), output)
+        for _, f in files:
+            _emit(f.read(), output)
         while follow:
-            chunk = f.read()
-            if chunk:
-                _emit(chunk, output)
-            elif not path.exists():
-                return 0  # the lab was taken down
-            else:
+            chunks = [f.read() for _, f in files]
+            for chunk in chunks:
+                if chunk:
+                    _emit(chunk, output)
+            if not any(chunks):
+                if not any(p.exists() for p, _ in files):
+                    return 0  # the pods (or the lab) are gone
                 time.sleep(0.1)
+    finally:
+        for _, f in files:
+            f.close()
     return 0
 
 
@@ -736,25 +758,63 @@ def patch(lab: str | None, kind: str, name: str, patch_text: str) -> int:
 @cli.command(
     epilog="""\b
 Examples:
-  netns-lab get felixconfiguration default
-  netns-lab get felixconfiguration default -o json | jq .spec.bpfEnabled
+  netns-lab get pods -A -o wide                 # every pod, its address and node
+  netns-lab get pods -n yaobank -l app=summary
+  netns-lab get services -n yaobank             # cluster IPs and node ports
+  netns-lab get endpointslices -n yaobank -o yaml
+  netns-lab get nodes -o wide
+  netns-lab get pod summary-767cb686f4-bv8xg -n yaobank -o json | jq .status.podIP
+  netns-lab get felixconfiguration default      # calicoctl's view of the dataplane settings
 """
 )
 @lab_option
-@click.argument("kind", metavar="felixconfiguration")
-@click.argument("name", metavar="default")
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
-def get(lab: str | None, kind: str, name: str, output: str) -> int:
-    """Show FelixConfiguration "default" (the fields this lab models) as calicoctl get would."""
+@namespace_option
+@click.option("-A", "--all-namespaces", is_flag=True, help="Objects of every namespace.")
+@click.option("-l", "--selector", metavar="KEY=VALUE", help="Only pods with these labels.")
+@click.argument("kind", metavar="KIND")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json"]), default=None, help="Output format (default: a table).")
+def get(lab: str | None, namespace: str | None, all_namespaces: bool, selector: str | None, kind: str, name: str | None,
+        output: str | None) -> int:
+    """Show pods, services, endpointslices or nodes as kubectl does (and felixconfiguration default as calicoctl does)."""
     import yaml
 
-    _felix_target(kind, name)
+    if kind.lower() in FELIX_KINDS:
+        _felix_target(kind, name or "")
+        st = load_lab(lab or naming.DEFAULT_LAB)
+        try:
+            resource = FelixConfig.from_spec(st.get("felix")).to_resource()
+        except FelixConfigError as exc:
+            raise LabError(f"the lab's felix configuration is invalid: {exc}") from None
+        click.echo(json.dumps(resource, indent=2) if output == "json" else yaml.safe_dump(resource, sort_keys=False).rstrip())
+        return 0
+    from netns_lab.k8s import views
+
+    which = views.kind_of(kind)
+    if which is None:
+        raise LabError(f"unknown resource kind {kind!r} (known: pods, services, endpointslices, nodes, felixconfiguration)")
+    if all_namespaces and namespace:
+        raise click.UsageError("give -n NS or -A, not both")
     st = load_lab(lab or naming.DEFAULT_LAB)
-    try:
-        resource = FelixConfig.from_spec(st.get("felix")).to_resource()
-    except FelixConfigError as exc:
-        raise LabError(f"the lab's felix configuration is invalid: {exc}") from None
-    click.echo(json.dumps(resource, indent=2) if output == "json" else yaml.safe_dump(resource, sort_keys=False).rstrip())
+    topo = lab_topology(st)[0]
+    ns = None if all_namespaces else (namespace or "default")
+    if ns is not None and ns not in topo.all_namespaces():
+        raise LabError(f"namespace {ns!r} not found in lab {st['lab']!r} (namespaces: {', '.join(topo.all_namespaces())})")
+    items = views.View(st, topo, _pid_running).objects(which, name, ns)
+    if selector and which == "pods":
+        wanted = set(_select_pods(st, (), selector, ns))
+        items = [o for o in items if o["metadata"]["name"] in wanted]
+    if name is not None and not items:
+        raise LabError(f'{which} "{name}" not found' + (f" in namespace {ns!r}" if which != "nodes" and ns else ""))
+    doc = items[0] if name is not None else views.as_list(items)
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump(doc, sort_keys=False).rstrip())
+    elif not items:
+        click.echo(f"No resources found in {ns} namespace." if ns and which != "nodes" else "No resources found", err=True)
+    else:
+        click.echo(views.format_table(views.table(which, items, output == "wide", all_namespaces)))
     return 0
 
 
@@ -786,13 +846,18 @@ def mode_cmd(lab: str | None, mode: str | None, output: str) -> int:
     return 0
 
 
-def _select_pods(st: dict[str, Any], names: tuple[str, ...], selector: str | None) -> list[str]:
-    """Pod names from arguments and/or a label selector (k=v[,k=v]); LabError for unknown pods or a bad selector."""
-    pods = st.get("pods", {})
+def _select_pods(st: dict[str, Any], names: tuple[str, ...], selector: str | None, namespace: str | None = None) -> list[str]:
+    """Pod names from arguments and/or a label selector (k=v[,k=v]), in `namespace` (None: any); LabError for unknown pods or a bad selector."""
+    topo = lab_topology(st)[0]
+    if namespace is not None and namespace not in topo.all_namespaces():
+        raise LabError(f"no namespace {namespace!r} in lab {st['lab']!r} (namespaces: {', '.join(topo.all_namespaces())}); "
+                       f"{NAMESPACE_HINT}")
+    pods = {p.name for p in topo.pods if namespace is None or p.namespace == namespace} & set(st.get("pods", {}))
     chosen = list(names)
     for n in names:
         if n not in pods:
-            raise LabError(f"unknown pod {n!r} of lab {st['lab']!r} (pods: {', '.join(pods)})")
+            where = f" in namespace {namespace!r}" if namespace else ""
+            raise LabError(f"unknown pod {n!r}{where} of lab {st['lab']!r} (pods: {', '.join(sorted(pods))})")
     if selector:
         want = {}
         for part in selector.split(","):
@@ -800,10 +865,10 @@ def _select_pods(st: dict[str, Any], names: tuple[str, ...], selector: str | Non
             if not eq or not key or not value:
                 raise LabError(f"bad selector {selector!r}: use key=value[,key=value], e.g. app=summary")
             want[key.strip()] = value.strip()
-        topo = lab_topology(st)[0]
-        matched = [p.name for p in topo.pods if want.items() <= p.all_labels().items()]
+        matched = [p.name for p in topo.pods if p.name in pods and want.items() <= p.all_labels().items()]
         if not matched:
-            raise LabError(f"no pod of lab {st['lab']!r} matches {selector!r}")
+            where = f" in namespace {namespace!r}" if namespace else ""
+            raise LabError(f"no pod{where} of lab {st['lab']!r} matches {selector!r}")
         chosen += [m for m in matched if m not in chosen]
     return chosen
 
@@ -812,39 +877,38 @@ def _select_pods(st: dict[str, Any], names: tuple[str, ...], selector: str | Non
     "delete",
     epilog="""\b
 Examples (the lesson restarts pods after enabling eBPF):
-  netns-lab delete pod customer
-  netns-lab delete pod -l app=summary       # summary-1 and summary-2
+  netns-lab delete pod -n yaobank -l app=customer     # the lesson's line, as typed
+  netns-lab delete pod -n yaobank -l app=summary      # both summary pods
+  netns-lab delete pod customer-648964b964-k8sk4
+  netns-lab delete -f app.yaml                        # the manifest's objects (and their pods)
 \b
-The pod is recreated at once with a new address, its app restarted, and the services'
-backends re-programmed (kube-proxy's rules, or the BPF maps in the eBPF modes).
+A Deployment's pod is replaced at once by a new pod with a new name and address, as its
+ReplicaSet does; a bare pod is recreated under its name with a new address. The services'
+backends follow (kube-proxy's rules, or the BPF maps in the eBPF modes).
 """,
 )
 @lab_option
-@click.argument("kind", metavar="pod")
+@namespace_option
+@click.argument("kind", metavar="pod", required=False)
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("-l", "--selector", metavar="KEY=VALUE", help="Delete the pods with these labels (e.g. app=summary).")
-def delete(lab: str | None, kind: str, names: tuple[str, ...], selector: str | None) -> int:
-    """Delete pods as kubectl does; each is recreated (new address) and the services follow it."""
-    from netns_lab import dataplane
+@click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR|-", help="Delete the objects of this Kubernetes YAML.")
+def delete(lab: str | None, namespace: str | None, kind: str | None, names: tuple[str, ...], selector: str | None,
+           files: tuple[str, ...]) -> int:
+    """Delete pods (or a manifest's objects) as kubectl does; Deployments' pods are replaced, services follow."""
+    from netns_lab import kubectl
 
-    if kind.lower() not in POD_KINDS:
-        raise LabError(f"unknown resource kind {kind!r}: only pods can be deleted (e.g. {PROG} delete pod customer)")
+    if files:
+        if kind or names or selector:
+            raise click.UsageError("give -f FILE or pod NAMEs/-l, not both")
+        return kubectl.delete_files(lab or naming.DEFAULT_LAB, list(files))
+    if kind is None or kind.lower() not in POD_KINDS:
+        raise LabError(f"unknown resource kind {kind!r}: delete pods (e.g. {PROG} delete pod -n yaobank -l app=customer) "
+                       "or a manifest's objects (-f FILE)")
     if not names and not selector:
         raise click.UsageError("give pod NAMEs or -l KEY=VALUE")
     require_root()
-    lab = lab or naming.DEFAULT_LAB
-    out = console()
-    load_lab(lab)  # before the lock, which would create the lab's directory
-    with lab_state.lock(lab):
-        st = _ready_lab(lab)
-        for name in _select_pods(st, names, selector):
-            try:
-                ch = dataplane.delete_pod(st, name)
-            finally:
-                lab_state.save(lab, st)
-            out.print(f'pod "{name}" deleted; recreated on {st["pods"][name]["node"]} as {ch.new_ip} '
-                      f"(was {ch.old_ip}), backends re-programmed ({ch.seconds:.2f}s)", highlight=False)
-    return 0
+    return kubectl.delete_pods(lab or naming.DEFAULT_LAB, names, selector, namespace)
 
 
 @cli.command(
@@ -873,6 +937,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Console-script entry: usage errors as one line (exit 2), LabError as one line (exit 1)."""
     try:
         rv = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.NoSuchOption as exc:
+        if exc.option_name in ("-n",):
+            click.echo(f"{PROG}: error: {exc.ctx.command_path if exc.ctx else PROG} has no -n: {NAMESPACE_HINT}", err=True)
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if exc.ctx else PROG
+        click.echo(f"{PROG}: error: {exc.format_message()} (see: {where} --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else PROG
         click.echo(f"{PROG}: error: {exc.format_message()} (see: {where} --help)", err=True)
@@ -894,3 +965,4 @@ if __name__ == "__main__":
     main()
 from netns_lab import study as _study  # noqa: E402,F401  registers dump/trace/explain
 from netns_lab import bench as _bench  # noqa: E402,F401  registers bench
+from netns_lab import kubectl as _kubectl  # noqa: E402,F401  registers apply, scale

@@ -371,7 +371,7 @@ class PodChange:
     seconds: float
 
 
-def _pod_processes(st: dict[str, Any], name: str) -> list[int]:
+def pod_processes(st: dict[str, Any], name: str) -> list[int]:
     """Processes living in a pod's namespace, plus its recorded app pid."""
     rec = st["pods"][name]
     ino = netns_inode(str(naming.netns_path(rec["netns"])))
@@ -417,7 +417,7 @@ def delete_pod(st: dict[str, Any], name: str, progress: Progress = _quiet) -> Po
     progress(f"pod {name} removed from {len(memberships)} service ports")
     topo, _ = lab_plan(st)
     pod = topo.pod(name)
-    cleanup.kill(_pod_processes(st, name))
+    cleanup.kill(pod_processes(st, name))
     builder.remove_pod(lab, pod)
     progress(f"pod {name} ({old_ip}) deleted: app stopped, namespace and veth removed")
 

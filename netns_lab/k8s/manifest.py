@@ -636,3 +636,19 @@ def load(args: list[str], base: Topology, stdin: TextIO | None = None) -> Result
     result = apply(docs, base)
     result.lines[:0] = skipped
     return result
+
+
+YAOBANK_MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "yaobank.yaml"
+
+
+def nodes_only(topo: Topology) -> Topology:
+    """A topology's fabric, nodes and hosts, with nothing running: what manifests are applied to by default."""
+    return Topology(nodes=copy.deepcopy(topo.nodes), hosts=copy.deepcopy(topo.hosts), fabric=copy.deepcopy(topo.fabric),
+                    pod_pool=topo.pod_pool, block_size=topo.block_size, service_cidr=topo.service_cidr, name=topo.name)
+
+
+def default_lab() -> Topology:
+    """The default lab: the lesson's nodes and host1, running examples/yaobank.yaml."""
+    from netns_lab.topology import default_topology
+
+    return load([str(YAOBANK_MANIFEST)], nodes_only(default_topology())).topology
