@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from ipaddress import IPv4Network
 from collections.abc import Callable
 from typing import Any
 
@@ -62,12 +63,18 @@ def services_doc(topo: Topology, addr: AddressPlan, ready: set[str] | None = Non
     ]
 
 
-def _current_plan(st: dict[str, Any], topo: Topology) -> AddressPlan:
-    """The plan of `topo` with running pods pinned to the addresses they have now (LabError if invalid)."""
+def _current_plan(st: dict[str, Any], topo: Topology, fresh: set[str]) -> AddressPlan:
+    """The plan of `topo`: running pods keep their addresses, `fresh` pods take the lowest address of their
+    node's block that no pod has now (so a replacement never gets the address of the pod it replaces)."""
     pinned = copy.deepcopy(topo)
+    taken = {rec["ip"] for rec in st.get("pods", {}).values()}
+    blocks = {name: IPv4Network(rec["pod_block"]) for name, rec in st.get("members", {}).items() if rec.get("kind") == "node"}
     for p in pinned.pods:
-        if p.name in st.get("pods", {}):
+        if p.name not in fresh:
             p.ip = st["pods"][p.name]["ip"]
+        elif p.ip is None and p.node in blocks:
+            p.ip = next((str(ip) for ip in blocks[p.node].hosts() if str(ip) not in taken), None)
+            taken.add(p.ip or "")
     try:
         return plan(pinned)
     except TopologyError as exc:
@@ -87,11 +94,11 @@ def reconcile(st: dict[str, Any], new: Topology, progress: Progress = _quiet) ->
     old = topology_from_dict(st["topology"])
     if [n.name for n in old.nodes] != [n.name for n in new.nodes] or old.hosts != new.hosts:
         raise LabError("nodes and hosts of a running lab cannot change (they come from its topology)")
-    addr = _current_plan(st, new)
     old_pods = {p.name: p for p in old.pods}
     new_pods = {p.name: p for p in new.pods}
     gone = [p for n, p in old_pods.items() if n not in new_pods or _without_ip(new_pods[n]) != _without_ip(p)]
     added = [p for n, p in new_pods.items() if n not in old_pods or _without_ip(old_pods[n]) != _without_ip(p)]
+    addr = _current_plan(st, new, {p.name for p in added})
     gone_names = {p.name for p in gone}
     done: list[str] = []
 
