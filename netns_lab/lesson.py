@@ -21,6 +21,7 @@ from netns_lab import capture, naming
 from netns_lab import state as lab_state
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
+from netns_lab.topology import topology_from_dict
 
 CLI = [sys.executable, "-m", "netns_lab"]
 CLIENT = "198.19.15.254"
@@ -28,6 +29,7 @@ INGRESS = "198.19.0.1"
 NODEPORT = 30180
 URL = f"{INGRESS}:{NODEPORT}"
 PAGE_LINES = 6
+LOGS_CUSTOMER = ["logs", "-n", "yaobank", "-l", "app=customer", "--follow"]
 
 
 class Walk:
@@ -82,24 +84,30 @@ class Walk:
             raise LabError(f"lesson step failed: {self.typed(args)}: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
 
-    def log_size(self) -> int:
-        """Current size of the customer pod's log (lines after it are new)."""
-        try:
-            return naming.log_path(self.lab, "customer").stat().st_size
-        except FileNotFoundError:
-            return 0
+    def customer_logs(self) -> list[Path]:
+        """Log files of the pods labelled app=customer (the Deployment's pod, whatever its name is now)."""
+        st = lab_state.load(self.lab) or {}
+        topo = topology_from_dict(st["topology"]) if st.get("topology") else None
+        pods = [p.name for p in topo.pods if p.all_labels().get("app") == "customer"] if topo else []
+        return [naming.log_path(self.lab, p) for p in pods]
 
-    def new_log_lines(self, since: int) -> list[str]:
-        """Access-log lines the customer pod wrote since offset `since`."""
-        path: Path = naming.log_path(self.lab, "customer")
-        with open(path, errors="replace") as f:
-            f.seek(since)
-            return [line.rstrip("\n") for line in f if " - - [" in line]
+    def log_size(self) -> dict[Path, int]:
+        """Current size of each customer pod's log (lines after it are new)."""
+        return {p: p.stat().st_size if p.exists() else 0 for p in self.customer_logs()}
+
+    def new_log_lines(self, since: dict[Path, int]) -> list[str]:
+        """Access-log lines the customer pods wrote since the offsets `since`."""
+        lines = []
+        for path, offset in since.items():
+            with open(path, errors="replace") as f:
+                f.seek(offset)
+                lines += [line.rstrip("\n") for line in f if " - - [" in line]
+        return lines
 
     def curl_and_log(self, expect: str) -> None:
         """The lesson's pair: `logs --follow` in one shell, curl in the other; checks the source the pod saw."""
         since = self.log_size()
-        self.prompt(["logs", "customer", "--follow"], "in a second shell; the lines it prints are shown below")
+        self.prompt(LOGS_CUSTOMER, "in a second shell; the lines it prints are shown below")
         self.run(["exec", "host1", "--", "curl", URL], limit=PAGE_LINES)
         lines = self.new_log_lines(since)
         for _ in range(40):  # the app logs right after replying
@@ -107,7 +115,7 @@ class Walk:
                 break
             time.sleep(0.05)
             lines = self.new_log_lines(since)
-        self.say("The customer pod's log (netns-lab logs customer --follow) shows:")
+        self.say(f"The customer pod's log ({self.typed(LOGS_CUSTOMER)}) shows:")
         self.show(lines)
         seen = {line.split(" ", 1)[0] for line in lines}
         if seen != {expect}:
@@ -157,8 +165,8 @@ class Walk:
         self.say("Switch on eBPF mode (compiles and loads the datapath on every node):")
         self.run(["patch", "felixconfiguration", "default", '--patch={"spec": {"bpfEnabled": true}}'])
         self.say("Enabling eBPF mode can disrupt existing connections: restart the customer and summary pods.")
-        self.run(["delete", "pod", "-l", "app=customer"])
-        self.run(["delete", "pod", "-l", "app=summary"])
+        self.run(["delete", "pod", "-n", "yaobank", "-l", "app=customer"])
+        self.run(["delete", "pod", "-n", "yaobank", "-l", "app=summary"])
 
     def source_ip(self) -> None:
         """Source IP preservation."""
