@@ -5,7 +5,7 @@ add keys without a schema change here. Keys written by this module:
 
     version, lab, status ("building" | "ready"), created, updated, mode,
     topology (YAML-shaped dict), members {name: {kind, netns, address?, pod_block?, node?}},
-    pods {name: {node, app, ip, netns, host_ifname, pid, log}},
+    pods {name: {node, app, ip, netns, host_ifname, pid, log, created?}} (created: pods made on a running lab),
     services [{name, cluster_ip, ports: [{name, protocol, port, target_port, node_port, backends}]}],
     felix {bpfEnabled, bpfExternalServiceMode, bpfKubeProxyIptablesCleanupEnabled, bpfDSROptoutCIDRs}
         (FelixConfiguration "default"'s spec; netns_lab/felix.py is its model),
