@@ -7,8 +7,10 @@ EndpointSlices are derived from the services' current backends, as the proxies r
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from netns_lab.k8s import names
@@ -35,14 +37,14 @@ def _timestamp(text: str | None) -> str | None:
     """The state's `%Y-%m-%dT%H:%M:%S%z` as Kubernetes' RFC 3339 UTC form."""
     if not text:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S%z"))))
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def age(created: str | None, now: float | None = None) -> str:
     """kubectl's AGE column: 42s, 5m, 3h, 2d."""
     if not created:
         return "<unknown>"
-    then = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    then = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
     secs = max(0, int((now or time.time()) - then))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= size * (2 if unit != "m" else 1):

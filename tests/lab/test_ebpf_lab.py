@@ -81,7 +81,7 @@ def test_curl_via_control_preserves_the_client_address(tunnel_lab: Lab) -> None:
     entries = new_entries(tunnel_lab, "customer", lambda: page.append(tunnel_lab.curl("198.19.0.1:30180")))
     assert "Welcome to YAO Bank" in page[0] and "2389.45 USD" in page[0] and page[0].rstrip().endswith("</html>")
     assert [(e["client"], e["request"], e["status"]) for e in entries] == [(HOST1, "GET / HTTP/1.1", 200)]
-    assert LESSON_LINE.match(tunnel_lab.run("logs", "customer").stdout.splitlines()[-1])
+    assert LESSON_LINE.match(tunnel_lab.run("logs", "-n", "yaobank", "-l", "app=customer").stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize(
