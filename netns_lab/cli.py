@@ -799,7 +799,8 @@ def get(lab: str | None, namespace: str | None, all_namespaces: bool, selector: 
     topo = lab_topology(st)[0]
     ns = None if all_namespaces else (namespace or "default")
     if ns is not None and ns not in topo.all_namespaces():
-        raise LabError(f"namespace {ns!r} not found in lab {st['lab']!r} (namespaces: {', '.join(topo.all_namespaces())})")
+        raise LabError(f"namespace {ns!r} not found in lab {st['lab']!r} (namespaces: {', '.join(topo.all_namespaces())}); "
+                       f"{NAMESPACE_HINT}")
     items = views.View(st, topo, _pid_running).objects(which, name, ns)
     if selector and which == "pods":
         wanted = set(_select_pods(st, (), selector, ns))
@@ -857,7 +858,12 @@ def _select_pods(st: dict[str, Any], names: tuple[str, ...], selector: str | Non
     for n in names:
         if n not in pods:
             where = f" in namespace {namespace!r}" if namespace else ""
-            raise LabError(f"unknown pod {n!r}{where} of lab {st['lab']!r} (pods: {', '.join(sorted(pods))})")
+            hint = ""
+            owned = sorted({p.namespace for p in topo.pods if p.owner and p.all_labels().get("app") == n})
+            if owned:  # an old name of the lesson's pods
+                hint = (f"; a Deployment's pods are named <deployment>-<hash>-<5 chars>: "
+                        f"try -n {owned[0]} -l app={n}")
+            raise LabError(f"unknown pod {n!r}{where} of lab {st['lab']!r} (pods: {', '.join(sorted(pods))}){hint}")
     if selector:
         want = {}
         for part in selector.split(","):

@@ -293,8 +293,8 @@ def _pod_template(doc: Doc, meta: Path_, spec: Path_, nodes: list[str]) -> tuple
     return template, fields
 
 
-def _service(doc: Doc) -> tuple[Service, dict[Path_, Path_]]:
-    """A Service object as the topology's Service (clusterIP and nodePorts left None to allocate)."""
+def _service(doc: Doc) -> tuple[Service, str, dict[Path_, Path_]]:
+    """A Service object as the topology's Service (clusterIP and nodePorts left unset to allocate), and its type."""
     spec = ("spec",)
     doc.get(spec, dict, required=True)
     typ = doc.get(spec + ("type",), str, "ClusterIP")
@@ -329,9 +329,7 @@ def _service(doc: Doc) -> tuple[Service, dict[Path_, Path_]]:
     selector = _labels(doc, spec + ("selector",))
     if not selector:
         raise doc.error(spec + ("selector",), "a service without a selector is not supported (its endpoints would be hand-made)")
-    svc = Service(doc.name, cluster_ip or "", ports, namespace=doc.namespace, selector=selector)
-    svc.type_wanted = typ  # type: ignore[attr-defined]  # NodePort ports without a nodePort get one allocated
-    return svc, fields
+    return Service(doc.name, cluster_ip or "", ports, namespace=doc.namespace, selector=selector), typ, fields
 
 
 def _workload(doc: Doc, nodes: list[str]) -> tuple[Workload, dict[Path_, Path_]]:
@@ -417,7 +415,7 @@ class _Applier:
 
     def _apply_service(self, doc: Doc) -> None:
         """A service: new, or replacing the one of the same name (keeping its allocated clusterIP and nodePorts)."""
-        svc, fields = _service(doc)
+        svc, typ, fields = _service(doc)
         old = next((s for s in self.topo.services if (s.namespace, s.name) == (svc.namespace, svc.name)), None)
         if old is not None:
             if not svc.cluster_ip and not old.headless:
@@ -426,15 +424,14 @@ class _Applier:
                 raise doc.error(("spec", "clusterIP"), f"field is immutable (the service has {old.cluster_ip})")
             for sp in svc.ports:
                 was = next((o for o in old.ports if (o.protocol, o.port) == (sp.protocol, sp.port)), None)
-                if sp.node_port is None and was is not None and svc.type_wanted == "NodePort":  # type: ignore[attr-defined]
+                if sp.node_port is None and was is not None and typ == "NodePort":
                     sp.node_port = was.node_port
         self._check_clashes(doc, svc, old)
         if not svc.cluster_ip:
             svc.cluster_ip = self._free_cluster_ip(doc)
         for j, sp in enumerate(svc.ports):
-            if sp.node_port is None and svc.type_wanted == "NodePort":  # type: ignore[attr-defined]
+            if sp.node_port is None and typ == "NodePort":  # NodePort ports without a nodePort get one allocated
                 sp.node_port = self._free_node_port(doc, j)
-        del svc.type_wanted  # type: ignore[attr-defined]
         unchanged = old == svc
         if old is not None:
             self.topo.services[self.topo.services.index(old)] = svc
