@@ -9,6 +9,7 @@ moves the running lab there live. A bad manifest is refused before anything is t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
 
@@ -105,32 +106,22 @@ def apply(lab: str | None, files: tuple[str, ...]) -> int:
     """Create or update the manifest's objects in a running lab, as kubectl apply does; pods start, services follow."""
     docs, skipped = manifest.parse(manifest.read_sources(list(files)))
     require_root()
-    applied: list[str] = []
-
-    def change(st: LabState, topo: Topology) -> Topology:
-        result = manifest.apply(docs, topo)
-        applied.extend(result.lines)
-        return result.topology
-
-    done = lab_handle(lab).change(change)
-    _print(skipped + applied + done)
+    _print(skipped + _manifest_change(lab, docs, manifest.apply))
     return 0
 
 
-def _delete_files(lab: str | None, files: list[str]) -> int:
-    """`delete -f`: the manifest's objects (and their pods) leave the running lab."""
-    docs, _ = manifest.parse(manifest.read_sources(files))
-    require_root()
-    deleted: list[str] = []
+def _manifest_change(lab: str | None, docs: list[manifest.Doc],
+                     op: Callable[[list[manifest.Doc], Topology], manifest.Result]) -> list[str]:
+    """Apply `op` (manifest.apply or manifest.delete) to the running lab's topology, live; its lines and the pods'."""
+    lines: list[str] = []
 
     def change(st: LabState, topo: Topology) -> Topology:
-        result = manifest.delete(docs, topo)
-        deleted.extend(result.lines)
+        result = op(docs, topo)
+        lines.extend(result.lines)
         return result.topology
 
     done = lab_handle(lab).change(change)
-    _print(deleted + done)
-    return 0
+    return lines + done
 
 
 @click.command(
@@ -159,7 +150,10 @@ def delete(lab: str | None, namespace: str | None, kind: str | None, names: tupl
     if files:
         if kind or names or selector:
             raise click.UsageError("give -f FILE or pod NAMEs/-l, not both")
-        return _delete_files(lab, list(files))
+        docs, _ = manifest.parse(manifest.read_sources(list(files)))
+        require_root()
+        _print(_manifest_change(lab, docs, manifest.delete))
+        return 0
     if kind is None or kind.lower() not in POD_KINDS:
         raise LabError(f"unknown resource kind {kind!r}: delete pods (e.g. {PROG} delete pod -n yaobank -l app=customer) "
                        "or a manifest's objects (-f FILE)")

@@ -241,10 +241,23 @@ def lab_factory(netns_lab: Callable[..., ApiLab]) -> Callable[..., Lab]:
 
 
 @contextlib.contextmanager
-def running_lab(tag: str, mode: str | None = None) -> Iterator[Lab]:
-    """A default lab up under a unique name for the block; always taken down, also when `up` or the block fails."""
-    with api_lab(unique_lab(tag), mode) as lab:
+def running_lab(tag: str, mode: str | None = None, manifests: list[Path] | None = None) -> Iterator[Lab]:
+    """A lab (default, or these Kubernetes manifests on the lesson's nodes) up under a unique name for the block;
+    always taken down, also when `up` or the block fails."""
+    with api_lab(unique_lab(tag), mode, manifests=manifests) as lab:
         yield Lab(lab.name)
+
+
+@contextlib.contextmanager
+def cli_lab(tag: str, *up_args: str) -> Iterator[Lab]:
+    """A lab brought up by the `up` command itself (`netns-lab up --name <unique> <up_args>`); always taken down."""
+    lab = Lab(unique_lab(tag))
+    try:
+        cli("up", "--name", lab.name, *up_args, timeout=600)
+        yield lab
+    finally:
+        if lab.api().exists():
+            lab.api().down()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, Lab, running_lab
+from .conftest import CLI, Lab, cli_lab, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -62,7 +62,7 @@ NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n---\n"
 
 def test_the_lesson_from_the_manifest(tmp_path: Path) -> None:
     """`up --manifest examples/yaobank.yaml`, then `lesson`: every observation of the lesson."""
-    with running_lab("l", "--manifest", str(YAOBANK)) as lab:
+    with cli_lab("l", "--manifest", str(YAOBANK)) as lab:
         pods = json.loads(lab.run("get", "pods", "-A", "-o", "json").stdout)["items"]
         assert sorted(p["metadata"]["labels"]["app"] for p in pods) == ["customer", "database", "summary", "summary"]
         proc = lab.run("lesson", timeout=900)
@@ -75,7 +75,7 @@ def nginx_lab(tmp_path_factory) -> Lab:
     """The lesson's nodes running an nginx Deployment of 3 behind NodePort 30080 (kube-proxy mode first)."""
     f = tmp_path_factory.mktemp("m") / "nginx.yaml"
     f.write_text(NAMESPACE + NGINX)
-    with running_lab("g", "--manifest", str(f), "--manifest", str(YAOBANK)) as lab:
+    with running_lab("g", manifests=[f, YAOBANK]) as lab:
         yield lab
 
 
