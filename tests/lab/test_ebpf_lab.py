@@ -249,8 +249,9 @@ def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
 
     def source() -> str:
         entries = new_entries(lab, "customer", lambda: lab.curl("198.19.0.1:30180"))
-        assert len(entries) == 1
-        return entries[0]["client"]
+        pages = [e for e in entries if e["request"] == "GET / HTTP/1.1"]  # not the probe below, logged late
+        assert len(pages) == 1
+        return pages[0]["client"]
 
     assert source() == "198.19.0.1"
 
@@ -270,7 +271,7 @@ def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
 
     # why the NOTRACK rule is there: without it kube-proxy's INVALID drop kills the flows BPF hands over
     dataplane.set_notrack(lab.api().state(), False)
-    proc = lab.exec("host1", "curl", "-sS", "--max-time", "3", "198.19.0.1:30180", check=False)
+    proc = lab.exec("host1", "curl", "-sS", "--fail", "--max-time", "3", "198.19.0.1:30180/notrack-probe", check=False)
     assert proc.returncode != 0
     lab.run("mode", "tunnel")  # re-applying the mode puts it back
     assert all(n["notrack"] for n in lab.status()["dataplane"]["nodes"].values())
