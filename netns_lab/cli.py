@@ -12,8 +12,9 @@ from typing import NoReturn
 import click
 
 from netns_lab.commands import bench, felix, kubectl, lesson, lifecycle, members, study
-from netns_lab.commands.common import CONTEXT, NAMESPACE_HINT, LabGroup
+from netns_lab.commands.common import CONTEXT, LabGroup
 from netns_lab.lab import PROG
+from netns_lab.state import NAMESPACE_HINT
 
 
 @click.group(cls=LabGroup, context_settings=CONTEXT)

@@ -17,9 +17,7 @@ from rich.markup import escape
 from netns_lab import naming
 from netns_lab.errors import LabError
 from netns_lab.lab import PROG, Lab
-from netns_lab.state import NAMESPACE_HINT, LabState
-
-__all__ = ["NAMESPACE_HINT"]
+from netns_lab.state import LabState
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 import click
 
 from netns_lab import naming
-from netns_lab.commands.common import (NAMESPACE_HINT, lab_handle, lab_option, namespace_option, output_option,
-                                       require_root, selector_option)
+from netns_lab.commands.common import lab_handle, lab_option, namespace_option, output_option, require_root, selector_option
 from netns_lab.errors import LabError
+from netns_lab.state import NAMESPACE_HINT
 
 ACCESS_RE = re.compile(r'^(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<size>\S+)$')
 
