@@ -76,11 +76,12 @@ def _expand(path: Path, seen: set[Path], root: Path) -> list[str]:
     return out
 
 
-def build_source(defines: dict[str, object] | None = None, bpf_dir: Path = BPF_DIR) -> str:
-    """The BCC text: #defines, then the topic headers and the three entry files, inlined."""
+def build_source(defines: dict[str, object] | None = None, bpf_dir: Path = BPF_DIR,
+                 entries: Sequence[str] = ENTRY_FILES) -> str:
+    """The BCC text: #defines, then the topic headers and the entry files (the three TC ones by default), inlined."""
     lines = [f"#define {k} {v}" for k, v in (defines or {}).items()]
     seen: set[Path] = set()
-    for entry in ENTRY_FILES:
+    for entry in entries:
         lines.extend(_expand(bpf_dir / entry, seen, bpf_dir))
     return "\n".join(lines) + "\n"
 

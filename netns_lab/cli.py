@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from netns_lab import cleanup, naming
+from netns_lab import cgroups, cleanup, naming
 from netns_lab import felix as felix_model
 from netns_lab import state as lab_state
 from netns_lab.errors import LabError
@@ -363,7 +363,7 @@ def down(lab: str | None, all_labs: bool) -> int:
         t0 = time.monotonic()
         with lab_state.lock(name, timeout=30):
             removed = cleanup.teardown(name)
-        extra = ", BPF pins" if removed.pins else ""
+        extra = (", BPF pins" if removed.pins else "") + (", node cgroups" if removed.cgroups else "")
         out.print(
             f"lab [bold]{name}[/] removed: {len(removed.namespaces)} namespaces, {len(removed.pids)} processes"
             f"{extra} ({time.monotonic() - t0:.2f}s)",
@@ -480,6 +480,9 @@ def _print_dataplane(out: Console, doc: dict[str, Any]) -> None:
         for prog in n.get("programs", []):
             by_if.setdefault(prog["interface"], []).append(f"{prog['program']} ({prog['hook']})")
         progs = "; ".join(f"{i}: {', '.join(p)}" for i, p in by_if.items()) or "-"
+        if n.get("ctlb_programs"):
+            hooks = ", ".join(p["hook"].removeprefix("cgroup_") for p in n["ctlb_programs"])
+            progs += f"; cgroup: {hooks}"
         if "error" in n:
             progs = f"[red]{escape(n['error'])}[/]"
         t.add_row(node, "loaded" if n["datapath_loaded"] else "-", progs,
@@ -487,6 +490,9 @@ def _print_dataplane(out: Console, doc: dict[str, Any]) -> None:
     out.print(t)
     sysctls = ", ".join(f"{k}={v}" for k, v in dp["sysctls"].items()) or "none (the builder's settings suffice)"
     out.print(f"sysctls changed for mode {doc['mode']}: {sysctls}", highlight=False)
+    out.print(f"cgroup v2: {dp.get('cgroup2') or 'not mounted'}; node cgroups "
+              f"{dp.get('cgroup2') or '?'}/{cgroups.TOP}/{doc.get('lab', '<lab>')}/<node>; "
+              f"connect-time LB: {dp.get('connect_time_lb', 'off')}", highlight=False)
     if dp.get("last_switch"):
         ls = dp["last_switch"]
         out.print(f"last switch: {ls['from']} -> {ls['to']} in {ls['seconds']:.2f}s", highlight=False)
@@ -564,7 +570,10 @@ Examples:
 @click.argument("member")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn:
-    """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through."""
+    """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through.
+
+    On a node the command runs in the node's cgroup, where connect-time load balancing
+    (bpfConnectTimeLoadBalancing) rewrites its connections to ClusterIPs and NodePorts."""
     lab = lab or naming.DEFAULT_LAB
     if command and command[0] == "--":  # parsing stops at MEMBER, so a separating `--` arrives here
         command = command[1:]
@@ -579,6 +588,9 @@ def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn
     ns = names[member]
     if ns not in list_netns():
         raise LabError(f"namespace {ns} of {member!r} is missing; the lab is broken: {PROG} down --name {lab}")
+    if st["members"].get(member, {}).get("kind") == "node":
+        # the node's cgroup carries its connect-time LB programs: join it before exec
+        cgroups.join(lab, member)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -31,10 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ebpf_nodeport import tc
+from ebpf_nodeport import ctlb, tc
 from ebpf_nodeport.datapath import Backend, ClusterView, NodeDatapath, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
-from netns_lab import builder, cleanup, kubeproxy, naming
+from netns_lab import builder, cgroups, cleanup, kubeproxy, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
@@ -255,6 +255,11 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
             ch.load_s.update({node: round(res.total_s, 3) for node, res in results.items()})
             for line in _load_lines(results, time.monotonic() - t):
                 say(line)
+        unbalanced = [n for n in nodes if not ctlb.is_loaded(st["lab"], n)]
+        if unbalanced:
+            secs = ctlb.load_nodes(st["lab"], unbalanced)
+            say(f"connect-time LB programs (connect4, sendmsg4, recvmsg4, getpeername4) loaded for "
+                f"{len(unbalanced)} nodes in {secs:.2f}s")
         synced: dict[str, str] = {}
         for node in nodes:
             dp = datapath(st, node)
@@ -270,6 +275,8 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
             detail = texts.pop() if len(texts) == 1 else "; ".join(f"{n}: {t}" for n, t in synced.items())
             say(f"maps synced on {', '.join(synced)} ({detail})")
     except (LoaderError, tc.TcError, OSError, ValueError) as exc:
+        if fresh == nodes:
+            _ctlb_off(st)
         for node in fresh:  # none of them was loaded before: whatever a partial load_all pinned goes
             with contextlib.suppress(Exception):
                 datapath(st, node).unload()
@@ -281,6 +288,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
             datapath(st, node).set_flags(enabled=True)
         say(f"eBPF datapath on: from_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
             f"{sum(len(pod_ifnames(st, n)) for n in fresh)} pod veths")
+    _settle_ctlb(st, felix, say)
     if ch.old_mode != felix.mode and ch.old_mode in EBPF_MODES:
         say(f"bpfExternalServiceMode {'DSR' if felix.mode == 'dsr' else 'Tunnel'}: new connections use "
             f"{felix.mode}; open ones keep the mode they started with")
@@ -295,6 +303,46 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
     if not keep_kube_proxy and any(has_notrack(n["netns"]) for n in nodes_of(st).values()):
         set_notrack(st, False)
         say("NOTRACK rule for the bypass mark removed (no kube-proxy rules left to bypass)")
+
+
+def _settle_ctlb(st: dict[str, Any], felix: FelixConfig, say: Progress) -> None:
+    """Make every node's cgroup carry the connect-time LB programs as bpfConnectTimeLoadBalancing says."""
+    setting = felix.bpfConnectTimeLoadBalancing
+    flags = ctlb.SETTINGS[setting]
+    changed = []
+    try:
+        for node, n in nodes_of(st).items():
+            path = str(cgroups.ensure(st["lab"], node))
+            cookie = cgroups.netns_cookie(n["netns"])
+            was = ctlb.read_cfg(st["lab"], node)
+            on = bool(ctlb.attached(path))
+            if flags:
+                ctlb.configure(st["lab"], node, cookie, flags)
+                if not on:
+                    ctlb.attach(st["lab"], node, path)
+            else:
+                ctlb.detach(st["lab"], node, path)
+                ctlb.configure(st["lab"], node, cookie, 0)
+            if was != (cookie, flags) or on != bool(flags):
+                changed.append(node)
+    except OSError as exc:
+        raise LabError(f"connect-time load balancing: {exc}") from None
+    st.setdefault("dataplane", {})["ctlb"] = setting
+    if changed:
+        what = {"TCP": "TCP sockets", "Enabled": "TCP and UDP sockets", "Disabled": "off"}[setting]
+        where = cgroups.lab_dir(st["lab"])
+        say(f"bpfConnectTimeLoadBalancing {setting}: {what} of {', '.join(changed)} "
+            f"(cgroups {where}/<node>); the rest of a node's service traffic is NATed per packet")
+
+
+def _ctlb_off(st: dict[str, Any]) -> None:
+    """Detach the connect-time LB programs and remove the lab's node cgroups (before the pins go)."""
+    for node in nodes_of(st):
+        with contextlib.suppress(OSError, LabError):
+            ctlb.detach(st["lab"], node, str(cgroups.node_cgroup(st["lab"], node)))
+    with contextlib.suppress(OSError, LabError):
+        cgroups.remove_lab(st["lab"])
+    (st.get("dataplane") or {}).pop("ctlb", None)
 
 
 def _load_lines(results: dict[str, LoadResult], wall_s: float) -> list[str]:
@@ -324,6 +372,7 @@ def _to_kube_proxy(st: dict[str, Any], ch: Change, say: Progress) -> None:
     for node in loaded:
         with contextlib.suppress(OSError):
             datapath(st, node).set_flags(enabled=False)
+    _ctlb_off(st)
     for node in loaded:
         datapath(st, node).unload()
     if loaded:
@@ -457,8 +506,15 @@ def status(st: dict[str, Any]) -> dict[str, Any]:
         except (OSError, LabError, tc.TcError) as exc:
             doc["error"] = str(exc)
         nodes[node] = doc
+    cg_root = cgroups.find_cgroup2()
+    for node, doc in nodes.items():
+        path = cgroups.node_cgroup(st["lab"], node, cg_root) if cg_root else None
+        doc["cgroup"] = str(path) if path and path.is_dir() else None
+        doc["ctlb_programs"] = ctlb.attached(str(path)) if path else []
     return {
         "nodes": nodes,
+        "cgroup2": str(cg_root) if cg_root else None,
+        "connect_time_lb": (st.get("dataplane") or {}).get("ctlb", "off"),
         "sysctls": (st.get("dataplane") or {}).get("sysctls", {}),
         "load_s": (st.get("dataplane") or {}).get("load_s", {}),
         "last_switch": (st.get("dataplane") or {}).get("last_switch"),
