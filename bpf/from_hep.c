@@ -20,6 +20,7 @@
 #include "lib/tunnel.h"
 #include "lib/icmp.h"
 #include "lib/events.h"
+#include "lib/hostnat.h"
 
 #define HEP_RETRY_NEW -1000   /* stale NAT_FWD removed: handle as a new connection */
 
@@ -502,6 +503,9 @@ static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_c
 	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
 	v = ct_lookup(&k, &p);
 	if (v) {
+		rc = host_client_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
 		if (v->type != CT_NAT_FWD) {
 			/* e.g. the reply of a pod's ClusterIP connection from a
 			 * remote backend: to_wep reverse-NATs it at the pod. */

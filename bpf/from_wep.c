@@ -19,6 +19,7 @@
 #include "lib/tunnel.h"
 #include "lib/icmp.h"
 #include "lib/events.h"
+#include "lib/hostnat.h"
 
 #define WEP_RETRY_NEW -1000
 
@@ -234,6 +235,11 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 	v = ct_lookup(&k, &p);
 	if (v) {
 		int from_client = ct_from_client(v, from_a);
+
+		/* A local backend answers the node's own connection. */
+		rc = host_client_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
 
 		if (v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && !from_client)
 			return wep_tunnel_reply(skb, conf, &p, st, v, from_a);

@@ -386,8 +386,7 @@ class NodeDatapath:
             keep = old.flags & (CFG_F_DSR | CFG_F_TRACE) if old.node_ip == ip2int(self.node_ip) else 0
             m.write_cfg(self._cfg(old, keep | CFG_F_ENABLED))
         if attach:
-            tc.attach(self.netns, self.host_ifname, tc.INGRESS, self.prog_path("from_hep"),
-                      "from_hep")
+            self.attach_host()
             for ifname in self.workloads():
                 self.attach_workload(ifname)
 
@@ -422,14 +421,20 @@ class NodeDatapath:
             for ifname in self.workloads():
                 self.detach_workload(ifname)
             try:
-                if tc.detach(self.netns, self.host_ifname, tc.INGRESS, "from_hep") and \
-                        not tc.filters(self.netns, self.host_ifname):
+                removed = tc.detach(self.netns, self.host_ifname, tc.INGRESS, "from_hep")
+                removed |= tc.detach(self.netns, self.host_ifname, tc.EGRESS, "to_hep")
+                if removed and not tc.filters(self.netns, self.host_ifname):
                     tc.remove_clsact(self.netns, self.host_ifname)
             except (tc.TcError, FileNotFoundError):
                 pass
         loader.remove_pins(self.lab, self.node)
 
     # -- attach points ----------------------------------------------------------------------
+
+    def attach_host(self) -> None:
+        """from_hep on the host interface's ingress, to_hep on its egress (from the pins)."""
+        tc.attach(self.netns, self.host_ifname, tc.INGRESS, self.prog_path("from_hep"), "from_hep")
+        tc.attach(self.netns, self.host_ifname, tc.EGRESS, self.prog_path("to_hep"), "to_hep")
 
     def attach_workload(self, ifname: str) -> None:
         """from_wep on the pod veth's ingress, to_wep on its egress (from the pins)."""

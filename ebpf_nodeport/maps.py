@@ -26,7 +26,7 @@ BE32 = ct.c_uint32.__ctype_be__
 BE16 = ct.c_uint16.__ctype_be__
 
 PIN_ROOT = "/sys/fs/bpf/netns-lab"
-PROGRAMS = ("from_hep", "from_wep", "to_wep")
+PROGRAMS = ("from_hep", "from_wep", "to_wep", "to_hep")
 
 
 def pin_dir(lab: str, node: str) -> str:
@@ -54,9 +54,9 @@ VXLAN_ENCAP_LEN = 50            # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethern
 SKB_MARK_BYPASS = 0x01000000     # from_hep marks what it NATs/decaps and hands to the kernel (config.h)
 PSNAT_START, PSNAT_LEN = 20000, 10000   # client ports given on a source-port collision (config.h)
 
-HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP = 0, 1, 2
-HOOKS = {HOOK_FROM_HEP: "from_hep", HOOK_FROM_WEP: "from_wep", HOOK_TO_WEP: "to_wep"}
-N_HOOKS = 3
+HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP, HOOK_TO_HEP = 0, 1, 2, 3
+HOOKS = {HOOK_FROM_HEP: "from_hep", HOOK_FROM_WEP: "from_wep", HOOK_TO_WEP: "to_wep", HOOK_TO_HEP: "to_hep"}
+N_HOOKS = 4
 MAX_REASONS = 32
 
 REASONS: dict[int, str] = {

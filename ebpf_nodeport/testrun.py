@@ -38,8 +38,8 @@ TC_ACT_UNSPEC, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 0, 2, 7
 VERDICT_NAMES = {-1: "UNSPEC", 0: "OK", 1: "RECLASSIFY", 2: "SHOT", 3: "PIPE", 4: "STOLEN",
                  5: "QUEUED", 6: "REPEAT", 7: "REDIRECT", 8: "TRAP"}
 VERDICTS = {v: k for k, v in VERDICT_NAMES.items()}
-ENTRIES = ("from_hep", "from_wep", "to_wep")
-HOOK_OF_ENTRY = {"from_hep": 0, "from_wep": 1, "to_wep": 2}
+ENTRIES = ("from_hep", "from_wep", "to_wep", "to_hep")
+HOOK_OF_ENTRY = {"from_hep": 0, "from_wep": 1, "to_wep": 2, "to_hep": 3}
 
 # Reason names come from ebpf_nodeport.maps.REASONS (the mirror of bpf/lib/counters.h).
 MAX_REASONS = 32

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import subprocess
 import time
@@ -54,6 +55,14 @@ NOTRACK_RULE = [
 # node with the ingress node's address as source, and the client's route back to that
 # address is the interface they arrive on, so even strict rp_filter accepts them.
 MODE_SYSCTLS: dict[str, dict[str, str]] = {"kube-proxy": {}, "tunnel": {}, "dsr": {}}
+
+# The node's own packets to a ClusterIP must reach eth0's egress hook (to_hep), which NATs them.
+# The builder routes everything off-fabric `dev eth0` on-link, so the kernel would ARP for the
+# ClusterIP itself and, with nobody answering, drop the packet before any TC hook sees it. In
+# eBPF mode the service CIDR goes via a next hop with a permanent neighbour entry instead (Calico
+# routes it to its bpfnatout device for the same reason). kube-proxy needs none: its DNAT runs
+# in OUTPUT, before the neighbour lookup.
+SERVICE_NEXTHOP = "169.254.255.1"
 
 Progress = Callable[[str], None]
 
@@ -147,6 +156,34 @@ def kube_proxy_remove(st: dict[str, Any]) -> None:
     for node, n in nodes_of(st).items():
         kubeproxy.remove(n["netns"], kubeproxy.ruleset(topo, p, node))
     st["kubeproxy"] = {"installed": False, "nodes": []}
+
+
+def _ip(ns: str, *args: str) -> subprocess.CompletedProcess:
+    """`ip` inside a node namespace (no check)."""
+    return subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True)
+
+
+def set_service_route(st: dict[str, Any], on: bool) -> None:
+    """Route the service CIDR of every node to eth0 through SERVICE_NEXTHOP (on), or remove that route."""
+    cidr = topology_from_dict(st["topology"]).service_cidr
+    for n in nodes_of(st).values():
+        ns = n["netns"]
+        if not on:
+            _ip(ns, "route", "del", cidr, "via", SERVICE_NEXTHOP)
+            _ip(ns, "neigh", "del", SERVICE_NEXTHOP, "dev", naming.UPLINK)
+            continue
+        mac = _ip(ns, "-j", "link", "show", naming.UPLINK)
+        addr = json.loads(mac.stdout)[0]["address"] if mac.returncode == 0 else ""
+        for args in (("neigh", "replace", SERVICE_NEXTHOP, "lladdr", addr, "dev", naming.UPLINK, "nud", "permanent"),
+                     ("route", "replace", cidr, "via", SERVICE_NEXTHOP, "dev", naming.UPLINK, "onlink")):
+            proc = _ip(ns, *args)
+            if proc.returncode != 0:
+                raise LabError(f"cannot route the service CIDR in {ns}: {proc.stderr.strip()}")
+
+
+def has_service_route(ns: str, cidr: str) -> bool:
+    """True when the node routes the service CIDR through SERVICE_NEXTHOP."""
+    return SERVICE_NEXTHOP in _ip(ns, "route", "show", cidr).stdout
 
 
 def _iptables(ns: str, *args: str) -> subprocess.CompletedProcess:
@@ -265,7 +302,7 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
             dp = datapath(st, node)
             stats = dp.sync(view)
             if node in fresh:
-                tc.attach(dp.netns, dp.host_ifname, tc.INGRESS, dp.prog_path("from_hep"), "from_hep")
+                dp.attach_host()
                 for ifname in pod_ifnames(st, node):
                     dp.attach_workload(ifname)
             elif stats.changed:
@@ -286,9 +323,13 @@ def _to_ebpf(st: dict[str, Any], felix: FelixConfig, ch: Change, say: Progress) 
     if fresh:
         for node in fresh:
             datapath(st, node).set_flags(enabled=True)
-        say(f"eBPF datapath on: from_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
+        say(f"eBPF datapath on: from_hep/to_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
             f"{sum(len(pod_ifnames(st, n)) for n in fresh)} pod veths")
     _settle_ctlb(st, felix, say)
+    if fresh:
+        set_service_route(st, True)
+        say(f"service CIDR routed to eth0 via {SERVICE_NEXTHOP} on every node (to_hep NATs the node's own "
+            "service traffic)")
     if ch.old_mode != felix.mode and ch.old_mode in EBPF_MODES:
         say(f"bpfExternalServiceMode {'DSR' if felix.mode == 'dsr' else 'Tunnel'}: new connections use "
             f"{felix.mode}; open ones keep the mode they started with")
@@ -373,6 +414,7 @@ def _to_kube_proxy(st: dict[str, Any], ch: Change, say: Progress) -> None:
         with contextlib.suppress(OSError):
             datapath(st, node).set_flags(enabled=False)
     _ctlb_off(st)
+    set_service_route(st, False)
     for node in loaded:
         datapath(st, node).unload()
     if loaded:

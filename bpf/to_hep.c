@@ -1,0 +1,90 @@
+/* to_hep: node eth0 egress, i.e. packets leaving the node (HEP = host endpoint).
+ *
+ * Only the node's own service connections are handled here (lib/hostnat.h):
+ * a packet from the node's address to a ClusterIP, or to a NodePort on any
+ * node address, that connect-time load balancing did not already give a
+ * backend. It is DNATed and redirected where the backend routes (a local
+ * pod's veth or eth0). Why at egress: the node's own packets pass no other
+ * hook of ours, and here the routing decision that chose eth0 is made
+ * (ClusterIPs route to eth0, docs/datapath.md). Everything else leaving eth0
+ * (routed pod traffic, our own tunnel and redirected packets) passes.
+ */
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/conntrack.h"
+#include "lib/nat.h"
+#include "lib/events.h"
+#include "lib/hostnat.h"
+
+static __always_inline int thep_new_flow(struct __sk_buff *skb, struct pkt *p,
+					 struct run_state *st, const struct fe_value *fe)
+{
+	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	struct be_value *be = be_pick(fe, hash);
+	__be32 be_addr, fe_addr = p->daddr;
+	__be16 be_port, fe_port = p->dport;
+	__u8 flags = ct_flags_of_fe(fe);
+
+	if (!be)
+		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+	be_addr = be->addr;
+	be_port = be->port;
+	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0, 0, CT_REPLACE);
+	ct_create(skb, p, p->sport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0, 0, CT_REPLACE);
+	st->ct_flags = flags;
+	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	return host_reroute(skb, p, st, REASON_NAT_NEW);
+}
+
+static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_cfg *conf,
+				       struct run_state *st)
+{
+	struct fe_value *fe;
+	struct ct_value *v, *rev;
+	struct ct_key k, rk;
+	struct pkt p;
+	int rc, from_a, rev_from_a;
+
+	if (entry_parse(skb, &p, st, &rc))
+		return rc;
+	/* Not the node's own connection, or our own VXLAN. */
+	if (p.saddr != conf->node_ip || !p.has_ports ||
+	    (p.proto == IPPROTO_UDP && p.dport == bpf_htons(conf->tunnel_port)))
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+
+	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
+	v = ct_lookup(&k, &p);
+	if (v) {
+		/* Replies we send as a frontend (NodePort, DSR) are the server side. */
+		if (v->type != CT_NAT_FWD || !ct_from_client(v, from_a) ||
+		    (v->flags & (CT_F_POD_CLIENT | CT_F_FROM_TUNNEL)))
+			return verdict(st, REASON_PASS, TC_ACT_OK);
+		ct_key_make(&rk, p.saddr, p.sport, v->nat_addr, v->nat_port, p.proto, &rev_from_a);
+		rev = ct_lookup(&rk, &p);
+		if (rev && rev->type == CT_NAT_REV) {
+			__be32 be_addr = v->nat_addr;
+			__be16 be_port = v->nat_port;
+
+			st->ct_flags = rev->flags;
+			ct_account(skb, v, from_a, &p);
+			ct_account(skb, rev, rev_from_a, &p);
+			if (rewrite_l3l4(skb, &p, 0, be_addr, be_port) < 0)
+				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+			st_left(st, &p);
+			return host_reroute(skb, &p, st, REASON_NAT_EST);
+		}
+		ct.delete(&k);   /* its connection is gone: a new one */
+	}
+	fe = fe_lookup(&p, is_node(p.daddr));
+	if (!fe)
+		return verdict(st, REASON_PASS, TC_ACT_OK);
+	return thep_new_flow(skb, &p, st, fe);
+}
+
+int to_hep(struct __sk_buff *skb)
+{
+	return entry_run(skb, HOOK_TO_HEP, thep_handle);
+}
