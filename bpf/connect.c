@@ -18,19 +18,30 @@
 
 #define SOCK_ALLOW 1
 
-/* The node's ctlb settings when this socket is the node's and its protocol
- * is balanced, else NULL. */
-static __always_inline const struct ctlb_cfg *ctlb_applies(struct bpf_sock_addr *ctx)
+/* ctlb is on and the socket lives in the node's own network namespace. */
+static __always_inline int ctlb_ours(const struct ctlb_cfg *c, struct bpf_sock_addr *ctx)
+{
+	return c && c->flags && bpf_get_netns_cookie(ctx) == c->netns_cookie;
+}
+
+/* True when this socket is the node's and its protocol is balanced. A
+ * protocol left to the per-packet path (to_hep) is still balanced toward
+ * the node's own address: those packets go through lo, past every TC hook. */
+static __always_inline int ctlb_applies(struct bpf_sock_addr *ctx)
 {
 	__u32 zero = 0;
 	struct ctlb_cfg *c = ctlb_cfg.lookup(&zero);
+	struct node_cfg *node;
 	__u32 want;
 
-	if (!c || !c->flags || bpf_get_netns_cookie(ctx) != c->netns_cookie)
-		return NULL;
+	if (!ctlb_ours(c, ctx))
+		return 0;
 	want = ctx->protocol == IPPROTO_TCP ? CTLB_F_TCP :
 	       ctx->protocol == IPPROTO_UDP ? CTLB_F_UDP : 0;
-	return (c->flags & want) ? c : NULL;
+	if (c->flags & want)
+		return 1;
+	node = cfg.lookup(&zero);
+	return want && node && node->node_ip && ctx->user_ip4 == node->node_ip;
 }
 
 /* Frontend lookup for the address the application gave; NodePorts answer on
@@ -83,8 +94,10 @@ static __always_inline int ctlb_restore(struct bpf_sock_addr *ctx)
 {
 	struct ctlb_value *fe;
 	struct ctlb_key k;
+	__u32 zero = 0;
 
-	if (!ctlb_applies(ctx))
+	/* Only sockets ctlb_balance() rewrote have an entry: no protocol check. */
+	if (!ctlb_ours(ctlb_cfg.lookup(&zero), ctx))
 		return SOCK_ALLOW;
 	__builtin_memset(&k, 0, sizeof(k));
 	k.cookie = bpf_get_socket_cookie(ctx);

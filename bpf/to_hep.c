@@ -17,7 +17,7 @@
 #include "lib/events.h"
 #include "lib/hostnat.h"
 
-static __always_inline int thep_new_flow(struct __sk_buff *skb, struct pkt *p,
+static __always_inline int thep_new_flow(struct __sk_buff *skb, const struct node_cfg *conf, struct pkt *p,
 					 struct run_state *st, const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
@@ -36,7 +36,7 @@ static __always_inline int thep_new_flow(struct __sk_buff *skb, struct pkt *p,
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st_left(st, p);
-	return host_reroute(skb, p, st, REASON_NAT_NEW);
+	return host_reroute(skb, conf, p, st, REASON_NAT_NEW);
 }
 
 static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_cfg *conf,
@@ -74,14 +74,14 @@ static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_
 			if (rewrite_l3l4(skb, &p, 0, be_addr, be_port) < 0)
 				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 			st_left(st, &p);
-			return host_reroute(skb, &p, st, REASON_NAT_EST);
+			return host_reroute(skb, conf, &p, st, REASON_NAT_EST);
 		}
 		ct.delete(&k);   /* its connection is gone: a new one */
 	}
 	fe = fe_lookup(&p, is_node(p.daddr));
 	if (!fe)
 		return verdict(st, REASON_PASS, TC_ACT_OK);
-	return thep_new_flow(skb, &p, st, fe);
+	return thep_new_flow(skb, conf, &p, st, fe);
 }
 
 int to_hep(struct __sk_buff *skb)

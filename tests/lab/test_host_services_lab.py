@@ -1,0 +1,135 @@
+"""A node's own connections to services (issue 15): connect-time load balancing and the per-packet path.
+
+Every case runs in kube-proxy mode (the reference: its OUTPUT-chain DNAT serves a node's
+own sockets) and in both eBPF modes. In eBPF mode a TCP socket of `exec NODE` is given its
+backend in connect() (the node's to_hep counts no NAT for it); UDP, under Calico's default
+bpfConnectTimeLoadBalancing TCP, is NATed per packet by to_hep; with Disabled everything is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from netns_lab import cgroups
+
+from .conftest import Lab, counter, running_lab, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+CUSTOMER_CIP = "198.19.32.10"
+NODES = {"control": "198.19.0.1", "node1": "198.19.0.2", "node2": "198.19.0.3"}
+
+# What the application sees: the peer of a TCP connection and the source of a UDP reply.
+PEER_SCRIPT = r"""
+import json, socket, sys
+addr, tcp_port, udp_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t = socket.create_connection((addr, tcp_port), timeout=5)
+t.sendall(b"GET / HTTP/1.0\r\n\r\n")
+page = b""
+while True:
+    chunk = t.recv(65536)
+    if not chunk:
+        break
+    page += chunk
+peer = t.getpeername()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"ping-issue15", (addr, udp_port))
+data, src = u.recvfrom(100)
+print(json.dumps({"tcp_peer": list(peer), "page": b"2389.45 USD" in page, "udp": data.decode(), "udp_src": list(src)}))
+"""
+
+
+@pytest.fixture(scope="module", params=["kube-proxy", "tunnel", "dsr"])
+def lab(request) -> Iterator[Lab]:
+    """One default lab per mode."""
+    with running_lab("h", "--mode", request.param) as lab:
+        lab.mode = request.param  # type: ignore[attr-defined]
+        yield lab
+
+
+def ebpf(lab: Lab) -> bool:
+    return lab.mode != "kube-proxy"  # type: ignore[attr-defined]
+
+
+def app_view(lab: Lab, node: str, addr: str, tcp_port: int, udp_port: int) -> dict:
+    """Run PEER_SCRIPT on a node through `exec` (so in the node's cgroup)."""
+    out = lab.exec(node, "python3", "-c", PEER_SCRIPT, addr, str(tcp_port), str(udp_port)).stdout
+    return json.loads(out)
+
+
+def to_hep_nat(lab: Lab, node: str) -> int:
+    """New connections the node's to_hep NATed per packet."""
+    return counter(lab, node, "to_hep", "NAT_NEW")
+
+
+def patch(lab: Lab, spec: dict) -> None:
+    lab.run("patch", "felixconfiguration", "default", "--patch", json.dumps({"spec": spec}))
+
+
+@pytest.mark.parametrize("node,addr,tcp_port,udp_port,per_packet", [
+    ("node2", CUSTOMER_CIP, 80, 7, 1),         # ClusterIP, backend on another node
+    ("node1", CUSTOMER_CIP, 80, 7, 1),         # ClusterIP, backend a pod of this node
+    ("node1", NODES["control"], 30180, 30107, 1),   # another node's NodePort, backend on this node
+    ("node2", NODES["node2"], 30180, 30107, 0),     # its own NodePort: via lo, so UDP is balanced at sendmsg too
+])
+def test_node_reaches_a_service_and_sees_the_frontend(lab: Lab, node: str, addr: str, tcp_port: int,
+                                                      udp_port: int, per_packet: int) -> None:
+    before = to_hep_nat(lab, node) if ebpf(lab) else 0
+    seen = app_view(lab, node, addr, tcp_port, udp_port)
+    assert seen == {"tcp_peer": [addr, tcp_port], "page": True, "udp": "ping-issue15", "udp_src": [addr, udp_port]}
+    if ebpf(lab):
+        # TCP was balanced at connect(); UDP (bpfConnectTimeLoadBalancing TCP) per packet: one new flow
+        assert to_hep_nat(lab, node) - before == per_packet
+
+
+def test_customer_log_shows_the_node_for_a_balanced_curl(lab: Lab) -> None:
+    """`exec node2 -- curl 198.19.32.10`: the customer pod sees node2's own address as client."""
+    before = len(lab.log_entries("customer"))
+    assert "2389.45 USD" in lab.curl(f"http://{CUSTOMER_CIP}/", member="node2")
+    box: list[dict] = []
+    assert wait_for(lambda: bool(box.__setitem__(slice(None), lab.log_entries("customer")[before:]) or box), 5)
+    clients = {e["client"] for e in box}
+    assert NODES["node2"] in clients, box
+
+
+def test_cgroup_programs_follow_the_setting(lab: Lab) -> None:
+    """TCP (default): four programs on each node's cgroup; Disabled: none, and to_hep NATs TCP too."""
+    if not ebpf(lab):
+        st = lab.status()
+        assert all(not n["ctlb_programs"] for n in st["dataplane"]["nodes"].values())
+        return
+    st = lab.status()
+    assert st["dataplane"]["cgroup2"] == str(cgroups.find_cgroup2())
+    assert st["dataplane"]["connect_time_lb"] == "TCP"
+    for node, n in st["dataplane"]["nodes"].items():
+        assert n["cgroup"] == str(cgroups.node_cgroup(lab.name, node))
+        assert {p["hook"] for p in n["ctlb_programs"]} == {
+            "cgroup_inet4_connect", "cgroup_udp4_sendmsg", "cgroup_udp4_recvmsg", "cgroup_inet4_getpeername"}
+    try:
+        patch(lab, {"bpfConnectTimeLoadBalancing": "Disabled"})
+        st = lab.status()
+        assert st["dataplane"]["connect_time_lb"] == "Disabled"
+        assert all(not n["ctlb_programs"] for n in st["dataplane"]["nodes"].values())
+        before = to_hep_nat(lab, "node2")
+        seen = app_view(lab, "node2", CUSTOMER_CIP, 80, 7)
+        assert seen["page"] and seen["tcp_peer"] == [CUSTOMER_CIP, 80] and seen["udp_src"] == [CUSTOMER_CIP, 7]
+        assert to_hep_nat(lab, "node2") - before == 2   # TCP and UDP, both per packet now
+
+        patch(lab, {"bpfConnectTimeLoadBalancing": "Enabled"})
+        before = to_hep_nat(lab, "node2")
+        seen = app_view(lab, "node2", CUSTOMER_CIP, 80, 7)
+        assert seen["page"] and seen["udp_src"] == [CUSTOMER_CIP, 7]
+        assert to_hep_nat(lab, "node2") == before       # both balanced at connect()/sendmsg()
+    finally:
+        patch(lab, {"bpfConnectTimeLoadBalancing": "TCP"})
+
+
+def test_bad_ctlb_value_is_refused(lab: Lab) -> None:
+    proc = lab.run("patch", "felixconfiguration", "default", "--patch",
+                   '{"spec": {"bpfConnectTimeLoadBalancing": "UDP"}}', check=False)
+    assert proc.returncode != 0
+    assert "bpfConnectTimeLoadBalancing must be one of TCP, Enabled, Disabled" in proc.stderr
