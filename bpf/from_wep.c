@@ -20,6 +20,7 @@
 #include "lib/icmp.h"
 #include "lib/events.h"
 #include "lib/hostnat.h"
+#include "lib/hairpin.h"
 
 #define WEP_RETRY_NEW -1000
 
@@ -85,16 +86,23 @@ static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct 
 }
 
 /* Later packet of the pod's own service connection (NAT_FWD hit). */
-static __always_inline int wep_fwd_hit(struct __sk_buff *skb, struct pkt *p,
-				       struct run_state *st, struct ct_key *fwd_key,
+static __always_inline int wep_fwd_hit(struct __sk_buff *skb, const struct node_cfg *conf,
+				       struct pkt *p, struct run_state *st, struct ct_key *fwd_key,
 				       struct ct_value *fwd, int fwd_from_a)
 {
 	__be32 be_addr = fwd->nat_addr;
 	__be16 be_port = fwd->nat_port;
 	struct ct_value *rev;
 	struct ct_key rk;
-	int rev_from_a;
+	int rev_from_a, rc;
 
+	if (hairpin_is(p, be_addr)) {
+		rc = hairpin_fwd(skb, conf, p, st, fwd, fwd_from_a);
+		if (rc >= 0)
+			return rc;
+		ct.delete(fwd_key);
+		return WEP_RETRY_NEW;
+	}
 	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 	rev = ct_lookup(&rk, p);
 	/* As in from_hep: no NAT_REV under that key means the connection is gone. */
@@ -112,8 +120,8 @@ static __always_inline int wep_fwd_hit(struct __sk_buff *skb, struct pkt *p,
 }
 
 /* The pod opens a connection to a service frontend. */
-static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
-					struct run_state *st, const struct fe_value *fe)
+static __always_inline int wep_new_flow(struct __sk_buff *skb, const struct node_cfg *conf,
+					struct pkt *p, struct run_state *st, const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	struct be_value *be = be_pick(fe, hash);
@@ -125,6 +133,8 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
 	be_addr = be->addr;
 	be_port = be->port;
+	if (hairpin_is(p, be_addr))
+		return hairpin_new(skb, conf, p, st, be_addr, be_port, flags);
 	ct_create(skb, p, p->sport, fe_addr, fe_port, CT_NAT_FWD, flags, be_addr, be_port, 0, 0, CT_REPLACE);
 	ct_create(skb, p, p->sport, be_addr, be_port, CT_NAT_REV, flags, fe_addr, fe_port, 0, 0, CT_REPLACE);
 	st->ct_flags = flags;
@@ -240,6 +250,9 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 		rc = host_client_reply(skb, conf, &p, st, v, from_a);
 		if (rc >= 0)
 			return rc;
+		rc = hairpin_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
 
 		if (v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && !from_client)
 			return wep_tunnel_reply(skb, conf, &p, st, v, from_a);
@@ -253,7 +266,7 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 					     REASON_REV_NAT);
 		}
 		if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && from_client) {
-			rc = wep_fwd_hit(skb, &p, st, &k, v, from_a);
+			rc = wep_fwd_hit(skb, conf, &p, st, &k, v, from_a);
 			if (rc != WEP_RETRY_NEW)
 				return rc;
 		} else {
@@ -266,7 +279,7 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 	fe = fe_lookup(&p, is_node(p.daddr));
 	if (!fe)
 		return verdict(st, REASON_PASS, TC_ACT_OK);
-	return wep_new_flow(skb, &p, st, fe);
+	return wep_new_flow(skb, conf, &p, st, fe);
 }
 
 int from_wep(struct __sk_buff *skb)
