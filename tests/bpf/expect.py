@@ -75,9 +75,12 @@ class Nat(Expect):
     src: Addr | None = None
     dst: Addr | None = None
     ttl_dec: int = 0
+    swap_mac: bool = False      # sent back out of the interface it came in on
 
     def expected(self, frame: bytes) -> bytes:
         p = Ether(frame)
+        if self.swap_mac:
+            p.src, p.dst = p.dst, p.src
         ip = p[IP]
         l4 = p[TCP] if TCP in p else p[UDP] if UDP in p else None
         if self.src:

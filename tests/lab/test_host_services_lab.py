@@ -133,3 +133,20 @@ def test_bad_ctlb_value_is_refused(lab: Lab) -> None:
                    '{"spec": {"bpfConnectTimeLoadBalancing": "UDP"}}', check=False)
     assert proc.returncode != 0
     assert "bpfConnectTimeLoadBalancing must be one of TCP, Enabled, Disabled" in proc.stderr
+
+
+def test_pod_reaching_its_own_service_gets_every_answer(lab: Lab) -> None:
+    """summary-1 curls the summary service: every request answered, also the ones it serves itself,
+    which it sees coming from its node's address (SNAT, as kube-proxy's MASQUERADE does)."""
+    url = "http://198.19.32.20/"
+    for _ in range(6):
+        lab.exec("summary-1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
+    before = len(lab.log_entries("summary-1"))
+    # two backends, chosen by hash or at random: well within 40 tries one lands on summary-1
+    for _ in range(40):
+        lab.exec("summary-1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
+        if wait_for(lambda: len(lab.log_entries("summary-1")) > before, timeout=0.3, interval=0.05):
+            break
+    mine = lab.log_entries("summary-1")[before:]
+    assert mine, "summary-1 never served its own request"
+    assert {e["client"] for e in mine} == {NODES["node1"]}
