@@ -15,7 +15,31 @@
 #include "lib/conntrack.h"
 #include "lib/nat.h"
 #include "lib/events.h"
+#include "lib/tunnel.h"
 #include "lib/hostnat.h"
+
+/* A piece of a datagram from_hep DNATed and left to the kernel to fragment
+ * (lib/frags.h): into VXLAN toward the node hosting its destination, with
+ * the frontend port and DSR flag the mark carries. The kernel routed it to
+ * that node already, so the frame's MACs are the outer ones: TC_ACT_OK. */
+static __always_inline int thep_encap_marked(struct __sk_buff *skb, const struct node_cfg *conf,
+					     struct pkt *p, struct run_state *st)
+{
+	__u32 mark = skb->mark;
+	__be32 peer = remote_node_of(conf, p->daddr);
+	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+
+	skb->mark = mark & ~(SKB_MARK_ENCAP | SKB_MARK_ENCAP_DSR | SKB_MARK_ENCAP_PORT);
+	if (!peer)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	if (encap_too_big(skb, conf, p))   /* the route MTU should have prevented it */
+		return verdict(st, REASON_DROP_FRAG_NEEDED, TC_ACT_SHOT);
+	if (tunnel_encap(skb, conf, peer, (mark & SKB_MARK_ENCAP_DSR) ? VXH_F_DSR : 0,
+			 bpf_htons(mark & SKB_MARK_ENCAP_PORT), hash, p->tos) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st->tun_peer = peer;
+	return verdict(st, REASON_ENCAP, TC_ACT_OK);
+}
 
 static __always_inline int thep_new_flow(struct __sk_buff *skb, const struct node_cfg *conf, struct pkt *p,
 					 struct run_state *st, const struct fe_value *fe)
@@ -50,6 +74,8 @@ static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_
 
 	if (entry_parse(skb, &p, st, &rc))
 		return rc;
+	if (skb->mark & SKB_MARK_ENCAP)
+		return thep_encap_marked(skb, conf, &p, st);
 	/* Not the node's own connection, or our own VXLAN. */
 	if (p.saddr != conf->node_ip || !p.has_ports ||
 	    (p.proto == IPPROTO_UDP && p.dport == bpf_htons(conf->tunnel_port)))

@@ -333,6 +333,17 @@ class BeValue(_Struct):
     _addr_fields = ("addr",)
 
 
+class FragKey(_Struct):
+    """struct frag_key (bpf/lib/frags.h): one datagram's fragments."""
+    _fields_ = [("saddr", BE32), ("daddr", BE32), ("id", BE16), ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
+    _addr_fields = ("saddr", "daddr")
+
+
+class FragPorts(_Struct):
+    """struct frag_ports: the ports its first fragment carried."""
+    _fields_ = [("sport", BE16), ("dport", BE16)]
+
+
 class SvcMeta(_Struct):
     _fields_ = [("name", ct.c_char * 64)]
 
@@ -425,6 +436,7 @@ _SPECS = (
     MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
     MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("frags", BPF_MAP_TYPE_LRU_HASH, FragKey, FragPorts, 8192, "MAX_FRAGS"),
     MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
     MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),
 )

@@ -63,6 +63,10 @@ MODE_SYSCTLS: dict[str, dict[str, str]] = {"kube-proxy": {}, "tunnel": {}, "dsr"
 # routes it to its bpfnatout device for the same reason). kube-proxy needs none: its DNAT runs
 # in OUTPUT, before the neighbour lookup.
 SERVICE_NEXTHOP = "169.254.255.1"
+# Other nodes' pod blocks get a route MTU that leaves room for VXLAN (as Calico's vxlan.calico
+# device's MTU does): a DF-clear datagram too big to encapsulate is DNATed by from_hep and
+# left to the kernel, which fragments it to this size on its way out; to_hep encapsulates
+# each fragment (bpf/lib/frags.h). DF packets are unaffected (from_hep answers them first).
 
 Progress = Callable[[str], None]
 
@@ -164,10 +168,20 @@ def _ip(ns: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def set_service_route(st: dict[str, Any], on: bool) -> None:
-    """Route the service CIDR of every node to eth0 through SERVICE_NEXTHOP (on), or remove that route."""
-    cidr = topology_from_dict(st["topology"]).service_cidr
-    for n in nodes_of(st).values():
+    """Route the service CIDR of every node to eth0 through SERVICE_NEXTHOP and other nodes' pod
+    blocks with the tunnel's MTU (on), or put the builder's routes back."""
+    topo = topology_from_dict(st["topology"])
+    cidr = topo.service_cidr
+    nodes = nodes_of(st)
+    for name, n in nodes.items():
         ns = n["netns"]
+        mtu = ("mtu", str(topo.pod_mtu)) if on else ()
+        for other, o in nodes.items():
+            if other != name:
+                proc = _ip(ns, "route", "replace", o["pod_block"], "via", o["address"], "dev", naming.UPLINK,
+                           "proto", "static", *mtu)
+                if proc.returncode != 0:
+                    raise LabError(f"cannot set the route to {o['pod_block']} in {ns}: {proc.stderr.strip()}")
         if not on:
             _ip(ns, "route", "del", cidr, "via", SERVICE_NEXTHOP)
             _ip(ns, "neigh", "del", SERVICE_NEXTHOP, "dev", naming.UPLINK)

@@ -10,6 +10,7 @@
 
 #include "lib/maps.h"
 #include "lib/parse.h"
+#include "lib/frags.h"
 
 struct run_state {
 	__be32 saddr, daddr;          /* as arrived */
@@ -49,9 +50,8 @@ static __always_inline int verdict(struct run_state *st, __u8 reason, int action
 
 /* What every entry does first, alike: parse; non-IPv4 (ARP for the
  * 169.254.1.1 gateway, IPv6) passes untouched, malformed drops, and
- * non-first fragments pass untouched because they carry no ports to match
- * a flow (a fragmented datagram to a service is not supported; PMTU
- * discovery keeps TCP unfragmented). Returns 1 when the run is decided,
+ * a non-first fragment is matched by the ports its first fragment recorded
+ * (lib/frags.h), or passes untouched when that was not seen here. Returns 1 when the run is decided,
  * with *action set; 0 to carry on with *p filled in. */
 static __always_inline int entry_parse(struct __sk_buff *skb, struct pkt *p,
 				       struct run_state *st, int *action)
@@ -66,8 +66,9 @@ static __always_inline int entry_parse(struct __sk_buff *skb, struct pkt *p,
 		*action = verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
 		return 1;
 	}
+	rc = frag_fill(p);
 	st_arrived(st, p);
-	if (p->frag == FRAG_LATER) {
+	if (rc < 0) {   /* a later fragment whose first one this hook has not seen */
 		*action = verdict(st, REASON_PASS, TC_ACT_OK);
 		return 1;
 	}
