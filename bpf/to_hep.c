@@ -41,6 +41,51 @@ static __always_inline int thep_encap_marked(struct __sk_buff *skb, const struct
 	return verdict(st, REASON_ENCAP, TC_ACT_OK);
 }
 
+/* The node's own address answers a NodePort connection (a host-network
+ * endpoint): tunnelled to us -> back to the ingress node in VXLAN, or in
+ * DSR straight to the client as the frontend; we are the ingress node ->
+ * source back to the frontend. Returns -1 when v is no such reply. */
+static __always_inline int thep_endpoint_reply(struct __sk_buff *skb, const struct node_cfg *conf,
+					       struct pkt *p, struct run_state *st,
+					       struct ct_value *v, int from_a)
+{
+	__be32 peer = v->tun_peer;
+
+	if (ct_from_client(v, from_a) || (v->flags & CT_F_POD_CLIENT))
+		return -1;
+	st->ct_flags = v->flags;
+	if (v->type == CT_NAT_REV && !peer) {
+		__be32 fe_addr = v->nat_addr;
+		__be16 fe_port = v->nat_port, cl_port = v->cl_port;
+
+		ct_account(skb, v, from_a, p);
+		if (rewrite_l3l4(skb, p, 1, fe_addr, fe_port) < 0 ||
+		    (cl_port && rewrite_l3l4(skb, p, 0, p->daddr, cl_port) < 0))
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, p);
+		return verdict(st, REASON_REV_NAT, TC_ACT_OK);
+	}
+	if (v->type != CT_NORMAL || !(v->flags & CT_F_FROM_TUNNEL))
+		return -1;
+	ct_account(skb, v, from_a, p);
+	if (v->cl_port && rewrite_l3l4(skb, p, 0, p->daddr, v->cl_port) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	if (v->flags & CT_F_DSR) {
+		if (rewrite_l3l4(skb, p, 1, v->nat_addr, v->nat_port) < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		st_left(st, p);
+		return verdict(st, REASON_DSR_REPLY, TC_ACT_OK);
+	}
+	if (encap_too_big(skb, conf, p))
+		return verdict(st, REASON_DROP_FRAG_NEEDED, TC_ACT_SHOT);
+	if (tunnel_encap(skb, conf, peer, 0, 0,
+			 flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto), p->tos) < 0)
+		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	st_left(st, p);
+	st->tun_peer = peer;
+	return verdict(st, REASON_ENCAP, redirect_neigh4(conf->host_ifindex, NULL, 0, 0));
+}
+
 static __always_inline int thep_new_flow(struct __sk_buff *skb, const struct node_cfg *conf, struct pkt *p,
 					 struct run_state *st, const struct fe_value *fe)
 {
@@ -84,6 +129,9 @@ static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_
 	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
 	v = ct_lookup(&k, &p);
 	if (v) {
+		rc = thep_endpoint_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
 		/* Replies we send as a frontend (NodePort, DSR) are the server side. */
 		if (v->type != CT_NAT_FWD || !ct_from_client(v, from_a) ||
 		    (v->flags & (CT_F_POD_CLIENT | CT_F_FROM_TUNNEL)))

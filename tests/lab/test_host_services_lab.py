@@ -9,11 +9,15 @@ bpfConnectTimeLoadBalancing TCP, is NATed per packet by to_hep; with Disabled ev
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from netns_lab import cgroups
+from ebpf_nodeport.datapath import Backend, Service
+from netns_lab import cgroups, dataplane
+from netns_lab import state as lab_state
 
 from .conftest import Lab, counter, running_lab, wait_for
 
@@ -150,3 +154,33 @@ def test_pod_reaching_its_own_service_gets_every_answer(lab: Lab) -> None:
     mine = lab.log_entries("summary-1")[before:]
     assert mine, "summary-1 never served its own request"
     assert {e["client"] for e in mine} == {NODES["node1"]}
+
+
+def test_host_network_endpoint_answers_through_the_nodeport(lab: Lab) -> None:
+    """A NodePort whose endpoint is node2's own address (a host-network server): host1 reaches it
+    through control and gets the answer from control's NodePort, its own address preserved."""
+    if not ebpf(lab):
+        pytest.skip("kube-proxy's rules come from the topology, which has no host-network endpoint")
+    st = lab_state.load(lab.name)
+    view = dataplane.cluster_view(st, dataplane.felix_of(st))
+    view.services.append(Service("test/hostnet", "tcp", "198.19.32.60", 9000, 30600,
+                                 [Backend(NODES["node2"], 9000)]))
+    server = subprocess.Popen(["ip", "netns", "exec", lab.netns("node2"), sys.executable, "-m", "http.server",
+                               "9000", "--bind", NODES["node2"]], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: lab.exec("node2", "curl", "-s", "-o", "/dev/null", f"http://{NODES['node2']}:9000/",
+                                         check=False).returncode == 0, timeout=10, interval=0.1)
+        for node in NODES:
+            dataplane.datapath(st, node).sync(view)
+        for ingress in ("control", "node2"):
+            lab.exec("host1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null",
+                     f"http://{NODES[ingress]}:30600/")
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=10)
+        original = dataplane.cluster_view(st, dataplane.felix_of(st))
+        for node in NODES:
+            dataplane.datapath(st, node).sync(original)
+    clients = [line.split()[0] for line in log.splitlines() if '"GET / HTTP' in line]
+    assert clients.count("198.19.15.254") == 2, log   # both through the NodePort, source preserved
