@@ -184,3 +184,22 @@ def test_host_network_endpoint_answers_through_the_nodeport(lab: Lab) -> None:
             dataplane.datapath(st, node).sync(original)
     clients = [line.split()[0] for line in log.splitlines() if '"GET / HTTP' in line]
     assert clients.count("198.19.15.254") == 2, log   # both through the NodePort, source preserved
+
+
+FRAG_SCRIPT = r"""
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.IPPROTO_IP, 10, 0)   # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: DF clear
+u.settimeout(5)
+msg = bytes(i % 251 for i in range(int(sys.argv[3])))
+u.sendto(msg, (sys.argv[1], int(sys.argv[2])))
+data, src = u.recvfrom(65536)
+print(len(data), data == msg, src[0], src[1])
+"""
+
+
+@pytest.mark.parametrize("ingress", ["control", "node1"])   # backend on another node / on the ingress node
+def test_fragmented_datagram_through_the_nodeport_comes_back_whole(lab: Lab, ingress: str) -> None:
+    """4,000 bytes of UDP from host1 with DF clear: three fragments there, echoed back whole."""
+    out = lab.exec("host1", "python3", "-c", FRAG_SCRIPT, NODES[ingress], "30107", "4000").stdout.split()
+    assert out == ["4000", "True", NODES[ingress], "30107"]
