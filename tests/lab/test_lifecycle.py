@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from netns_lab import kubeproxy, naming
+from netns_lab import cgroups, kubeproxy, naming
 
 from .conftest import (
     CLI,
@@ -232,8 +232,6 @@ def test_status_json_matches_namespaces_on_disk(lab_factory) -> None:
 
 def test_node_cgroups_are_joined_by_exec_and_removed_by_down(lab_factory) -> None:
     """eBPF mode gives every node a cgroup (connect-time LB); `exec NODE` runs in it; `down` removes them."""
-    from netns_lab import cgroups
-
     lab = lab_factory("--mode", "tunnel", tag="c")
     top = cgroups.lab_dir(lab.name)
     assert sorted(d.name for d in top.iterdir() if d.is_dir()) == ["control", "node1", "node2"]
