@@ -21,6 +21,7 @@
 #include "lib/events.h"
 #include "lib/hostnat.h"
 #include "lib/hairpin.h"
+#include "lib/fwd.h"
 
 #define WEP_RETRY_NEW -1000
 
@@ -90,31 +91,18 @@ static __always_inline int wep_fwd_hit(struct __sk_buff *skb, const struct node_
 				       struct pkt *p, struct run_state *st, struct ct_key *fwd_key,
 				       struct ct_value *fwd, int fwd_from_a)
 {
-	__be32 be_addr = fwd->nat_addr;
-	__be16 be_port = fwd->nat_port;
-	struct ct_value *rev;
-	struct ct_key rk;
-	int rev_from_a, rc;
+	int hairpin = hairpin_is(p, fwd->nat_addr);
+	int rc = fwd_dnat(skb, p, st, fwd, fwd_from_a, hairpin ? conf->node_ip : p->saddr);
 
-	if (hairpin_is(p, be_addr)) {
-		rc = hairpin_fwd(skb, conf, p, st, fwd, fwd_from_a);
-		if (rc >= 0)
-			return rc;
-		ct.delete(fwd_key);
-		return WEP_RETRY_NEW;
-	}
-	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
-	rev = ct_lookup(&rk, p);
 	/* As in from_hep: no NAT_REV under that key means the connection is gone. */
-	if (!rev || rev->type != CT_NAT_REV) {
+	if (rc == 0) {
 		ct.delete(fwd_key);
 		return WEP_RETRY_NEW;
 	}
-	st->ct_flags = rev->flags;
-	ct_account(skb, fwd, fwd_from_a, p);
-	ct_account(skb, rev, rev_from_a, p);
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+	if (rc < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	if (hairpin)
+		return hairpin_request_out(skb, conf, p, st, REASON_NAT_EST);
 	st_left(st, p);
 	return verdict(st, REASON_NAT_EST, TC_ACT_OK);
 }

@@ -17,6 +17,7 @@
 #include "lib/events.h"
 #include "lib/tunnel.h"
 #include "lib/hostnat.h"
+#include "lib/fwd.h"
 
 /* A piece of a datagram from_hep DNATed and left to the kernel to fragment
  * (lib/frags.h): into VXLAN toward the node hosting its destination, with
@@ -112,10 +113,10 @@ static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_
 				       struct run_state *st)
 {
 	struct fe_value *fe;
-	struct ct_value *v, *rev;
-	struct ct_key k, rk;
+	struct ct_value *v;
+	struct ct_key k;
 	struct pkt p;
-	int rc, from_a, rev_from_a;
+	int rc, from_a;
 
 	if (entry_parse(skb, &p, st, &rc))
 		return rc;
@@ -136,17 +137,10 @@ static __always_inline int thep_handle(struct __sk_buff *skb, const struct node_
 		if (v->type != CT_NAT_FWD || !ct_from_client(v, from_a) ||
 		    (v->flags & (CT_F_POD_CLIENT | CT_F_FROM_TUNNEL)))
 			return verdict(st, REASON_PASS, TC_ACT_OK);
-		ct_key_make(&rk, p.saddr, p.sport, v->nat_addr, v->nat_port, p.proto, &rev_from_a);
-		rev = ct_lookup(&rk, &p);
-		if (rev && rev->type == CT_NAT_REV) {
-			__be32 be_addr = v->nat_addr;
-			__be16 be_port = v->nat_port;
-
-			st->ct_flags = rev->flags;
-			ct_account(skb, v, from_a, &p);
-			ct_account(skb, rev, rev_from_a, &p);
-			if (rewrite_l3l4(skb, &p, 0, be_addr, be_port) < 0)
-				return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		rc = fwd_dnat(skb, &p, st, v, from_a, p.saddr);
+		if (rc < 0)
+			return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+		if (rc > 0) {
 			st_left(st, &p);
 			return host_reroute(skb, conf, &p, st, REASON_NAT_EST);
 		}

@@ -72,30 +72,6 @@ static __always_inline int hairpin_new(struct __sk_buff *skb, const struct node_
 	return hairpin_request_out(skb, conf, p, st, REASON_NAT_NEW);
 }
 
-/* Later request (NAT_FWD hit whose backend is the pod itself); -1 when the
- * connection is gone (no NAT_REV): the caller starts a new one. */
-static __always_inline int hairpin_fwd(struct __sk_buff *skb, const struct node_cfg *conf,
-				       struct pkt *p, struct run_state *st,
-				       struct ct_value *fwd, int fwd_from_a)
-{
-	__be32 be_addr = fwd->nat_addr;
-	__be16 be_port = fwd->nat_port;
-	struct ct_value *rev;
-	struct ct_key rk;
-	int rev_from_a;
-
-	ct_key_make(&rk, conf->node_ip, p->sport, be_addr, be_port, p->proto, &rev_from_a);
-	rev = ct_lookup(&rk, p);
-	if (!rev || rev->type != CT_NAT_REV)
-		return -1;
-	st->ct_flags = rev->flags;
-	ct_account(skb, fwd, fwd_from_a, p);
-	ct_account(skb, rev, rev_from_a, p);
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	return hairpin_request_out(skb, conf, p, st, REASON_NAT_EST);
-}
-
 /* The pod answers its own hairpin connection (to the node's address):
  * source back to the frontend, destination back to the pod. -1 when p is
  * not that. */
