@@ -68,7 +68,8 @@ def ensure(lab: str, node: str) -> Path:
 
 def join(lab: str, node: str, pid: int = 0) -> bool:
     """Move `pid` (0: the caller) into the node's cgroup when it exists; True if it did."""
-    path = node_cgroup(lab, node) if find_cgroup2() else None
+    root = find_cgroup2()
+    path = node_cgroup(lab, node, root) if root else None
     if path is None or not path.is_dir():
         return False
     (path / "cgroup.procs").write_text(f"{pid or os.getpid()}\n")
