@@ -439,13 +439,15 @@ def map_create_like(template_fd: int) -> int:
             os.close(btf_fd)
 
 
-def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL") -> int:
+def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL",
+              expected_attach_type: int = 0) -> int:
     """Load raw instructions; returns the program fd. A refusal carries the verifier log's end.
 
     The first try has no log (fast); only a refused program is loaded again with one.
+    expected_attach_type: required by some types (cgroup sock_addr: which hook).
     """
     buf = ct.create_string_buffer(insns, len(insns))
-    opts = _ProgLoadOpts(sz=ct.sizeof(_ProgLoadOpts))
+    opts = _ProgLoadOpts(sz=ct.sizeof(_ProgLoadOpts), expected_attach_type=expected_attach_type)
     args = (prog_type, name.encode(), license.encode(), buf, len(insns) // 8)
     fd = _lib.bpf_prog_load(*args, ct.byref(opts))
     if fd >= 0:
@@ -458,3 +460,23 @@ def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL") -> 
         return fd
     tail = "\n".join(log.value.decode(errors="replace").splitlines()[-_VERIFIER_LOG_TAIL:])
     raise BpfError(err, f"bpf_prog_load({name}): {os.strerror(err)}\n{tail}")
+
+
+_lib.bpf_prog_attach.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_uint]
+_lib.bpf_prog_detach2.argtypes = [ct.c_int, ct.c_int, ct.c_int]
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """Attach a program to a target (a cgroup directory's fd) at one hook; replaces none."""
+    _check(_lib.bpf_prog_attach(prog_fd, target_fd, attach_type, 0), "bpf_prog_attach")
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> bool:
+    """Detach that program from the target's hook; False when it was not attached there."""
+    rc = _lib.bpf_prog_detach2(prog_fd, target_fd, attach_type)
+    if rc < 0:
+        err = -rc if rc < -1 else ct.get_errno()
+        if err == errno.ENOENT:
+            return False
+        _check(rc, "bpf_prog_detach2")
+    return True
