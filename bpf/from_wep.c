@@ -102,27 +102,14 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, const struct node
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	struct be_value *be = be_pick(fe, hash);
-	__be32 be_addr, fe_addr = p->daddr;
-	__be16 be_port, fe_port = p->dport;
 	__u8 flags = ct_flags_of_fe(fe) | CT_F_POD_CLIENT;
-	struct ct_new fwd, rev;
 
 	if (!be)
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
-	be_addr = be->addr;
-	be_port = be->port;
-	if (hairpin_is(p, be_addr))
-		return hairpin_new(skb, conf, p, st, be_addr, be_port, flags);
-	fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = p->sport, .daddr = fe_addr,
-			       .dport = fe_port, .nat_addr = be_addr, .nat_port = be_port };
-	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
-			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port };
-	ct_create(skb, p, &fwd, CT_REPLACE);
-	ct_create(skb, p, &rev, CT_REPLACE);
-	st->ct_flags = flags;
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+	if (hairpin_is(p, be->addr))
+		return hairpin_new(skb, conf, p, st, be->addr, be->port, flags);
+	if (fwd_new(skb, p, st, be->addr, be->port, flags) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	st_left(st, p);
 	return verdict(st, REASON_NAT_NEW, TC_ACT_OK);
 }
 
