@@ -52,10 +52,13 @@ BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_ports, frags, MAX_FRAG
  * first fragment was not seen here. */
 static __always_inline int frag_fill(struct pkt *p)
 {
-	struct frag_key k = { .saddr = p->saddr, .daddr = p->daddr, .id = p->ip_id,
-			      .proto = p->proto, .pad = 0 };
+	struct frag_key k;
 	struct frag_ports *fp, v;
 
+	if (likely(p->frag == FRAG_NONE))   /* every packet passes here: nothing to build */
+		return 0;
+	k = (struct frag_key){ .saddr = p->saddr, .daddr = p->daddr, .id = p->ip_id,
+			       .proto = p->proto, .pad = 0 };
 	if (p->frag == FRAG_FIRST && p->has_ports) {
 		v.sport = p->sport;
 		v.dport = p->dport;
