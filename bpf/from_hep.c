@@ -20,6 +20,7 @@
 #include "lib/tunnel.h"
 #include "lib/icmp.h"
 #include "lib/events.h"
+#include "lib/hostnat.h"
 
 /* Too big to encapsulate: tell a DF sender the MTU that fits, else drop. */
 static __always_inline int hep_too_big(struct __sk_buff *skb, const struct node_cfg *conf,
@@ -41,8 +42,15 @@ static __always_inline int hep_encap_out(struct __sk_buff *skb, const struct nod
 					 __u8 np_flags, __be16 fe_port, __u8 reason)
 {
 	__u32 hash;
-	int ret = ttl_decrement(skb, p);
+	int ret;
 
+	if (encap_too_big(skb, conf, p)) {
+		/* DF clear (DF was answered before any state): fragmented by
+		 * the kernel on its way out, encapsulated by to_hep (frags.h). */
+		frag_encap_mark(skb, np_flags & VXH_F_DSR, fe_port);
+		return verdict(st, reason, TC_ACT_OK);
+	}
+	ret = ttl_decrement(skb, p);
 	if (ret == TTL_EXPIRED)
 		return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
 	if (ret < 0)
@@ -75,8 +83,9 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	flags = ct_flags_of_fe(fe);
 	peer = remote_node_of(conf, be_addr);
 	if (peer) {
-		/* Checked before any state is created: a dropped packet leaves none. */
-		if (encap_too_big(skb, conf, p))
+		/* Checked before any state is created: a dropped packet leaves none.
+		 * DF clear: the kernel fragments it for us (hep_encap_out). */
+		if (p->df && encap_too_big(skb, conf, p))
 			return hep_too_big(skb, conf, p, st);
 		if (p->ttl <= 1)
 			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
@@ -159,7 +168,7 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 	st->ct_flags = rev->flags;
 	np_flags = (rev->flags & CT_F_DSR) ? VXH_F_DSR : 0;
 	if (peer) {
-		if (encap_too_big(skb, conf, p))
+		if (p->df && encap_too_big(skb, conf, p))
 			return hep_too_big(skb, conf, p, st);
 		if (p->ttl <= 1)
 			return verdict(st, REASON_DROP_TTL, TC_ACT_SHOT);
@@ -425,6 +434,7 @@ static __always_inline int hep_tunnel(struct __sk_buff *skb, const struct node_c
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
 	if (parse_ipv4(skb, ETH_HLEN + VXLAN_ENCAP_LEN, end, &in) != PARSE_OK)
 		return verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
+	frag_fill(&in);   /* a later inner fragment without a seen first one stays portless */
 	st_arrived(st, &in);
 	st->tun_peer = peer;
 	if (in.proto == IPPROTO_ICMP)
@@ -486,6 +496,9 @@ static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_c
 	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
 	v = ct_lookup(&k, &p);
 	if (v) {
+		rc = host_client_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
 		if (v->type != CT_NAT_FWD) {
 			/* e.g. the reply of a pod's ClusterIP connection from a
 			 * remote backend: to_wep reverse-NATs it at the pod. */

@@ -19,6 +19,9 @@
 #include "lib/tunnel.h"
 #include "lib/icmp.h"
 #include "lib/events.h"
+#include "lib/hostnat.h"
+#include "lib/hairpin.h"
+#include "lib/fwd.h"
 
 /* Source rewritten to the frontend (and the destination port to the
  * client's own, cl_port, when we replaced it), forwarded out of eth0 to
@@ -73,57 +76,40 @@ static __always_inline int wep_tunnel_reply(struct __sk_buff *skb, const struct 
 }
 
 /* Later packet of the pod's own service connection (NAT_FWD hit). */
-static __always_inline int wep_fwd_hit(struct __sk_buff *skb, struct pkt *p,
-				       struct run_state *st, struct ct_key *fwd_key,
+static __always_inline int wep_fwd_hit(struct __sk_buff *skb, const struct node_cfg *conf,
+				       struct pkt *p, struct run_state *st, struct ct_key *fwd_key,
 				       struct ct_value *fwd, int fwd_from_a)
 {
-	__be32 be_addr = fwd->nat_addr;
-	__be16 be_port = fwd->nat_port;
-	struct ct_value *rev;
-	struct ct_key rk;
-	int rev_from_a;
+	int hairpin = hairpin_is(p, fwd->nat_addr);
+	int rc = fwd_dnat(skb, p, st, fwd, fwd_from_a, hairpin ? conf->node_ip : p->saddr);
 
-	ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
-	rev = ct_lookup(&rk, p);
 	/* As in from_hep: no NAT_REV under that key means the connection is gone. */
-	if (!rev || rev->type != CT_NAT_REV) {
+	if (rc == 0) {
 		ct.delete(fwd_key);
 		return CT_RETRY_NEW;
 	}
-	st->ct_flags = rev->flags;
-	ct_account(skb, fwd, fwd_from_a, p);
-	ct_account(skb, rev, rev_from_a, p);
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+	if (rc < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	if (hairpin)
+		return hairpin_request_out(skb, conf, p, st, REASON_NAT_EST);
 	st_left(st, p);
 	return verdict(st, REASON_NAT_EST, TC_ACT_OK);
 }
 
 /* The pod opens a connection to a service frontend. */
-static __always_inline int wep_new_flow(struct __sk_buff *skb, struct pkt *p,
-					struct run_state *st, const struct fe_value *fe)
+static __always_inline int wep_new_flow(struct __sk_buff *skb, const struct node_cfg *conf,
+					struct pkt *p, struct run_state *st, const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	struct be_value *be = be_pick(fe, hash);
-	__be32 be_addr, fe_addr = p->daddr;
-	__be16 be_port, fe_port = p->dport;
 	__u8 flags = ct_flags_of_fe(fe) | CT_F_POD_CLIENT;
-	struct ct_new fwd, rev;
 
 	if (!be)
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
-	be_addr = be->addr;
-	be_port = be->port;
-	fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = p->sport, .daddr = fe_addr,
-			       .dport = fe_port, .nat_addr = be_addr, .nat_port = be_port };
-	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
-			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port };
-	ct_create(skb, p, &fwd, CT_REPLACE);
-	ct_create(skb, p, &rev, CT_REPLACE);
-	st->ct_flags = flags;
-	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
+	if (hairpin_is(p, be->addr))
+		return hairpin_new(skb, conf, p, st, be->addr, be->port, flags);
+	if (fwd_new(skb, p, st, be->addr, be->port, flags) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
-	st_left(st, p);
 	return verdict(st, REASON_NAT_NEW, TC_ACT_OK);
 }
 
@@ -220,6 +206,14 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 	if (v) {
 		int from_client = ct_from_client(v, from_a);
 
+		/* A local backend answers the node's own connection. */
+		rc = host_client_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
+		rc = hairpin_reply(skb, conf, &p, st, v, from_a);
+		if (rc >= 0)
+			return rc;
+
 		if (v->type == CT_NORMAL && (v->flags & CT_F_FROM_TUNNEL) && !from_client)
 			return wep_tunnel_reply(skb, conf, &p, st, v, from_a);
 		if (v->type == CT_NAT_REV && !from_client) {
@@ -232,7 +226,7 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 					     REASON_REV_NAT);
 		}
 		if (v->type == CT_NAT_FWD && (v->flags & CT_F_POD_CLIENT) && from_client) {
-			rc = wep_fwd_hit(skb, &p, st, &k, v, from_a);
+			rc = wep_fwd_hit(skb, conf, &p, st, &k, v, from_a);
 			if (rc != CT_RETRY_NEW)
 				return rc;
 		} else {
@@ -245,7 +239,7 @@ static __always_inline int wep_handle(struct __sk_buff *skb, const struct node_c
 	fe = fe_lookup(&p, is_node(p.daddr));
 	if (!fe)
 		return verdict(st, REASON_PASS, TC_ACT_OK);
-	return wep_new_flow(skb, &p, st, fe);
+	return wep_new_flow(skb, conf, &p, st, fe);
 }
 
 int from_wep(struct __sk_buff *skb)

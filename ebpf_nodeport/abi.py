@@ -27,7 +27,7 @@ BE32 = ct.c_uint32.__ctype_be__
 BE16 = ct.c_uint16.__ctype_be__
 
 # The entry programs, one per attach point (bpf/<name>.c), in hook order (HOOK_*).
-PROGRAMS = ("from_hep", "from_wep", "to_wep")
+PROGRAMS = ("from_hep", "from_wep", "to_wep", "to_hep")
 # Node modes with the eBPF datapath attached: CFG_F_DSR set for "dsr", clear for "tunnel".
 EBPF_MODES = ("tunnel", "dsr")
 
@@ -49,12 +49,15 @@ VXLAN_F_VNI = 0x08
 VXH_F_DSR = 0x01
 VXLAN_ENCAP_LEN = 50            # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 SKB_MARK_BYPASS = 0x01000000     # from_hep marks what it NATs/decaps and hands to the kernel (config.h)
+SKB_MARK_ENCAP = 0x02000000      # ... DNATed, left to the kernel to fragment; to_hep encapsulates (frags.h)
+SKB_MARK_ENCAP_DSR = 0x04000000  # ... with the DSR flag
+SKB_MARK_ENCAP_PORT = 0x0000FFFF  # ... and this frontend port (host order)
 PSNAT_START, PSNAT_LEN = 20000, 10000   # client ports given on a source-port collision (config.h)
 
-HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP = 0, 1, 2
+HOOK_FROM_HEP, HOOK_FROM_WEP, HOOK_TO_WEP, HOOK_TO_HEP = 0, 1, 2, 3
 HOOKS = dict(enumerate(PROGRAMS))       # HOOK_* -> entry program name
 HOOK_IDS = {name: hook for hook, name in HOOKS.items()}
-N_HOOKS = 3
+N_HOOKS = 4
 MAX_REASONS = 32
 
 REASONS: dict[int, str] = {
@@ -335,6 +338,35 @@ class BeValue(_Struct):
     _addr_fields = ("addr",)
 
 
+class FragKey(_Struct):
+    """struct frag_key (bpf/lib/frags.h): one datagram's fragments."""
+    _fields_ = [("saddr", BE32), ("daddr", BE32), ("id", BE16), ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
+    _addr_fields = ("saddr", "daddr")
+
+
+class FragPorts(_Struct):
+    """struct frag_ports: the ports its first fragment carried."""
+    _fields_ = [("sport", BE16), ("dport", BE16)]
+
+
+class CtlbCfg(_Struct):
+    """struct ctlb_cfg (bpf/lib/ctlb.h): the node's netns cookie and which protocols connect() balances."""
+    _fields_ = [("netns_cookie", ct.c_uint64), ("flags", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class CtlbKey(_Struct):
+    """struct ctlb_key: one socket (its cookie) and the backend it was given."""
+    _fields_ = [("cookie", ct.c_uint64), ("addr", BE32), ("port", BE16), ("proto", ct.c_uint8),
+                ("pad", ct.c_uint8)]
+    _addr_fields = ("addr",)
+
+
+class CtlbValue(_Struct):
+    """struct ctlb_value: the frontend the application asked for."""
+    _fields_ = [("addr", BE32), ("port", BE16), ("pad", ct.c_uint16)]
+    _addr_fields = ("addr",)
+
+
 class SvcMeta(_Struct):
     _fields_ = [("name", ct.c_char * 64)]
 
@@ -456,18 +488,37 @@ _SPECS = (
     MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
     MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("frags", BPF_MAP_TYPE_LRU_HASH, FragKey, FragPorts, 8192, "MAX_FRAGS"),
     MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
     MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),
 )
 MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _SPECS}
 
+# Connect-time load balancing (bpf/connect.c, ebpf_nodeport/ctlb.py): cgroup sock_addr
+# programs -> their kernel attach type (enum bpf_attach_type), and the maps only they use
+# (beside the node's nat_fe, nat_be, nodes and cfg, which they read).
+CTLB_PROGRAMS: dict[str, int] = {
+    "ctlb_connect4": 10,       # BPF_CGROUP_INET4_CONNECT
+    "ctlb_sendmsg4": 14,       # BPF_CGROUP_UDP4_SENDMSG
+    "ctlb_recvmsg4": 19,       # BPF_CGROUP_UDP4_RECVMSG
+    "ctlb_getpeer4": 29,       # BPF_CGROUP_INET4_GETPEERNAME
+}
+CTLB_F_TCP, CTLB_F_UDP = 1, 2
+_CTLB_SPECS = (
+    MapSpec("ctlb_cfg", BPF_MAP_TYPE_ARRAY, U32, CtlbCfg, 1),
+    MapSpec("ctlb_nat", BPF_MAP_TYPE_LRU_HASH, CtlbKey, CtlbValue, 65536, "MAX_CTLB"),
+)
+CTLB_MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _CTLB_SPECS}
 
-def map_specs(defines: dict[str, object] | None = None) -> dict[str, MapSpec]:
-    """MAP_SPECS with MAX_* overrides (integer values) applied, as the loader compiles them."""
+
+def map_specs(defines: dict[str, object] | None = None,
+              specs: dict[str, MapSpec] = MAP_SPECS) -> dict[str, MapSpec]:
+    """specs (the TC datapath's by default) with MAX_* overrides (integer values) applied, as the
+    loader compiles them."""
     if not defines:
-        return dict(MAP_SPECS)
+        return dict(specs)
     out = {}
-    for name, spec in MAP_SPECS.items():
+    for name, spec in specs.items():
         override = defines.get(spec.max_define) if spec.max_define else None
         if isinstance(override, int):
             spec = dataclasses.replace(spec, max_entries=override)

@@ -108,7 +108,7 @@ class NodeDatapath:
 
     @staticmethod
     def is_loaded(pin_dir: loader.PinDir) -> bool:
-        """True when the node's three programs are pinned in pin_dir."""
+        """True when the node's TC programs (abi.PROGRAMS) are pinned in pin_dir."""
         return all(os.path.exists(loader.prog_pin(pin_dir, p)) for p in PROGRAMS)
 
     def maps(self) -> NodeMaps:
@@ -122,7 +122,7 @@ class NodeDatapath:
     # -- lifecycle --------------------------------------------------------------------------
 
     def load(self, attach: bool = True) -> loader.LoadResult:
-        """Compile (BCC), pin maps and programs, write cfg, attach from_hep on the host iface.
+        """Compile (BCC), pin maps and programs, write cfg, attach from_hep/to_hep on the host iface.
 
         On a node already loaded this is a reload: maps (conntrack, services) are
         kept, programs replaced, and every interface carrying our filters gets
@@ -162,8 +162,7 @@ class NodeDatapath:
             keep = old.flags & (CFG_F_DSR | CFG_F_TRACE) if old.node_ip == ip2int(self.node_ip) else 0
             m.write_cfg(self._cfg(old, keep | CFG_F_ENABLED))
         if attach:
-            tc.attach(self.netns, self.host_ifname, tc.INGRESS, self.prog_path("from_hep"),
-                      "from_hep")
+            self.attach_host()
             for ifname in self.workloads():
                 self.attach_workload(ifname)
 
@@ -199,14 +198,20 @@ class NodeDatapath:
             for ifname in self.workloads():
                 self.detach_workload(ifname)
             try:
-                if tc.detach(self.netns, self.host_ifname, tc.INGRESS, "from_hep") and \
-                        not tc.filters(self.netns, self.host_ifname):
+                removed = tc.detach(self.netns, self.host_ifname, tc.INGRESS, "from_hep")
+                removed |= tc.detach(self.netns, self.host_ifname, tc.EGRESS, "to_hep")
+                if removed and not tc.filters(self.netns, self.host_ifname):
                     tc.remove_clsact(self.netns, self.host_ifname)
             except (tc.TcError, FileNotFoundError):
                 pass
         loader.remove_pins(self.pin_dir, prune_up_to)
 
     # -- attach points ----------------------------------------------------------------------
+
+    def attach_host(self) -> None:
+        """from_hep on the host interface's ingress, to_hep on its egress (from the pins)."""
+        tc.attach(self.netns, self.host_ifname, tc.INGRESS, self.prog_path("from_hep"), "from_hep")
+        tc.attach(self.netns, self.host_ifname, tc.EGRESS, self.prog_path("to_hep"), "to_hep")
 
     def attach_workload(self, ifname: str) -> None:
         """from_wep on the pod veth's ingress, to_wep on its egress (from the pins)."""

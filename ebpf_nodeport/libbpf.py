@@ -57,6 +57,16 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
+def _missing(rc: int, what: str) -> bool:
+    """For a failed call (rc < 0): True when it failed with ENOENT (no such key, entry or
+    attachment), which callers answer with None/False; any other error raises BpfError."""
+    err = -rc if rc < -1 else ct.get_errno()
+    if err == errno.ENOENT:
+        return True
+    _check(rc, what)
+    return False   # not reached: _check raises for rc < 0
+
+
 def obj_get(path: str) -> int:
     """Open a pinned map or program; returns a new fd (caller closes)."""
     return _check(_lib.bpf_obj_get(path.encode()), f"bpf_obj_get({path})")
@@ -168,11 +178,8 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     kbuf = ct.create_string_buffer(key, len(key))
     vbuf = ct.create_string_buffer(value_size)
     rc = _lib.bpf_map_lookup_elem(fd, kbuf, vbuf)
-    if rc < 0:
-        err = -rc if rc < -1 else ct.get_errno()
-        if err == errno.ENOENT:
-            return None
-        _check(rc, "bpf_map_lookup_elem")
+    if rc < 0 and _missing(rc, "bpf_map_lookup_elem"):
+        return None
     return vbuf.raw
 
 
@@ -186,12 +193,7 @@ def map_delete(fd: int, key: bytes) -> bool:
     """Delete one element; False when it was not there."""
     kbuf = ct.create_string_buffer(key, len(key))
     rc = _lib.bpf_map_delete_elem(fd, kbuf)
-    if rc < 0:
-        err = -rc if rc < -1 else ct.get_errno()
-        if err == errno.ENOENT:
-            return False
-        _check(rc, "bpf_map_delete_elem")
-    return True
+    return not (rc < 0 and _missing(rc, "bpf_map_delete_elem"))
 
 
 def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
@@ -201,11 +203,8 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
     while True:
         cbuf = None if cur is None else ct.create_string_buffer(cur, key_size)
         rc = _lib.bpf_map_get_next_key(fd, cbuf, nxt)
-        if rc < 0:
-            err = -rc if rc < -1 else ct.get_errno()
-            if err == errno.ENOENT:
-                return
-            _check(rc, "bpf_map_get_next_key")
+        if rc < 0 and _missing(rc, "bpf_map_get_next_key"):
+            return
         cur = nxt.raw
         yield cur
 
@@ -439,13 +438,15 @@ def map_create_like(template_fd: int) -> int:
             os.close(btf_fd)
 
 
-def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL") -> int:
+def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL",
+              expected_attach_type: int = 0) -> int:
     """Load raw instructions; returns the program fd. A refusal carries the verifier log's end.
 
     The first try has no log (fast); only a refused program is loaded again with one.
+    expected_attach_type: required by some types (cgroup sock_addr: which hook).
     """
     buf = ct.create_string_buffer(insns, len(insns))
-    opts = _ProgLoadOpts(sz=ct.sizeof(_ProgLoadOpts))
+    opts = _ProgLoadOpts(sz=ct.sizeof(_ProgLoadOpts), expected_attach_type=expected_attach_type)
     args = (prog_type, name.encode(), license.encode(), buf, len(insns) // 8)
     fd = _lib.bpf_prog_load(*args, ct.byref(opts))
     if fd >= 0:
@@ -458,3 +459,18 @@ def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL") -> 
         return fd
     tail = "\n".join(log.value.decode(errors="replace").splitlines()[-_VERIFIER_LOG_TAIL:])
     raise BpfError(err, f"bpf_prog_load({name}): {os.strerror(err)}\n{tail}")
+
+
+_lib.bpf_prog_attach.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_uint]
+_lib.bpf_prog_detach2.argtypes = [ct.c_int, ct.c_int, ct.c_int]
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """Attach a program to a target (a cgroup directory's fd) at one hook; replaces none."""
+    _check(_lib.bpf_prog_attach(prog_fd, target_fd, attach_type, 0), "bpf_prog_attach")
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> bool:
+    """Detach that program from the target's hook; False when it was not attached there."""
+    rc = _lib.bpf_prog_detach2(prog_fd, target_fd, attach_type)
+    return not (rc < 0 and _missing(rc, "bpf_prog_detach2"))

@@ -1,4 +1,4 @@
-"""Compile the C datapath with BCC, load its three TC programs, pin maps and programs.
+"""Compile the C datapath with BCC, load its TC programs (abi.PROGRAMS), pin maps and programs.
 
 BCC binds map fds into the bytecode at compile time and each node has its own
 maps. The maps are declared BPF_TABLE_PINNED, so BCC itself reuses a map already
@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import libbpf, pins
 from .abi import MAP_SPECS, PROGRAMS, map_specs
@@ -32,8 +32,8 @@ _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # The pin directory goes into the C as a string literal (PIN_DIR): no quotes, no escapes.
 _PIN_DIR_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
-__all__ = ["BPF_DIR", "ENTRY_FILES", "LoadResult", "LoaderError", "build_source", "load",
-           "load_nodes", "prog_pin", "relocate_map_fds", "remove_pins"]
+__all__ = ["BCC_LOCK", "BPF_DIR", "ENTRY_FILES", "LoadResult", "LoaderError", "build_source", "load",
+           "load_nodes", "open_or_create_map", "pin_replace", "prog_pin", "relocate_map_fds", "remove_pins"]
 
 
 PinDir = str | os.PathLike     # a node's pin directory (or an ancestor of one)
@@ -49,7 +49,7 @@ class LoadResult:
     pin_dir: str
     programs: dict[str, str]          # entry name -> pinned program path
     compile_s: float                  # BCC: clang + map creation/reuse (relocated: maps + fd swap)
-    load_s: float                     # kernel verifier for the three programs
+    load_s: float                     # kernel verifier for the programs
     reused_maps: tuple[str, ...] = field(default_factory=tuple)   # pins kept from before
     clone_of: str | None = None       # relocated copy of this node's compile (load_nodes)
     upgraded_maps: tuple[str, ...] = field(default_factory=tuple)  # layout changed: entries converted
@@ -83,11 +83,12 @@ def _expand(path: Path, seen: set[Path], root: Path) -> list[str]:
     return out
 
 
-def build_source(defines: dict[str, object] | None = None, bpf_dir: Path = BPF_DIR) -> str:
-    """The BCC text: #defines, then the topic headers and the three entry files, inlined."""
+def build_source(defines: dict[str, object] | None = None, bpf_dir: Path = BPF_DIR,
+                 entries: Sequence[str] = ENTRY_FILES) -> str:
+    """The BCC text: #defines, then the topic headers and the entry files (the TC ones by default), inlined."""
     lines = [f"#define {k} {v}" for k, v in (defines or {}).items()]
     seen: set[Path] = set()
-    for entry in ENTRY_FILES:
+    for entry in entries:
         lines.extend(_expand(bpf_dir / entry, seen, bpf_dir))
     return "\n".join(lines) + "\n"
 
@@ -101,7 +102,7 @@ def _check_pin_dir(pin_dir: PinDir) -> str:
     return pin_dir
 
 
-def _pin_replace(fd: int, path: str) -> None:
+def pin_replace(fd: int, path: str) -> None:
     """Pin fd at path, replacing an existing pin atomically (rename over it)."""
     tmp = f"{path}_new"   # bpffs refuses names with a dot
     if os.path.exists(tmp):
@@ -112,13 +113,13 @@ def _pin_replace(fd: int, path: str) -> None:
 
 # BCC's compiler (LLVM/clang inside libbcc) is not thread-safe: two compiles in
 # threads of one process segfault it. Loads in one process are serialised here.
-_BCC_LOCK = threading.Lock()
+BCC_LOCK = threading.Lock()
 
 
 def load(pin_dir: PinDir, defines: dict[str, object] | None = None) -> LoadResult:
-    """Compile for one node's pin directory, load the three SCHED_CLS programs, pin everything."""
+    """Compile for one node's pin directory, load the SCHED_CLS programs, pin everything."""
     directory = _check_pin_dir(pin_dir)
-    with _BCC_LOCK, _compiled(directory, defines) as (_, res):
+    with BCC_LOCK, _compiled(directory, defines) as (_, res):
         return res
 
 
@@ -135,7 +136,7 @@ def load_nodes(pin_dirs: Mapping[str, PinDir],
     if not checked:
         return {}
     (first, first_dir), *rest = checked.items()
-    with _BCC_LOCK, _compiled(first_dir, defines) as (bpf, res):
+    with BCC_LOCK, _compiled(first_dir, defines) as (bpf, res):
         results = {first: res}
         template = _Template.of(bpf)
         for node, directory in rest:
@@ -173,7 +174,7 @@ def _compiled(directory: str, defines: dict[str, object] | None) -> Iterator[tup
         programs = {}
         for p, fn in fns.items():
             path = prog_pin(directory, p)
-            _pin_replace(fn.fd, path)
+            pin_replace(fn.fd, path)
             programs[p] = path
         missing = [m for m in MAP_SPECS if not os.path.exists(os.path.join(directory, m))]
         if missing:
@@ -249,7 +250,7 @@ class _Template:
         return cls({p: bpf.dump_func(p) for p in PROGRAMS}, fds)
 
 
-def _open_or_create_map(path: str, template_fd: int) -> int:
+def open_or_create_map(path: str, template_fd: int) -> int:
     """fd of the map pinned at path, else of a new one shaped like the template's, pinned there."""
     if os.path.exists(path):
         return libbpf.obj_get(path)
@@ -273,7 +274,7 @@ def _load_relocated(directory: str, defines: dict[str, object] | None,
     try:
         try:
             for name, tfd in template.map_fds.items():
-                fds[name] = _open_or_create_map(os.path.join(directory, name), tfd)
+                fds[name] = open_or_create_map(os.path.join(directory, name), tfd)
             pinned.restore(directory)
         except OSError as exc:
             raise LoaderError(f"maps for {directory}: {exc}") from exc
@@ -289,7 +290,7 @@ def _load_relocated(directory: str, defines: dict[str, object] | None,
                 raise LoaderError(f"kernel refused a program for {directory}: {exc}") from exc
             try:
                 path = prog_pin(directory, p)
-                _pin_replace(pfd, path)
+                pin_replace(pfd, path)
                 programs[p] = path
             finally:
                 os.close(pfd)

@@ -163,6 +163,7 @@ class NodeMaps:
     nat_be = property(lambda self: self._view("nat_be"))
     svc_meta = property(lambda self: self._view("svc_meta"))
     ct = property(lambda self: self._view("ct"))
+    frags = property(lambda self: self._view("frags"))
     counters = property(lambda self: self._view("counters"))
 
     def close(self) -> None:

@@ -405,6 +405,8 @@ class SimNode:
         return dict(self.maps.ct.items())
 
     def clear_ct(self) -> int:
+        """Empty the flow state: conntrack and the first fragments' ports; the ct entries removed."""
+        self.maps.frags.clear()
         return self.maps.ct.clear()
 
     def set_cfg(self, **fields: int) -> None:

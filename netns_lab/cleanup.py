@@ -1,4 +1,4 @@
-"""Clean-up: remove a lab's processes, namespaces, pinned BPF objects and state, found by naming convention.
+"""Clean-up: remove a lab's processes, namespaces, node cgroups, pinned BPF objects and state, found by naming convention.
 
 Works without the state file (a crash, a killed `up`): namespaces are found by their
 `nl-<lab>-` prefix, processes by living in one of those namespaces or by carrying
@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from netns_lab import naming
+from netns_lab import cgroups, naming
 from netns_lab import state as lab_state
 from netns_lab.nsexec import list_netns, netns_inode, remove_netns
 
@@ -31,12 +31,13 @@ class Removed:
     namespaces: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     pins: bool = False
+    cgroups: bool = False
     state: bool = False
 
     @property
     def anything(self) -> bool:
         """True if the lab had anything left to remove."""
-        return bool(self.namespaces or self.pids or self.pins or self.state)
+        return bool(self.namespaces or self.pids or self.pins or self.cgroups or self.state)
 
 
 def lab_namespaces(lab: str) -> list[str]:
@@ -139,6 +140,7 @@ def teardown(lab: str) -> Removed:
         with contextlib.suppress(FileNotFoundError):
             remove_netns(name)
         out.namespaces.append(name)
+    out.cgroups = cgroups.remove_lab(lab)  # after the kill: the node cgroups are empty by now
     pins = naming.bpf_dir(lab)
     if pins.exists():
         shutil.rmtree(pins)  # bpffs allows unlinking pins; programs/maps are freed with their last reference

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import subprocess
 import time
@@ -31,12 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ebpf_nodeport import tc
+from ebpf_nodeport import ctlb, tc
 from ebpf_nodeport.abi import EBPF_MODES, SKB_MARK_BYPASS
 from ebpf_nodeport.datapath import NodeDatapath
 from ebpf_nodeport.sync import Backend, ClusterView, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
-from netns_lab import builder, cleanup, kubeproxy, naming
+from netns_lab import builder, cgroups, cleanup, kubeproxy, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
@@ -49,6 +50,18 @@ NOTRACK_RULE = [
     "PREROUTING", "-m", "comment", "--comment", NOTRACK_COMMENT,
     "-m", "mark", "--mark", f"{SKB_MARK_BYPASS:#x}/{SKB_MARK_BYPASS:#x}", "-j", "NOTRACK",
 ]
+# The node's own packets to a ClusterIP must reach eth0's egress hook (to_hep), which NATs them.
+# The builder routes everything off-fabric `dev eth0` on-link, so the kernel would ARP for the
+# ClusterIP itself and, with nobody answering, drop the packet before any TC hook sees it. In
+# eBPF mode the service CIDR goes via a next hop with a permanent neighbour entry instead (Calico
+# routes it to its bpfnatout device for the same reason). kube-proxy needs none: its DNAT runs
+# in OUTPUT, before the neighbour lookup.
+SERVICE_NEXTHOP = "169.254.255.1"
+# Other nodes' pod blocks get a route MTU that leaves room for VXLAN (as Calico's vxlan.calico
+# device's MTU does): a DF-clear datagram too big to encapsulate is DNATed by from_hep and
+# left to the kernel, which fragments it to this size on its way out; to_hep encapsulates
+# each fragment (bpf/lib/frags.h). DF packets are unaffected (from_hep answers them first).
+
 Progress = Callable[[str], None]
 
 
@@ -119,6 +132,44 @@ def kube_proxy_remove(st: LabState) -> None:
     for node, n in st.nodes().items():
         kubeproxy.remove(n.netns, kubeproxy.ruleset(topo, p, node))
     st.kubeproxy.installed, st.kubeproxy.nodes = False, []
+
+
+def _ip(ns: str, *args: str) -> subprocess.CompletedProcess:
+    """`ip` inside a node namespace (no check)."""
+    return subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True)
+
+
+def set_service_route(st: LabState, on: bool) -> None:
+    """Route the service CIDR of every node to eth0 through SERVICE_NEXTHOP and other nodes' pod
+    blocks with the tunnel's MTU (on), or put the builder's routes back."""
+    topo = st.spec()
+    cidr = topo.service_cidr
+    nodes = st.nodes()
+    for name, n in nodes.items():
+        ns = n.netns
+        mtu = ("mtu", str(topo.pod_mtu)) if on else ()
+        for other, o in nodes.items():
+            if other != name:
+                proc = _ip(ns, "route", "replace", str(o.pod_block), "via", str(o.address), "dev", naming.UPLINK,
+                           "proto", "static", *mtu)
+                if proc.returncode != 0:
+                    raise LabError(f"cannot set the route to {o.pod_block} in {ns}: {proc.stderr.strip()}")
+        if not on:
+            _ip(ns, "route", "del", cidr, "via", SERVICE_NEXTHOP)
+            _ip(ns, "neigh", "del", SERVICE_NEXTHOP, "dev", naming.UPLINK)
+            continue
+        mac = _ip(ns, "-j", "link", "show", naming.UPLINK)
+        addr = json.loads(mac.stdout)[0]["address"] if mac.returncode == 0 else ""
+        for args in (("neigh", "replace", SERVICE_NEXTHOP, "lladdr", addr, "dev", naming.UPLINK, "nud", "permanent"),
+                     ("route", "replace", cidr, "via", SERVICE_NEXTHOP, "dev", naming.UPLINK, "onlink")):
+            proc = _ip(ns, *args)
+            if proc.returncode != 0:
+                raise LabError(f"cannot route the service CIDR in {ns}: {proc.stderr.strip()}")
+
+
+def has_service_route(ns: str, cidr: str) -> bool:
+    """True when the node routes the service CIDR through SERVICE_NEXTHOP."""
+    return SERVICE_NEXTHOP in _ip(ns, "route", "show", cidr).stdout
 
 
 def _iptables(ns: str, *args: str) -> subprocess.CompletedProcess:
@@ -230,12 +281,17 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
             ch.load_s.update({node: round(res.total_s, 3) for node, res in results.items()})
             for line in _load_lines(results, time.monotonic() - t):
                 say(line)
+        unbalanced = [n for n in nodes if not ctlb.is_loaded(naming.pin_dir(st.lab, n))]
+        if unbalanced:
+            secs = ctlb.load_nodes({n: naming.pin_dir(st.lab, n) for n in unbalanced})
+            say(f"connect-time LB programs (connect4, sendmsg4, recvmsg4, getpeername4) loaded for "
+                f"{len(unbalanced)} nodes in {secs:.2f}s")
         synced: dict[str, str] = {}
         for node in nodes:
             dp = datapath(st, node)
             stats = dp.sync(view)
             if node in fresh:
-                tc.attach(dp.netns, dp.host_ifname, tc.INGRESS, dp.prog_path("from_hep"), "from_hep")
+                dp.attach_host()
                 for ifname in st.pod_ifnames(node):
                     dp.attach_workload(ifname)
             elif stats.changed:
@@ -245,6 +301,8 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
             detail = texts.pop() if len(texts) == 1 else "; ".join(f"{n}: {t}" for n, t in synced.items())
             say(f"maps synced on {', '.join(synced)} ({detail})")
     except (LoaderError, tc.TcError, OSError, ValueError) as exc:
+        if fresh == nodes:
+            _ctlb_off(st)
         for node in fresh:  # none of them was loaded before: whatever a partial load_all pinned goes
             with contextlib.suppress(Exception):
                 datapath(st, node).unload(prune_up_to=naming.BPF_ROOT)
@@ -254,8 +312,13 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
     if fresh:
         for node in fresh:
             datapath(st, node).set_flags(enabled=True)
-        say(f"eBPF datapath on: from_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
+        say(f"eBPF datapath on: from_hep/to_hep on eth0 of {len(fresh)} nodes, from_wep/to_wep on "
             f"{sum(len(st.pod_ifnames(n)) for n in fresh)} pod veths")
+    _settle_ctlb(st, felix, say)
+    if fresh:
+        set_service_route(st, True)
+        say(f"service CIDR routed to eth0 via {SERVICE_NEXTHOP} on every node (to_hep NATs the node's own "
+            "service traffic)")
     if ch.old_mode != felix.mode and ch.old_mode in EBPF_MODES:
         say(f"bpfExternalServiceMode {'DSR' if felix.mode == 'dsr' else 'Tunnel'}: new connections use "
             f"{felix.mode}; open ones keep the mode they started with")
@@ -270,6 +333,45 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
     if not keep_kube_proxy and any_notrack(st):
         set_notrack(st, False)
         say("NOTRACK rule for the bypass mark removed (no kube-proxy rules left to bypass)")
+
+
+def _settle_ctlb(st: LabState, felix: FelixConfig, say: Progress) -> None:
+    """Make every node's cgroup carry the connect-time LB programs as bpfConnectTimeLoadBalancing says."""
+    setting = felix.bpfConnectTimeLoadBalancing
+    flags = ctlb.SETTINGS[setting]
+    changed = []
+    try:
+        for node in st.nodes():
+            dp = datapath(st, node)
+            path = str(cgroups.ensure(st.lab, node))
+            cookie = ctlb.netns_cookie(dp.netns)
+            was = ctlb.read_cfg(dp.pin_dir)
+            on = bool(ctlb.attached(path))
+            if flags:
+                ctlb.configure(dp.pin_dir, cookie, flags)
+                if not on:
+                    ctlb.attach(dp.pin_dir, path)
+            else:
+                ctlb.detach(dp.pin_dir, path)
+                ctlb.configure(dp.pin_dir, cookie, 0)
+            if was != (cookie, flags) or on != bool(flags):
+                changed.append(node)
+    except OSError as exc:
+        raise LabError(f"connect-time load balancing: {exc}") from None
+    if changed:
+        what = {"TCP": "TCP sockets", "Enabled": "TCP and UDP sockets", "Disabled": "off"}[setting]
+        where = cgroups.lab_dir(st.lab)
+        say(f"bpfConnectTimeLoadBalancing {setting}: {what} of {', '.join(changed)} "
+            f"(cgroups {where}/<node>); the rest of a node's service traffic is NATed per packet")
+
+
+def _ctlb_off(st: LabState) -> None:
+    """Detach the connect-time LB programs and remove the lab's node cgroups (before the pins go)."""
+    for node in st.nodes():
+        with contextlib.suppress(OSError, LabError):
+            ctlb.detach(naming.pin_dir(st.lab, node), str(cgroups.node_cgroup(st.lab, node)))
+    with contextlib.suppress(OSError, LabError):
+        cgroups.remove_lab(st.lab)
 
 
 def _load_lines(results: dict[str, LoadResult], wall_s: float) -> list[str]:
@@ -299,6 +401,8 @@ def _to_kube_proxy(st: LabState, ch: Change, say: Progress) -> None:
     for node in loaded:
         with contextlib.suppress(OSError):
             datapath(st, node).set_flags(enabled=False)
+    _ctlb_off(st)
+    set_service_route(st, False)
     for node in loaded:
         datapath(st, node).unload(prune_up_to=naming.BPF_ROOT)
     if loaded:
@@ -428,4 +532,12 @@ def status(st: LabState) -> dict[str, Any]:
         except (OSError, LabError, tc.TcError) as exc:
             doc["error"] = str(exc)
         nodes[node] = doc
-    return {"nodes": nodes, "load_s": st.dataplane.load_s, "last_switch": st.dataplane.last_switch}
+    cg_root = cgroups.find_cgroup2()
+    for node, doc in nodes.items():
+        path = cgroups.node_cgroup(st.lab, node, cg_root) if cg_root else None
+        doc["cgroup"] = str(path) if path and path.is_dir() else None
+        doc["ctlb_programs"] = ctlb.attached(str(path)) if path else []
+    # connect-time LB follows felix in the eBPF modes (_settle_ctlb), and is off in kube-proxy mode
+    ctlb_setting = st.felix.bpfConnectTimeLoadBalancing if st.mode in EBPF_MODES else "off"
+    return {"nodes": nodes, "cgroup2": str(cg_root) if cg_root else None, "connect_time_lb": ctlb_setting,
+            "load_s": st.dataplane.load_s, "last_switch": st.dataplane.last_switch}

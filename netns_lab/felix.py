@@ -14,6 +14,9 @@ from ebpf_nodeport.abi import EBPF_MODES
 
 MODES = ("kube-proxy",) + EBPF_MODES
 EXTERNAL_SERVICE_MODES = ("Tunnel", "DSR")
+# bpfConnectTimeLoadBalancing: which sockets of a node are given a backend at connect()
+# (Calico's default TCP; the rest of a node's service traffic is NATed per packet)
+CTLB_SETTINGS = ("TCP", "Enabled", "Disabled")
 
 
 class FelixConfigError(ValueError):
@@ -27,6 +30,7 @@ class FelixConfig:
     bpfExternalServiceMode: str = "Tunnel"
     bpfKubeProxyIptablesCleanupEnabled: bool = True
     bpfDSROptoutCIDRs: tuple[str, ...] = field(default_factory=tuple)
+    bpfConnectTimeLoadBalancing: str = "TCP"
 
     @property
     def mode(self) -> str:
@@ -83,6 +87,11 @@ def apply_spec(cfg: FelixConfig, spec: dict[str, Any]) -> FelixConfig:
             if value not in EXTERNAL_SERVICE_MODES:
                 raise FelixConfigError(
                     f"spec.bpfExternalServiceMode must be one of {', '.join(EXTERNAL_SERVICE_MODES)}, not {json.dumps(value)}")
+            changes[name] = value
+        elif name == "bpfConnectTimeLoadBalancing":
+            if value not in CTLB_SETTINGS:
+                raise FelixConfigError(
+                    f"spec.bpfConnectTimeLoadBalancing must be one of {', '.join(CTLB_SETTINGS)}, not {json.dumps(value)}")
             changes[name] = value
         elif name == "bpfDSROptoutCIDRs":
             changes[name] = _check_cidrs(value)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netns_lab import cleanup, naming
+from netns_lab import cgroups, cleanup, naming
 from netns_lab import felix as felix_model
 from netns_lab import state as lab_state
 from netns_lab.errors import LabError
@@ -149,6 +149,14 @@ class Lab:
         if ns not in list_netns():
             raise LabError(f"namespace {ns} of {member!r} is missing; the lab is broken: {PROG} down --name {self.name}")
         return ["ip", "netns", "exec", ns, *argv]
+
+    def join_cgroup(self, member: str) -> bool:
+        """Move this process into a node's cgroup, where its connect-time LB programs act (what `exec NODE`
+        does before exec); False for a member that is no node, or a node without one (kube-proxy mode)."""
+        st = self.state()
+        if member not in st.nodes():
+            return False
+        return cgroups.join(self.name, member)
 
     def run(self, member: str, *argv: str, check: bool = False, timeout: float | None = 60) -> subprocess.CompletedProcess:
         """Run `argv` in a member's namespace and capture its output (text)."""

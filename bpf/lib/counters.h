@@ -10,7 +10,8 @@
 #define HOOK_FROM_HEP 0   /* node eth0 ingress */
 #define HOOK_FROM_WEP 1   /* pod veth ingress: packets the pod sends */
 #define HOOK_TO_WEP   2   /* pod veth egress: packets to the pod */
-#define N_HOOKS       3
+#define HOOK_TO_HEP   3   /* node eth0 egress: the node's own service connections */
+#define N_HOOKS       4
 
 #define REASON_PASS             0   /* not ours, passed untouched */
 #define REASON_NAT_NEW          1   /* first packet of a new service connection (DNAT, maybe encap) */

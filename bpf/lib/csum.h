@@ -59,9 +59,12 @@ static __always_inline __u16 csum_replace16(__u16 check, __u16 from, __u16 to)
 	return csum_fold32((__u32)(__u16)~check + (__u16)~from + to);
 }
 
-/* Offset of the L4 checksum field, or -1 when the packet has none we track. */
+/* Offset of the L4 checksum field, or -1 when the packet has none we track
+ * (a later fragment has no L4 header: its first fragment's checksum covers it). */
 static __always_inline int l4_csum_off(const struct pkt *p)
 {
+	if (p->frag == FRAG_LATER)
+		return -1;
 	if (p->proto == IPPROTO_TCP)
 		return p->l4_off + offsetof(struct tcphdr, check);
 	if (p->proto == IPPROTO_UDP)
@@ -82,7 +85,7 @@ static __always_inline int rewrite_l3l4(struct __sk_buff *skb, struct pkt *p, in
 	__be32 old_addr = src ? p->saddr : p->daddr;
 	__be16 old_port = src ? p->sport : p->dport;
 	int addr_changed = old_addr != new_addr;
-	int port_changed = old_port != new_port && p->has_ports;
+	int port_changed = old_port != new_port && p->has_ports && p->frag != FRAG_LATER;
 	int csum_off = l4_csum_off(p);
 	__u64 l4f = l4_csum_flags(p);
 	struct iphdr *ip;
@@ -108,6 +111,13 @@ static __always_inline int rewrite_l3l4(struct __sk_buff *skb, struct pkt *p, in
 			ip->daddr = new_addr;
 			p->daddr = new_addr;
 		}
+	}
+	if (!port_changed && p->frag == FRAG_LATER) {
+		/* no header to write: the flow's ports are what the packet "has" now */
+		if (src)
+			p->sport = new_port;
+		else
+			p->dport = new_port;
 	}
 	if (port_changed) {
 		/* TCP and UDP keep their ports at the same offsets: source, dest. */

@@ -10,6 +10,7 @@
 
 #include "lib/maps.h"
 #include "lib/parse.h"
+#include "lib/frags.h"
 
 struct run_state {
 	__be32 saddr, daddr;          /* as arrived */
@@ -49,24 +50,29 @@ static __always_inline int verdict(struct run_state *st, __u8 reason, int action
 
 /* Hand the packet, rewritten and ready, to eth0 through the neighbour
  * subsystem (which fills in the MACs): the verdict of every reply, DSR and
- * encapsulated packet that leaves past the node's routing. A refused
+ * encapsulated packet that leaves past the node's routing (or, for the
+ * node's own connections, out of the interface the FIB gave). A refused
  * redirect is a failed helper like any other. */
-static __always_inline int verdict_redirect(struct run_state *st, const struct node_cfg *conf,
-					    __u8 reason)
+static __always_inline int verdict_redirect_to(struct run_state *st, __u32 ifindex, __u8 reason)
 {
-	int ret = redirect_neigh4(conf->host_ifindex, NULL, 0, 0);
+	int ret = redirect_neigh4(ifindex, NULL, 0, 0);
 
 	if (ret != TC_ACT_REDIRECT)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	return verdict(st, reason, ret);
 }
 
+static __always_inline int verdict_redirect(struct run_state *st, const struct node_cfg *conf,
+					    __u8 reason)
+{
+	return verdict_redirect_to(st, conf->host_ifindex, reason);
+}
+
 /* What every entry does first, alike: parse; non-IPv4 (ARP for the
  * 169.254.1.1 gateway, IPv6) passes untouched, malformed drops, and
- * non-first fragments pass untouched because they carry no ports to match
- * a flow (a fragmented datagram to a service is not supported; PMTU
- * discovery keeps TCP unfragmented). Returns 1 when the run is decided,
- * with *action set; 0 to carry on with *p filled in. */
+ * a non-first fragment is matched by the ports its first fragment recorded
+ * (lib/frags.h), or passes untouched when that was not seen here. Returns 1
+ * when the run is decided, with *action set; 0 to carry on with *p filled in. */
 static __always_inline int entry_parse(struct __sk_buff *skb, struct pkt *p,
 				       struct run_state *st, int *action)
 {
@@ -80,8 +86,9 @@ static __always_inline int entry_parse(struct __sk_buff *skb, struct pkt *p,
 		*action = verdict(st, REASON_DROP_MALFORMED, TC_ACT_SHOT);
 		return 1;
 	}
+	rc = frag_fill(p);
 	st_arrived(st, p);
-	if (p->frag == FRAG_LATER) {
+	if (rc < 0) {   /* a later fragment whose first one this hook has not seen */
 		*action = verdict(st, REASON_PASS, TC_ACT_OK);
 		return 1;
 	}

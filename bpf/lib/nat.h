@@ -76,13 +76,23 @@ static __always_inline struct route_info *route_lookup(__be32 addr)
 	return routes.lookup(&k);
 }
 
+static __always_inline int is_node(__be32 addr)
+{
+	return nodes.lookup(&addr) != NULL;
+}
+
 /* Node hosting addr when that is another node, else 0 (local or unknown:
- * the kernel's own routing handles it). */
+ * the kernel's own routing handles it). A backend outside the pod blocks
+ * that is another node's address (a host-network endpoint) is that node's:
+ * tunnelled there like a pod, so its reply comes back through the tunnel
+ * (to_hep on that node) instead of straight from its own address. */
 static __always_inline __be32 remote_node_of(const struct node_cfg *conf, __be32 addr)
 {
 	struct route_info *rt = route_lookup(addr);
 
-	if (!rt || (rt->flags & RT_F_LOCAL) || rt->node_ip == conf->node_ip)
+	if (!rt)
+		return addr != conf->node_ip && is_node(addr) ? addr : 0;
+	if ((rt->flags & RT_F_LOCAL) || rt->node_ip == conf->node_ip)
 		return 0;
 	return rt->node_ip;
 }
@@ -94,10 +104,6 @@ static __always_inline int is_local_pod(__be32 addr)
 	return rt && (rt->flags & RT_F_LOCAL);
 }
 
-static __always_inline int is_node(__be32 addr)
-{
-	return nodes.lookup(&addr) != NULL;
-}
 
 /* DSR only for clients outside the cluster that were not opted out. */
 static __always_inline int dsr_allowed(const struct node_cfg *conf, __be32 client)

@@ -53,8 +53,11 @@ struct pkt {
 	__u8   tos;
 	__u8   frag;       /* FRAG_* */
 	__u8   df;         /* IP DF bit set */
-	__u8   has_ports;  /* TCP or UDP header present and valid */
+	__u8   has_ports;  /* ports known: TCP or UDP header present and valid, or (a later
+			    * fragment) taken from its datagram's first fragment (lib/frags.h) */
 	__u8   pad;
+	__be16 ip_id;      /* IP identification: which datagram a fragment belongs to */
+	__u16  pad2;
 	__u64  now;        /* clock of this run, 0 until pkt_now() first reads it */
 };
 
@@ -193,6 +196,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3_off, __u32
 	p->tcp_flags = 0;
 	p->has_ports = 0;
 	p->pad = 0;
+	p->ip_id = ip->id;
+	p->pad2 = 0;
 
 	frag_off = bpf_ntohs(ip->frag_off);
 	p->df = !!(frag_off & IP_DF_BIT);

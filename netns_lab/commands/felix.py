@@ -43,10 +43,13 @@ Examples (the lesson's calicoctl commands):
   netns-lab patch felixconfiguration default --patch='{"spec": {"bpfEnabled": true}}'
   netns-lab patch felixconfiguration default --patch='{"spec": {"bpfExternalServiceMode": "DSR"}}'
   netns-lab patch felixconfiguration default -p '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/24"]}}'
+  netns-lab patch felixconfiguration default -p '{"spec": {"bpfConnectTimeLoadBalancing": "Disabled"}}'
 \b
 Fields: bpfEnabled (true: eBPF dataplane), bpfExternalServiceMode (Tunnel | DSR),
 bpfKubeProxyIptablesCleanupEnabled (false: kube-proxy's rules stay, bypassed by BPF),
-bpfDSROptoutCIDRs (clients that keep Tunnel behaviour in DSR mode).
+bpfDSROptoutCIDRs (clients that keep Tunnel behaviour in DSR mode),
+bpfConnectTimeLoadBalancing (TCP | Enabled | Disabled: which of a node's own sockets get a
+backend at connect(); the rest is NATed per packet).
 """
 )
 @lab_option

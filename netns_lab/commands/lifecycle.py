@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from netns_lab import cleanup, naming
+from netns_lab import cgroups, cleanup, naming
 from netns_lab.commands.common import console, lab_handle, lab_option, load_lab, output_option, require_root
 from netns_lab.k8s import manifest
 from netns_lab.lab import PROG, list_labs
@@ -93,7 +93,7 @@ def down(lab: str | None, all_labs: bool) -> int:
     for name in labs:
         t0 = time.monotonic()
         removed = lab_handle(name).down()
-        extra = ", BPF pins" if removed.pins else ""
+        extra = (", BPF pins" if removed.pins else "") + (", node cgroups" if removed.cgroups else "")
         out.print(
             f"lab [bold]{name}[/] removed: {len(removed.namespaces)} namespaces, {len(removed.pids)} processes"
             f"{extra} ({time.monotonic() - t0:.2f}s)",
@@ -159,11 +159,17 @@ def _print_dataplane(out: Console, doc: dict[str, Any]) -> None:
         for prog in n.get("programs", []):
             by_if.setdefault(prog["interface"], []).append(f"{prog['program']} ({prog['hook']})")
         progs = "; ".join(f"{i}: {', '.join(p)}" for i, p in by_if.items()) or "-"
+        if n.get("ctlb_programs"):
+            hooks = ", ".join(p["hook"].removeprefix("cgroup_") for p in n["ctlb_programs"])
+            progs += f"; cgroup: {hooks}"
         if "error" in n:
             progs = f"[red]{escape(n['error'])}[/]"
         t.add_row(node, "loaded" if n["datapath_loaded"] else "-", progs,
                   "yes" if n.get("kube_proxy_rules") else "no", "yes" if n.get("notrack") else "no")
     out.print(t)
+    out.print(f"cgroup v2: {dp.get('cgroup2') or 'not mounted'}; node cgroups "
+              f"{dp.get('cgroup2') or '?'}/{cgroups.TOP}/{doc.get('lab', '<lab>')}/<node>; "
+              f"connect-time LB: {dp.get('connect_time_lb', 'off')}", highlight=False)
     if dp.get("last_switch"):
         ls = dp["last_switch"]
         out.print(f"last switch: {ls['from']} -> {ls['to']} in {ls['seconds']:.2f}s", highlight=False)

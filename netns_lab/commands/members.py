@@ -33,7 +33,10 @@ Examples:
 @click.argument("member")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn:
-    """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through."""
+    """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through.
+
+    On a node the command runs in the node's cgroup, where connect-time load balancing
+    (bpfConnectTimeLoadBalancing) rewrites its connections to ClusterIPs and NodePorts."""
     if member in ("-n", "--namespace"):  # unknown options reach MEMBER here (see context_settings)
         raise click.UsageError(f"exec has no {member}: {NAMESPACE_HINT}")
     if command and command[0] == "--":  # parsing stops at MEMBER, so a separating `--` arrives here
@@ -41,7 +44,9 @@ def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn
     if not command:
         raise click.UsageError("missing COMMAND after MEMBER")
     require_root()
-    argv = lab_handle(lab).exec_argv(member, *command)
+    handle = lab_handle(lab)
+    argv = handle.exec_argv(member, *command)
+    handle.join_cgroup(member)   # the node's connect-time LB programs sit on its cgroup
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -191,7 +191,7 @@ def dump_conntrack(ctx: click.Context, lab: str | None, node: str | None, output
 @click.option("--reset", is_flag=True, help="Zero the counters after showing them.")
 @click.pass_context
 def dump_counters(ctx: click.Context, lab: str | None, node: str | None, output: str | None, reset: bool) -> int:
-    """Packets per program (from_hep, from_wep, to_wep) and reason (NATed, encapsulated, each drop), with totals."""
+    """Packets per program (from_hep, from_wep, to_wep, to_hep) and reason (NATed, encapsulated, each drop), with totals."""
     return _run_dump("counters", *_merged(ctx, lab, node, output), reset=reset)
 
 

@@ -424,7 +424,7 @@ def _misc_rows() -> list[Case]:
                  "OK", "PASS", Same(), no_ct=True),
         ]
     rows += [
-        Case("frag_later_to_nodeport", "non-first IP fragment to the NodePort address: untouched", "control",
+        Case("frag_later_to_nodeport", "non-first IP fragment to the NodePort address, its first one unseen: untouched", "control",
              "from_hep", lambda: _frag(CLIENT, CONTROL, offset=185, mf=False), "OK", "PASS", Same(), no_ct=True),
         Case("frag_later_mf_to_nodeport", "middle fragment (offset > 0, MF): untouched", "control", "from_hep",
              lambda: _frag(CLIENT, CONTROL, offset=185, mf=True), "OK", "PASS", Same(), no_ct=True),

@@ -75,9 +75,12 @@ class Nat(Expect):
     src: Addr | None = None
     dst: Addr | None = None
     ttl_dec: int = 0
+    swap_mac: bool = False      # sent back out of the interface it came in on
 
     def expected(self, frame: bytes) -> bytes:
         p = Ether(frame)
+        if self.swap_mac:
+            p.src, p.dst = p.dst, p.src
         ip = p[IP]
         l4 = p[TCP] if TCP in p else p[UDP] if UDP in p else None
         if self.src:
@@ -111,10 +114,11 @@ def _mix32(h: int) -> int:
     return h
 
 
-def doc_tunnel_sport(inner_frame: bytes) -> int:
-    """49152 | (flow_hash(inner) & 0x3fff), flow_hash as docs/datapath.md writes it."""
+def doc_tunnel_sport(inner_frame: bytes, ports: tuple[int, int] | None = None) -> int:
+    """49152 | (flow_hash(inner) & 0x3fff), flow_hash as docs/datapath.md writes it; `ports` for a
+    later fragment, which is hashed with its datagram's ports (it carries none)."""
     ip = parse_ip4(inner_frame)
-    sport, dport = struct.unpack_from("!HH", ip.seg, 0) if ip.proto in (6, 17) else (0, 0)
+    sport, dport = ports or (struct.unpack_from("!HH", ip.seg, 0) if ip.proto in (6, 17) else (0, 0))
     s, d = int.from_bytes(ip.saddr, "big"), int.from_bytes(ip.daddr, "big")
     h = _mix32(s ^ _mix32(d ^ _mix32(((sport << 16) | dport) ^ ip.proto)))
     return 49152 | (h & 0x3FFF)
@@ -134,6 +138,7 @@ class Encap(Expect):
     inner: Nat = field(default_factory=Nat)
     dsr: bool = False
     fe_port: int = 0
+    flow_ports: tuple[int, int] | None = None   # a later fragment's datagram ports
 
     def expected(self, frame: bytes, got: bytes) -> bytes:
         inner = self.inner.expected(frame)
@@ -142,7 +147,7 @@ class Encap(Expect):
         ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, outer_len, 0, 0x4000, 64, 17, 0,
                                    bytes(map(int, self.src.split("."))), bytes(map(int, self.dst.split(".")))))
         struct.pack_into("!H", ip, 10, _ipv4_csum(bytes(ip)))
-        udp = struct.pack("!HHHH", doc_tunnel_sport(inner), TUNNEL_PORT, 8 + 8 + len(inner), 0)
+        udp = struct.pack("!HHHH", doc_tunnel_sport(inner, self.flow_ports), TUNNEL_PORT, 8 + 8 + len(inner), 0)
         vx = vxlan_header(TUNNEL_VNI, dsr=self.dsr, fe_port=self.fe_port, flags=VXLAN_F_VNI)
         # MACs (outer and inner) are taken from what the program wrote: masked.
         return got[:12] + b"\x08\x00" + bytes(ip) + udp + vx + got[50:62] + inner[12:]

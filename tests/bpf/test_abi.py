@@ -41,6 +41,29 @@ def test_mirror_matches_compiled_btf(_cluster, name):
     assert (got.key, got.value) == (spec.key_layout, spec.value_layout)
 
 
+@pytest.fixture(scope="module")
+def ctlb_pin_dir():
+    """A node's pin directory with the TC datapath and the connect-time LB programs over it."""
+    from ebpf_nodeport import ctlb
+
+    lab = unique_name()
+    directory = str(naming.pin_dir(lab, "control"))
+    try:
+        loader.load(directory)
+        ctlb.load_nodes({"control": directory})
+        yield directory
+    finally:
+        loader.remove_pins(directory, prune_up_to=naming.bpf_dir(lab))
+
+
+@pytest.mark.parametrize("name", list(abi.CTLB_MAP_SPECS))
+def test_ctlb_mirror_matches_compiled_btf(ctlb_pin_dir, name):
+    """The maps only bpf/connect.c declares (ctlb.h) have the layouts abi.CTLB_MAP_SPECS gives them."""
+    spec = abi.CTLB_MAP_SPECS[name]
+    got = _layouts(os.path.join(ctlb_pin_dir, name))
+    assert (got.key, got.value) == (spec.key_layout, spec.value_layout)
+
+
 def _bpftool_struct(btf_id: int, type_id: int) -> list[tuple[str, int]]:
     out = subprocess.run(["bpftool", "-j", "btf", "dump", "id", str(btf_id)], capture_output=True,
                          text=True, check=True)
@@ -114,7 +137,7 @@ def _pin_old_maps(directory: str) -> dict[str, int]:
     text = (f'#define PIN(name) "{directory}/" #name\n#include <uapi/linux/bpf.h>\n'
             + "\n".join(p.c for p in OLD_PINS)
             + "\nint old_datapath(struct __sk_buff *skb) { return 0; }\n")
-    with loader._BCC_LOCK:
+    with loader.BCC_LOCK:
         bpf = BPF(text=text)
         bpf.cleanup()
     ids = {}

@@ -94,6 +94,11 @@ def _synthetic() -> dict[tuple[str, str], list[bytes]]:
                 hep.append(bytes(vxlan(pip, ip, inner, fe_port=NP_CUSTOMER, dsr=True)))
                 hep.append(bytes(vxlan(pip, ip, bytes(tcp(CUSTOMER, 80, CLIENT, cport(), "SA", ttl=63)))))
         hep += [bytes(arp()), bytes(ipv6()), bytes(icmp_echo(CLIENT, ip))]
+        own = seeds[(node, "to_hep")]   # the node's own packets to frontends, and one it answers as one
+        for dst, port in ((CUSTOMER_CIP, 80), (CONTROL, NP_CUSTOMER), (NODE2, NP_WEB), (ip, 4789)):
+            own.append(bytes(tcp(ip, cport(), dst, port, "S")))
+            own.append(bytes(udp(ip, cport(), dst, port, b"x")))
+        own.append(bytes(tcp(ip, NP_CUSTOMER, CLIENT, cport(), "SA")))
         for pod in pods[node]:
             wep = seeds[(node, "from_wep")]
             for dst, port in ((CUSTOMER_CIP, 80), (SUMMARY_CIP, 80), (DATABASE_CIP, 2379), (NODE2, NP_WEB),

@@ -1,6 +1,6 @@
 """Encapsulation and the fabric MTU (docs/datapath.md, MTU): too big and DF -> ICMP frag-needed
-(MTU = fabric - 50) back to the client, counted DROP_FRAG_NEEDED; too big without DF -> dropped,
-counted; GSO packets are segmented after us and pass; nothing is created in conntrack for a
+(MTU = fabric - 50) back to the client, counted DROP_FRAG_NEEDED; too big without DF -> DNATed
+and left to the kernel to fragment (to_hep encapsulates the pieces, test_fragments.py); GSO packets are segmented after us and pass; nothing is created in conntrack for a
 packet that is refused."""
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ ROWS = [
         _tcp_len(1451), "REDIRECT", "DROP_FRAG_NEEDED", IcmpFragNeeded(CONTROL, CLIENT, 1450), no_ct=True),
     Row("full_size_df", "1500-byte packet with DF", "control", _tcp_len(1500), "REDIRECT", "DROP_FRAG_NEEDED",
         IcmpFragNeeded(CONTROL, CLIENT, 1450), no_ct=True),
-    Row("too_big_no_df", "IP length 1451 without DF: dropped, counted", "control", _tcp_len(1451, df=False),
-        "SHOT", "DROP_FRAG_NEEDED", None, no_ct=True),
+    Row("too_big_no_df", "IP length 1451 without DF: DNATed, TC_ACT_OK for the kernel to fragment", "control",
+        _tcp_len(1451, df=False), "OK", "NAT_NEW", Nat(dst=(CUSTOMER, 80))),
     Row("udp_too_big_df", "UDP datagram too big with DF", "control",
         lambda: udp(CLIENT, cport(), CONTROL, NP_ECHO, b"u" * 1500, ipflags="DF"), "REDIRECT", "DROP_FRAG_NEEDED",
         IcmpFragNeeded(CONTROL, CLIENT, 1450), no_ct=True),

@@ -66,7 +66,7 @@ def test_up_mode_tunnel_attaches_the_datapath_everywhere(tunnel_lab: Lab) -> Non
         n = dp["nodes"][node]
         assert n["datapath_loaded"] is True
         progs = {(p["interface"], p["hook"], p["program"]) for p in n["programs"]}
-        want = {("eth0", "ingress", "from_hep")}
+        want = {("eth0", "ingress", "from_hep"), ("eth0", "egress", "to_hep")}
         for cali in pods_by_node.get(node, ()):
             want |= {(cali, "ingress", "from_wep"), (cali, "egress", "to_wep")}
         assert progs == want, node
@@ -210,7 +210,8 @@ def test_get_felixconfiguration(tunnel_lab: Lab) -> None:
     doc = json.loads(tunnel_lab.run("get", "felixconfiguration", "default", "-o", "json").stdout)
     assert doc["kind"] == "FelixConfiguration" and doc["metadata"]["name"] == "default"
     assert doc["spec"] == {"bpfEnabled": True, "bpfExternalServiceMode": "Tunnel",
-                           "bpfKubeProxyIptablesCleanupEnabled": True, "bpfDSROptoutCIDRs": []}
+                           "bpfKubeProxyIptablesCleanupEnabled": True, "bpfDSROptoutCIDRs": [],
+                           "bpfConnectTimeLoadBalancing": "TCP"}
     text = tunnel_lab.run("get", "felixconfiguration", "default").stdout
     assert "kind: FelixConfiguration" in text and "bpfEnabled: true" in text
 

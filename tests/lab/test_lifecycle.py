@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netns_lab import kubeproxy, naming
+from netns_lab import cgroups, kubeproxy, naming
 
 from .conftest import (
     CLI,
@@ -207,3 +207,14 @@ def test_status_json_matches_namespaces_on_disk(lab_factory) -> None:
     on_disk = set(lab_namespaces(lab.name))
     recorded = {n["netns"] for n in st["nodes"] + st["hosts"]} | {naming.netns(lab.name, p["name"]) for p in st["pods"]}
     assert recorded | {naming.netns(lab.name, naming.FABRIC)} == on_disk
+
+
+def test_node_cgroups_are_joined_by_exec_and_removed_by_down(lab_factory) -> None:
+    """eBPF mode gives every node a cgroup (connect-time LB); `exec NODE` runs in it; `down` removes them."""
+    lab = lab_factory("tunnel", tag="c")
+    top = cgroups.lab_dir(lab.name)
+    assert sorted(d.name for d in top.iterdir() if d.is_dir()) == ["control", "node1", "node2"]
+    line = lab.exec("node1", "cat", "/proc/self/cgroup").stdout
+    assert f"/{cgroups.TOP}/{lab.name}/node1" in line
+    lab.run("down")
+    assert not top.exists()

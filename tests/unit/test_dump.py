@@ -311,10 +311,10 @@ def test_conntrack_filters() -> None:
 
 
 def counters(**by_name: int) -> list[int]:
-    """{'from_hep__NAT_NEW': 3} -> the 96 slots of the counters map."""
-    from ebpf_nodeport.abi import HOOKS, REASON_IDS
+    """{'from_hep__NAT_NEW': 3} -> the N_HOOKS * 32 slots of the counters map."""
+    from ebpf_nodeport.abi import HOOKS, N_HOOKS, REASON_IDS
     hooks = {v: k for k, v in HOOKS.items()}
-    slots = [0] * (3 * MAX_REASONS)
+    slots = [0] * (N_HOOKS * MAX_REASONS)
     for key, n in by_name.items():
         hook, reason = key.split("__")
         rid = REASON_IDS[reason] if reason in REASON_IDS else int(reason)
@@ -334,8 +334,8 @@ def test_counters_per_hook_and_reason_with_totals_and_drops() -> None:
     assert rows[("to_wep", "REASON_30")]["packets"] == 1     # an id this build does not know is still shown
     assert ("to_wep", "REASON_29") not in rows                 # unknown and zero: not listed
     assert rows[("from_wep", "PASS")]["packets"] == 0          # every known reason listed, zeros too
-    assert c["totals"] == {"from_hep": 14, "from_wep": 6, "to_wep": 7, "all": 27}
-    assert c["drops"] == {"from_hep": 2, "from_wep": 0, "to_wep": 0, "all": 2}
+    assert c["totals"] == {"from_hep": 14, "from_wep": 6, "to_wep": 7, "to_hep": 0, "all": 27}
+    assert c["drops"] == {"from_hep": 2, "from_wep": 0, "to_wep": 0, "to_hep": 0, "all": 2}
 
 
 def test_counter_delta() -> None:

@@ -32,6 +32,7 @@ def test_lesson_sequence():
     ('{"spec": {"bpfEnabled": "yes"}}', "must be true or false"),
     ('{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/33"]}}', "not an IPv4 CIDR"),
     ('{"spec": {"bpfDSROptoutCIDRs": "198.19.15.0/24"}}', "must be a list"),
+    ('{"spec": {"bpfConnectTimeLoadBalancing": "tcp"}}', "must be one of TCP, Enabled, Disabled"),
     ('{"bpfEnabled": true}', "with a \"spec\" key"),
     ('{"metadata": {"name": "other"}, "spec": {}}', "only FelixConfiguration \"default\""),
 ])
@@ -54,3 +55,10 @@ def test_mode_short_form_and_round_trip():
 def test_optout_cidrs_normalised():
     cfg = apply_patch(FelixConfig(), '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.254/24"]}}')
     assert cfg.bpfDSROptoutCIDRs == ("198.19.15.0/24",)
+
+
+@pytest.mark.parametrize("value", ["TCP", "Enabled", "Disabled"])
+def test_connect_time_lb_setting(value):
+    assert FelixConfig().bpfConnectTimeLoadBalancing == "TCP"   # Calico's default
+    cfg = apply_patch(FelixConfig(), '{"spec": {"bpfConnectTimeLoadBalancing": "%s"}}' % value)
+    assert cfg.bpfConnectTimeLoadBalancing == value and cfg.to_spec()["bpfConnectTimeLoadBalancing"] == value

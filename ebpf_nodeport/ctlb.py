@@ -1,0 +1,172 @@
+"""Connect-time load balancing: load bpf/connect.c's cgroup sock_addr programs, configure, attach to a cgroup.
+
+The four programs (connect4, sendmsg4, recvmsg4, getpeername4) read the node's own
+service maps (nat_fe, nat_be, nodes, cfg), so they are compiled over the node's pin
+directory like the TC programs, and pinned next to them as `prog_ctlb_*`; their own
+maps (abi.CTLB_MAP_SPECS) are `ctlb_cfg` (netns cookie, which protocols) and `ctlb_nat`
+(socket, backend -> frontend). One BCC compile serves several nodes: the first node's
+programs are relocated onto every other node's maps (loader.relocate_map_fds), as
+loader.load_nodes does. Attachments to a cgroup outlive the process that made them, so
+attach/detach/configure work from any later process through the pins. loader.remove_pins
+removes these pins with the node's others.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+from typing import Any, Callable, Mapping
+
+from . import libbpf, loader, pins
+from .abi import CTLB_F_TCP, CTLB_F_UDP, CTLB_MAP_SPECS, CTLB_PROGRAMS, MAP_SPECS, U32, CtlbCfg, map_specs
+from .netns import Netns
+
+ENTRY = "connect.c"
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+# FelixConfiguration bpfConnectTimeLoadBalancing -> ctlb_cfg flags
+SETTINGS: dict[str, int] = {"TCP": CTLB_F_TCP, "Enabled": CTLB_F_TCP | CTLB_F_UDP, "Disabled": 0}
+SO_NETNS_COOKIE = 71
+
+__all__ = ["SETTINGS", "attach", "attached", "configure", "detach", "is_loaded", "load_nodes",
+           "netns_cookie", "read_cfg"]
+
+
+def is_loaded(pin_dir: loader.PinDir) -> bool:
+    """True when the node's four ctlb programs are pinned in pin_dir."""
+    return all(os.path.exists(loader.prog_pin(pin_dir, p)) for p in CTLB_PROGRAMS)
+
+
+def load_nodes(pin_dirs: Mapping[str, loader.PinDir], defines: dict[str, object] | None = None) -> float:
+    """Compile connect.c once (first node's maps), load and pin it for every node (name -> pin
+    directory); seconds taken. Pins of the ctlb maps with another layout are converted or
+    replaced as loader.load does (pins.check)."""
+    if not pin_dirs:
+        return 0.0
+    from bcc import BPF  # Debian's python3-bpfcc, seen through the venv
+    from bcc.libbcc import lib
+
+    t0 = time.monotonic()
+    (first, first_dir), *rest = ((n, os.fspath(d)) for n, d in pin_dirs.items())
+    os.makedirs(first_dir, exist_ok=True)
+    specs = map_specs(defines, CTLB_MAP_SPECS)
+    pinned = pins.check(first_dir, specs)
+    text = loader.build_source({"PIN_DIR": f'"{first_dir}"', **(defines or {})}, entries=(ENTRY,))
+    with loader.BCC_LOCK:
+        try:
+            bpf = BPF(text=text, cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
+        except Exception as exc:
+            raise loader.LoaderError(f"BCC compile of {ENTRY} failed for {first} ({first_dir}): {exc}") from exc
+        try:
+            insns: dict[str, bytes] = {}
+            for prog, attach_type in CTLB_PROGRAMS.items():
+                try:
+                    fn = bpf.load_func(prog, BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)
+                except Exception as exc:
+                    raise loader.LoaderError(f"kernel refused {prog} for {first} ({first_dir}): {exc}") from exc
+                loader.pin_replace(fn.fd, loader.prog_pin(first_dir, prog))
+                insns[prog] = bpf.dump_func(prog)
+            pinned.restore(first_dir)
+            names = [n for n in (*MAP_SPECS, *CTLB_MAP_SPECS) if lib.bpf_table_fd(bpf.module, n.encode()) >= 0]
+            template = {n: lib.bpf_table_fd(bpf.module, n.encode()) for n in names}
+            for _, directory in rest:
+                _load_relocated(directory, specs, insns, template)
+        finally:
+            bpf.cleanup()
+    return time.monotonic() - t0
+
+
+def _load_relocated(directory: str, specs: dict[str, Any], insns: dict[str, bytes],
+                    template: dict[str, int]) -> None:
+    """The first node's ctlb programs on this node's own maps (created like the template's when missing)."""
+    os.makedirs(directory, exist_ok=True)
+    pinned = pins.check(directory, specs)
+    fds: dict[str, int] = {}
+    try:
+        for name, tfd in template.items():
+            fds[name] = loader.open_or_create_map(os.path.join(directory, name), tfd)
+        pinned.restore(directory)
+        fd_of = {template[name]: fd for name, fd in fds.items()}
+        for prog, attach_type in CTLB_PROGRAMS.items():
+            code = loader.relocate_map_fds(insns[prog], fd_of, f"{directory} {prog}")
+            pfd = libbpf.prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, prog, code,
+                                   expected_attach_type=attach_type)
+            try:
+                loader.pin_replace(pfd, loader.prog_pin(directory, prog))
+            finally:
+                os.close(pfd)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def netns_cookie(netns: Netns) -> int:
+    """The kernel's cookie of a network namespace (SO_NETNS_COOKIE of a socket opened in it)."""
+    with netns.socket() as s:
+        return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+
+def configure(pin_dir: loader.PinDir, cookie: int, flags: int) -> None:
+    """Write ctlb_cfg: the node's namespace (the only one acted for) and which protocols to balance."""
+    fd = libbpf.obj_get(os.path.join(os.fspath(pin_dir), "ctlb_cfg"))
+    try:
+        libbpf.map_update(fd, bytes(U32(0)), bytes(CtlbCfg(netns_cookie=cookie, flags=flags)))
+    finally:
+        os.close(fd)
+
+
+def read_cfg(pin_dir: loader.PinDir) -> tuple[int, int]:
+    """(netns cookie, flags) as configured."""
+    fd = libbpf.obj_get(os.path.join(os.fspath(pin_dir), "ctlb_cfg"))
+    try:
+        raw = libbpf.map_lookup(fd, bytes(U32(0)), CTLB_MAP_SPECS["ctlb_cfg"].value_size)
+    finally:
+        os.close(fd)
+    cfg = CtlbCfg.from_bytes(raw or bytes(CTLB_MAP_SPECS["ctlb_cfg"].value_size))
+    return cfg.netns_cookie, cfg.flags
+
+
+def _each(pin_dir: loader.PinDir, cgroup: str, fn: Callable[[int, int, int], Any]) -> list[str]:
+    """Call fn(prog_fd, cgroup_fd, attach_type) for each pinned program; the programs it did not return False for."""
+    done = []
+    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for prog, attach_type in CTLB_PROGRAMS.items():
+            path = loader.prog_pin(pin_dir, prog)
+            if not os.path.exists(path):
+                continue
+            pfd = libbpf.obj_get(path)
+            try:
+                if fn(pfd, cg, attach_type) is not False:
+                    done.append(prog)
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(cg)
+    return done
+
+
+def attach(pin_dir: loader.PinDir, cgroup: str) -> None:
+    """Attach the node's four programs to the cgroup directory (idempotent: detached first)."""
+    detach(pin_dir, cgroup)
+    _each(pin_dir, cgroup, libbpf.prog_attach)
+
+
+def detach(pin_dir: loader.PinDir, cgroup: str) -> list[str]:
+    """Detach the node's programs from the cgroup; the ones that were attached."""
+    if not os.path.isdir(cgroup):
+        return []
+    return _each(pin_dir, cgroup, libbpf.prog_detach)
+
+
+def attached(cgroup: str) -> list[dict[str, str]]:
+    """Programs attached to the cgroup itself ({"hook", "program"}), from bpftool."""
+    if not os.path.isdir(cgroup):
+        return []
+    proc = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    return [{"hook": e.get("attach_type", ""), "program": e.get("name", "")}
+            for e in json.loads(proc.stdout)]
