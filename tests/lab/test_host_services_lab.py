@@ -54,6 +54,11 @@ def lab(request) -> Iterator[Lab]:
         yield lab
 
 
+def cluster_ip(lab: Lab, service: str) -> str:
+    """A service's cluster IP as the lab allocated it (`status`)."""
+    return next(s["cluster_ip"] for s in lab.status()["services"] if s["name"] == service)
+
+
 def ebpf(lab: Lab) -> bool:
     return lab.mode != "kube-proxy"  # type: ignore[attr-defined]
 
@@ -140,16 +145,17 @@ def test_bad_ctlb_value_is_refused(lab: Lab) -> None:
 def test_pod_reaching_its_own_service_gets_every_answer(lab: Lab) -> None:
     """summary-1 curls the summary service: every request answered, also the ones it serves itself,
     which it sees coming from its node's address (SNAT, as kube-proxy's MASQUERADE does)."""
-    url = "http://198.19.32.20/"
+    summary = lab.pod("summary-1")
+    url = f"http://{cluster_ip(lab, 'yaobank/summary')}/"
     for _ in range(6):
-        lab.exec("summary-1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
-    before = len(lab.log_entries("summary-1"))
+        lab.exec(summary, "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
+    before = len(lab.log_entries(summary))
     # two backends, chosen by hash or at random: well within 40 tries one lands on summary-1
     for _ in range(40):
-        lab.exec("summary-1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
-        if wait_for(lambda: len(lab.log_entries("summary-1")) > before, timeout=0.3, interval=0.05):
+        lab.exec(summary, "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
+        if wait_for(lambda: len(lab.log_entries(summary)) > before, timeout=0.3, interval=0.05):
             break
-    mine = lab.log_entries("summary-1")[before:]
+    mine = lab.log_entries(summary)[before:]
     assert mine, "summary-1 never served its own request"
     assert {e["client"] for e in mine} == {NODES["node1"]}
 
