@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import libbpf
+from . import kernel, libbpf
 from .maps import MAP_SPECS, PROGRAMS, PIN_ROOT, MapSpec, map_specs, pin_dir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -173,7 +173,7 @@ def _compiled(lab: str, node: str, defines: dict[str, object] | None) -> Iterato
     directory = pin_dir(lab, node)
     os.makedirs(directory, exist_ok=True)
     reused = _drop_incompatible_pins(directory, map_specs(defines))
-    all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"'}
+    all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"', **kernel.feature_defines()}
     all_defines.update(defines or {})
     text = build_source(all_defines)
 

@@ -894,3 +894,4 @@ if __name__ == "__main__":
     main()
 from netns_lab import study as _study  # noqa: E402,F401  registers dump/trace/explain
 from netns_lab import bench as _bench  # noqa: E402,F401  registers bench
+from netns_lab import diags_cmd as _diags  # noqa: E402,F401  registers diags
