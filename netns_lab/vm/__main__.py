@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import fcntl
 import shutil
+import signal
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import image, matrix, qemu, summary
@@ -37,8 +40,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "vm-results", help="results per kernel (default: %(default)s)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="images (default: %(default)s)")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="VMs at once (default: %(default)s; each takes 2 vCPUs and 4 GiB)")
     p.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S / 60, help="minutes per VM run (default: %(default)s)")
     ns = p.parse_args(argv)
+    if ns.jobs < 1:
+        p.error("--jobs must be at least 1")
     ns.pytest_args = pytest_args
     return ns
 
@@ -129,22 +136,29 @@ def main(argv: list[str]) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     results: list[summary.Result] = []
-    with open(ns.cache / "lock", "w") as lock:
+    old_handlers = {s: signal.signal(s, qemu.raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    with open(ns.cache / "lock", "w") as lock, ThreadPoolExecutor(max_workers=ns.jobs) as pool:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one vm-test at a time per cache: builds and VMs are heavy
         try:
             prepare(paths, kernels, packages)
             accel = choose_accel(ns.accel, paths.vmlinuz(kernels[0]))
-            for k in kernels:
-                provision(paths, k, accel)
-            for k in kernels:
-                results.append(run_kernel(paths, k, accel, ns.out, ns.pytest_args, ns.timeout * 60))
+            for _ in pool.map(lambda k: provision(paths, k, accel), kernels):
+                pass
+            results = list(pool.map(lambda k: run_kernel(paths, k, accel, ns.out, ns.pytest_args,
+                                                         ns.timeout * 60), kernels))
         except (KeyboardInterrupt, qemu.Interrupted):
-            print("setup.sh vm-test: interrupted; the VM was stopped", file=sys.stderr)
+            pool.shutdown(wait=False, cancel_futures=True)  # no queued kernel starts after this
+            qemu.kill_all()
+            print("setup.sh vm-test: interrupted; every VM was stopped", file=sys.stderr)
             return 130
-        except (RuntimeError, OSError, image.subprocess.CalledProcessError) as e:
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            pool.shutdown(wait=False, cancel_futures=True)
+            qemu.kill_all()
             print(f"setup.sh vm-test: error: {e}", file=sys.stderr)
             return 1
         finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
             if results:
                 text = summary.format_table(results)
                 (ns.out / "summary.txt").write_text(text + "\n")

@@ -46,6 +46,7 @@ if [ -n "$dev" ]; then
     ip route add default via 10.0.2.2
 fi
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+export PYTHONUNBUFFERED=1  # pytest.log grows test by test: the host can watch a slow run
 say "kernel $(uname -r), mode $mode, $(nproc) CPUs"
 
 stage copy

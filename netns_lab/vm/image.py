@@ -35,14 +35,16 @@ GUEST_INIT = "/usr/local/sbin/netns-lab-vm-init"
 # checkout's guest.sh, so the guest logic changes without rebuilding images.
 INIT_SCRIPT = """#!/bin/sh
 # netns-lab VM init (written by netns_lab/vm/image.py): mount the checkout, run its guest.sh.
-mount -t proc proc /proc
-mount -t sysfs sys /sys
+mount -t proc proc /proc 2>/dev/null    # usually moved here by the initramfs already
+mount -t sysfs sys /sys 2>/dev/null
 mount -t devtmpfs dev /dev 2>/dev/null
 modprobe -a 9pnet_virtio 9p 2>/dev/null
 mkdir -p /mnt/src /mnt/out
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro src /mnt/src
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /mnt/out
-[ -r /mnt/src/netns_lab/vm/guest.sh ] && exec /bin/bash /mnt/src/netns_lab/vm/guest.sh
+# bash reads a script as it runs: run a private copy, so editing the checkout cannot upset it.
+cp /mnt/src/netns_lab/vm/guest.sh /usr/local/sbin/netns-lab-vm-guest 2>/dev/null \
+    && exec /bin/bash /usr/local/sbin/netns-lab-vm-guest
 echo "netns-lab-vm-init: checkout not shared; powering off" >&2
 echo o >/proc/sysrq-trigger
 """
@@ -107,7 +109,6 @@ def build_base(paths: Paths, packages: list[str], say: Log) -> Path:
     say(f"debootstrap {USERLAND_SUITE} from {mirror} into {tmp} (log: {log})")
     run(["debootstrap", "--variant=minbase", f"--include={include}", USERLAND_SUITE, str(tmp), mirror],
         log)
-    configure_root(tmp)
     (tmp / ".complete").write_text("ok\n")
     tmp.rename(paths.base)
     return paths.base
@@ -124,6 +125,18 @@ def configure_root(root: Path) -> None:
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")
     (root / "etc/fstab").write_text("/dev/vda / ext4 rw 0 1\n")
+
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+GUEST_CA_BUNDLE = "etc/ssl/certs/netns-lab-host-ca.crt"
+
+
+def trust_host_cas(root: Path) -> None:
+    """Let the guest's pip trust what the host trusts: it fetches through the host's network,
+    which may be behind a TLS-intercepting proxy whose CA only the host's bundle has."""
+    if HOST_CA_BUNDLE.exists():
+        shutil.copyfile(HOST_CA_BUNDLE, root / GUEST_CA_BUNDLE)
+        (root / "etc/pip.conf").write_text(f"[global]\ncert = /{GUEST_CA_BUNDLE}\n")
 
 
 def apt_opts(cache: Path, suite: str) -> list[str]:
@@ -238,6 +251,8 @@ def build_disk(paths: Paths, k: Kernel, say: Log) -> None:
     tmp = disk.with_name(disk.name + ".tmp")
     tmp.unlink(missing_ok=True)
     say(f"kernel {k.name}: making {disk} ({DISK_SIZE} sparse ext4) from {root}")
+    configure_root(root)  # the current init stub and settings, also in a root built by older code
+    trust_host_cas(root)
     run(["truncate", "-s", DISK_SIZE, str(tmp)], log)
     run(["mkfs.ext4", "-q", "-F", "-L", "netnslab", "-d", str(root), str(tmp)], log)
     shutil.copyfile(root / f"boot/vmlinuz-{release}", paths.vmlinuz(k))

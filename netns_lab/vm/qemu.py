@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,26 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGHUP while a VM runs: unwound like Ctrl-C so the finally-blocks tear down."""
+    """SIGTERM/SIGHUP: raised in the main thread so it unwinds like Ctrl-C and tears VMs down."""
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001
+def raise_interrupt(signum, frame):  # noqa: ARG001
+    """Signal handler the runner installs (main thread) for SIGTERM and SIGHUP."""
     raise Interrupted(signal.Signals(signum).name)
+
+
+# Every qemu this process started and has not reaped: what kill_all() stops on an interrupt,
+# whichever thread started it.
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def kill_all() -> None:
+    """Stop every VM still running (process groups); their boot() calls then clean up."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        _kill_group(proc)
 
 
 def boot(spec: VmSpec, console: TextIO, timeout_s: float,
@@ -83,9 +99,9 @@ def boot(spec: VmSpec, console: TextIO, timeout_s: float,
     """Run the VM to its power-off; console lines go to `console` and on_line.
 
     Returns qemu's exit status, or None when it was stopped (timeout or stop_when matched).
-    The VM is killed (process group) and its overlay removed on every path, Ctrl-C included.
+    The VM is killed (process group) and its overlay removed on every path; an interrupt
+    in the main thread reaches VMs of other threads through kill_all().
     """
-    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     with tempfile.TemporaryDirectory(prefix="netns-lab-vm-") as tmp:
         if spec.writable:
             disk, fmt = spec.disk, "raw"
@@ -96,12 +112,14 @@ def boot(spec: VmSpec, console: TextIO, timeout_s: float,
         proc = subprocess.Popen(qemu_argv(spec, disk, fmt), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        with _running_lock:
+            _running.add(proc)
         try:
             return _pump(proc, console, time.monotonic() + timeout_s, on_line, stop_when)
         finally:
             _kill_group(proc)
-            for s, h in old.items():
-                signal.signal(s, h)
+            with _running_lock:
+                _running.discard(proc)
 
 
 def _pump(proc: subprocess.Popen, console: TextIO, deadline: float,
