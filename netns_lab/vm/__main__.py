@@ -138,14 +138,15 @@ def main(argv: list[str]) -> int:
     results: list[summary.Result] = []
     old_handlers = {s: signal.signal(s, qemu.raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     with open(ns.cache / "lock", "w") as lock, ThreadPoolExecutor(max_workers=ns.jobs) as pool:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one vm-test at a time per cache: builds and VMs are heavy
         try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one vm-test at a time per cache: builds and VMs are heavy
             prepare(paths, kernels, packages)
             accel = choose_accel(ns.accel, paths.vmlinuz(kernels[0]))
             for _ in pool.map(lambda k: provision(paths, k, accel), kernels):
                 pass
-            results = list(pool.map(lambda k: run_kernel(paths, k, accel, ns.out, ns.pytest_args,
-                                                         ns.timeout * 60), kernels))
+            for result in pool.map(lambda k: run_kernel(paths, k, accel, ns.out, ns.pytest_args,
+                                                        ns.timeout * 60), kernels):
+                results.append(result)  # kept as they finish: an interrupt still reports them
         except (KeyboardInterrupt, qemu.Interrupted):
             pool.shutdown(wait=False, cancel_futures=True)  # no queued kernel starts after this
             qemu.kill_all()
