@@ -40,6 +40,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "vm-results", help="results per kernel (default: %(default)s)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="images (default: %(default)s)")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    p.add_argument("--no-lesson", action="store_true", help="skip `netns-lab lesson` (quicker iterations)")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="VMs at once (default: %(default)s; each takes 2 vCPUs and 4 GiB)")
     p.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S / 60, help="minutes per VM run (default: %(default)s)")
@@ -101,12 +102,12 @@ def _echo(k: matrix.Kernel):
 
 
 def run_kernel(paths: image.Paths, k: matrix.Kernel, accel: str, out_root: Path,
-               pytest_args: list[str], timeout_s: float) -> summary.Result:
+               pytest_args: list[str], timeout_s: float, lesson: bool = True) -> summary.Result:
     """One test VM for k: suite + lesson inside, results under out_root/<kernel>."""
     out = out_root / k.name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    args = ["netns_lab.mode=test"]
+    args = ["netns_lab.mode=test"] + ([] if lesson else ["netns_lab.lesson=0"])
     if pytest_args:
         args.append("netns_lab.pytest=" + ",".join(pytest_args))
     spec = qemu.VmSpec(paths.vmlinuz(k), paths.initrd(k), paths.disk(k), REPO, out, args=args, accel=accel)
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> int:
             for _ in pool.map(lambda k: provision(paths, k, accel), kernels):
                 pass
             for result in pool.map(lambda k: run_kernel(paths, k, accel, ns.out, ns.pytest_args,
-                                                        ns.timeout * 60), kernels):
+                                                        ns.timeout * 60, not ns.no_lesson), kernels):
                 results.append(result)  # kept as they finish: an interrupt still reports them
         except (KeyboardInterrupt, qemu.Interrupted):
             pool.shutdown(wait=False, cancel_futures=True)  # no queued kernel starts after this

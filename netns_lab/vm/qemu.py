@@ -54,6 +54,15 @@ def qemu_argv(spec: VmSpec, disk: Path, disk_format: str) -> list[str]:
     ]
 
 
+def _die_with_parent() -> None:
+    """preexec: the kernel SIGKILLs qemu when the thread that started it dies, even by SIGKILL
+    (no finally-block runs then); its own session keeps terminal signals off it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGTERM qemu's process group, SIGKILL it if still there after 5 s, and reap it."""
     if proc.poll() is not None:
@@ -111,7 +120,7 @@ def boot(spec: VmSpec, console: TextIO, timeout_s: float,
                             str(disk)], check=True)
         proc = subprocess.Popen(qemu_argv(spec, disk, fmt), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         with _running_lock:
             _running.add(proc)
         try:
