@@ -83,3 +83,50 @@ def feature_defines() -> dict[str, object]:
 def missing() -> list[Feature]:
     """The features this kernel lacks (what the datapath falls back from)."""
     return [f for f in FEATURES if not features()[f.define]]
+
+
+# ---- test-run features (the harness, not the datapath) ----------------------------------
+
+BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2
+_BPF_ST_MEM_B, _BPF_ALU64_ADD_IMM, _BPF_MOV64_REG = 0x72, 0x07, 0xBF
+_BPF_FUNC_SKB_STORE_BYTES = 9
+
+
+def _corrupting_prog() -> bytes:
+    """Write one byte at offset 30 with bpf_skb_store_bytes and no checksum update; return OK.
+
+    Where the kernel honours BPF_F_TEST_SKB_CHECKSUM_COMPLETE, skb->csum no longer matches
+    the bytes and the run fails with EBADMSG: that is what the probe looks for."""
+    insn = struct.Struct("<BBhi")
+    return b"".join([
+        insn.pack(_BPF_MOV64_REG, 6 | 1 << 4, 0, 0),          # r6 = r1 (ctx)
+        insn.pack(_BPF_ST_MEM_B, 10, -8, 0x5A),               # *(u8 *)(r10 - 8) = 0x5a
+        insn.pack(_BPF_MOV64_REG, 1 | 6 << 4, 0, 0),          # r1 = r6
+        insn.pack(_BPF_MOV64_IMM, 2, 0, 30),                  # r2 = 30 (offset)
+        insn.pack(_BPF_MOV64_REG, 3 | 10 << 4, 0, 0),         # r3 = r10
+        insn.pack(_BPF_ALU64_ADD_IMM, 3, 0, -8),              # r3 -= 8
+        insn.pack(_BPF_MOV64_IMM, 4, 0, 1),                   # r4 = 1 (len)
+        insn.pack(_BPF_MOV64_IMM, 5, 0, 0),                   # r5 = 0 (flags: no csum fix-up)
+        insn.pack(_BPF_CALL, 0, 0, _BPF_FUNC_SKB_STORE_BYTES),
+        insn.pack(_BPF_MOV64_IMM, 0, 0, 0),                   # r0 = TC_ACT_OK
+        insn.pack(_BPF_EXIT, 0, 0, 0),
+    ])
+
+
+@functools.cache
+def test_run_checksum_complete() -> bool:
+    """Does BPF_PROG_TEST_RUN honour BPF_F_TEST_SKB_CHECKSUM_COMPLETE (6.11+)?
+
+    Older kernels either refuse the flag (5.10: EINVAL) or silently ignore it (6.1): only a run
+    that breaks skb->csum tells "checked" from "ignored"."""
+    from . import libbpf
+
+    fd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, "np_probe_csum", _corrupting_prog())
+    frame = bytes(12) + b"\x08\x00" + bytes(50)  # Ethernet (IPv4 type) + zeros: byte 30 changes
+    try:
+        libbpf.prog_test_run(fd, frame, flags=BPF_F_TEST_SKB_CHECKSUM_COMPLETE)
+    except OSError as exc:
+        return exc.errno == errno.EBADMSG
+    finally:
+        os.close(fd)
+    return False

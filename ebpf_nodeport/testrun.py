@@ -45,7 +45,8 @@ HOOK_OF_ENTRY = {"from_hep": 0, "from_wep": 1, "to_wep": 2}
 MAX_REASONS = 32
 N_HOOKS = 3
 
-BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2  # kernel >= 6.11: skb->csum set, checked after the run
+# kernel >= 6.11: skb->csum set, checked after the run (kernel.test_run_checksum_complete probes it)
+from ebpf_nodeport.kernel import BPF_F_TEST_SKB_CHECKSUM_COMPLETE  # noqa: E402
 
 
 def verdict_name(retval: int) -> str:

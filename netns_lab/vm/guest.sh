@@ -68,7 +68,9 @@ if [ "$rc" -ne 0 ] || [ "$mode" = provision ]; then
 fi
 
 stage pytest
-IFS=',' read -r -a extra <<<"$(arg pytest)"
+# pytest words travel base64(JSON) on the kernel command line, which splits on spaces.
+mapfile -t extra < <(python3 -c 'import base64, json, sys
+for a in json.loads(base64.b64decode(sys.argv[1] or "W10=")): print(a)' "$(arg pytest)")
 say "pytest -ra tests/bpf tests/lab ${extra[*]}"
 /opt/netns-lab/venv/bin/python -m pytest -ra -p no:cacheprovider tests/bpf tests/lab \
     --junitxml="$OUT/junit.xml" "${extra[@]}" >"$OUT/pytest.log" 2>&1

@@ -24,3 +24,8 @@ def test_probe_matches_the_mainline_version(feature: kernel.Feature) -> None:
 
 def test_defines_are_the_present_features() -> None:
     assert kernel.feature_defines() == {d: 1 for d, ok in kernel.features().items() if ok}
+
+
+def test_checksum_complete_probe_matches_the_mainline_version() -> None:
+    """6.11 added BPF_F_TEST_SKB_CHECKSUM_COMPLETE; 5.10 refuses it and 6.1 ignores it (both: False)."""
+    assert kernel.test_run_checksum_complete() is kernel._release_at_least("6.11", os.uname().release)
