@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from netns_lab.commands import bench, felix, lesson, lifecycle, members, pods, study
+from netns_lab.commands import bench, diags, felix, lesson, lifecycle, members, pods, study
 from netns_lab.commands.common import CONTEXT, LabGroup
 from netns_lab.lab import PROG
 
@@ -33,7 +33,7 @@ def cli() -> None:
     """
 
 
-for _group in (lifecycle, members, felix, pods, lesson, study, bench):
+for _group in (lifecycle, members, felix, pods, lesson, study, bench, diags):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 
