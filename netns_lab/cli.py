@@ -11,9 +11,10 @@ from typing import NoReturn
 
 import click
 
-from netns_lab.commands import bench, diags, felix, lesson, lifecycle, members, pods, study
+from netns_lab.commands import bench, diags, felix, kubectl, lesson, lifecycle, members, study
 from netns_lab.commands.common import CONTEXT, LabGroup
 from netns_lab.lab import PROG
+from netns_lab.state import NAMESPACE_HINT
 
 
 @click.group(cls=LabGroup, context_settings=CONTEXT)
@@ -25,7 +26,7 @@ def cli() -> None:
     Quick start (as root):
       netns-lab up                                   # kube-proxy mode, lab "default"
       netns-lab exec host1 -- curl -s 198.19.0.1:30180
-      netns-lab logs customer --follow               # shows 198.19.0.1: kube-proxy SNAT
+      netns-lab logs -n yaobank -l app=customer -f   # shows 198.19.0.1: kube-proxy SNAT
       netns-lab mode tunnel                          # eBPF: the log shows host1, 198.19.15.254
       netns-lab mode dsr                             # replies skip the ingress node
       netns-lab lesson                               # the whole lesson, step by step
@@ -33,7 +34,7 @@ def cli() -> None:
     """
 
 
-for _group in (lifecycle, members, felix, pods, lesson, study, bench, diags):
+for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         rv = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else PROG
-        click.echo(f"{PROG}: error: {exc.format_message()} (see: {where} --help)", err=True)
+        if isinstance(exc, click.NoSuchOption) and exc.option_name == "-n":  # the lab's old short form
+            click.echo(f"{PROG}: error: {where} has no -n: {NAMESPACE_HINT}", err=True)
+        else:
+            click.echo(f"{PROG}: error: {exc.format_message()} (see: {where} --help)", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"{PROG}: error: {exc.format_message()}", err=True)

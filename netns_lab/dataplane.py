@@ -42,6 +42,7 @@ from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
 from netns_lab.nsexec import netns_handle, netns_inode
 from netns_lab.state import BackendRecord, LabState
+from netns_lab.topology import HEADLESS
 
 NOTRACK_COMMENT = "netns-lab: eBPF bypass mark, kube-proxy rules left in place"
 NOTRACK_RULE = [
@@ -71,6 +72,7 @@ def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
             backends=[Backend(b.ip, b.port) for b in sp.backends],
         )
         for s in st.services
+        if s.cluster_ip != HEADLESS  # endpoints only: nothing to load-balance
         for sp in s.ports
     ]
     return ClusterView(
@@ -342,9 +344,10 @@ class PodChange:
     new_ip: str
     pid: int
     seconds: float
+    replacement: str | None = None  # a ReplicaSet's pod is replaced by a new pod of this name
 
 
-def _pod_processes(st: LabState, name: str) -> list[int]:
+def pod_processes(st: LabState, name: str) -> list[int]:
     """Processes living in a pod's namespace, plus its recorded app pid."""
     rec = st.pods[name]
     ino = netns_inode(str(naming.netns_path(rec.netns)))
@@ -387,7 +390,7 @@ def delete_pod(st: LabState, name: str, progress: Progress = _quiet) -> PodChang
     progress(f"pod {name} removed from {len(memberships)} service ports")
     topo = st.spec()
     pod = topo.pod(name)
-    cleanup.kill(_pod_processes(st, name))
+    cleanup.kill(pod_processes(st, name))
     builder.remove_pod(lab, pod)
     progress(f"pod {name} ({old_ip}) deleted: app stopped, namespace and veth removed")
 

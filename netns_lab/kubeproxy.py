@@ -39,6 +39,11 @@ def _hash16(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 
 
+def service_port_name(full_name: str, port_name: str) -> str:
+    """kube-proxy's ServicePortName.String(): `ns/name:port`, or `ns/name` for an unnamed port (no trailing colon)."""
+    return f"{full_name}:{port_name}" if port_name else full_name
+
+
 def svc_chain(service_port_name: str, protocol: str) -> str:
     """KUBE-SVC-<hash> for `ns/name:port` and lowercase protocol (kube-proxy's portProtoHash)."""
     return "KUBE-SVC-" + _hash16(service_port_name + protocol)
@@ -87,8 +92,10 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
     nodeports: list[str] = []
     per_port: list[str] = []
     for svc in topo.services:
+        if svc.headless:
+            continue  # no cluster IP: kube-proxy programs nothing for it
         for sp in svc.ports:
-            name = f"{svc.full_name}:{sp.name}"
+            name = service_port_name(svc.full_name, sp.name)
             proto = sp.protocol.lower()
             backends = plan.backends(svc, sp)
             if not backends:

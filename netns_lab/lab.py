@@ -4,7 +4,8 @@ What the commands, `bench`, the lesson and the pytest plugin all drive, in the m
 Mininet's `Mininet` object under its CLI:
 
     lab = Lab("demo")
-    lab.up(mode="tunnel")                     # or topology=load_topology("my.yaml")
+    lab.up(mode="tunnel")                     # examples/yaobank.yaml; or topology=manifest.load([...], ...).topology
+    lab.apply(manifest.apply(docs, lab.topology()).topology)   # a changed topology, live (kubectl apply)
     lab.run("host1", "curl", "-s", "198.19.0.1:30180").stdout
     lab.switch_mode("dsr")                    # = patch_felix('{"spec": {"bpfExternalServiceMode": "DSR"}}')
     lab.down()
@@ -33,7 +34,7 @@ from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.nsexec import list_netns
 from netns_lab.state import EBPF_MODES, LabState
-from netns_lab.topology import Topology, default_topology, plan, topology_to_dict
+from netns_lab.topology import Topology, Workload, plan, topology_to_dict
 
 PROG = "netns-lab"
 Progress = Callable[[str], None]
@@ -160,7 +161,9 @@ class Lab:
 
         On any failure (or SIGTERM/Ctrl-C) what was built is removed again.
         """
-        topo = topology or default_topology()
+        from netns_lab.k8s import manifest
+
+        topo = topology or manifest.default_lab()
         addr_plan = plan(topo)
         want = mode or "kube-proxy"
         if want in EBPF_MODES:
@@ -217,17 +220,72 @@ class Lab:
         """Move to kube-proxy, tunnel or dsr (the short form of a felix patch)."""
         return self.set_felix(lambda cfg: felix_model.for_mode(cfg, mode))
 
-    def delete_pods(self, names: tuple[str, ...] | list[str] = (), selector: str | None = None) -> Iterator[Any]:
-        """`kubectl delete pod`: each pod recreated with a new address, its services following it; yields a
-        dataplane.PodChange per pod as it is done (the lock is held until the iteration ends)."""
-        from netns_lab import dataplane
+    def topology(self) -> Topology:
+        """The lab's topology as it is now (Kubernetes objects normalised; pods made live included)."""
+        return self.state().spec()
+
+    def change(self, change: Callable[[LabState, Topology], Topology]) -> list[str]:
+        """Under the lab's lock: `change` maps the current state and topology to a new topology, and the running
+        lab moves there live (k8s/live.py: endpoints withdrawn, pods removed, new pods started, endpoints added);
+        one line per pod made or removed. Nothing is touched when `change` raises."""
+        from netns_lab.k8s import live
 
         self.state()  # before the lock, which would create the lab's directory
         with lab_state.lock(self.name):
             st = self.ready_state()
-            for name in st.select_pods(tuple(names), selector):
+            new = change(st, st.spec())
+            try:
+                return live.reconcile(st, new, self.progress)
+            finally:
+                lab_state.save(self.name, st)
+
+    def apply(self, topology: Topology) -> list[str]:
+        """Move the running lab to `topology` (what `apply -f` and `delete -f` computed), live."""
+        return self.change(lambda st, topo: topology)
+
+    def scale(self, kind: str, name: str, replicas: int, namespace: str | None = None) -> Workload:
+        """`kubectl scale KIND/NAME --replicas N` (kind Deployment or ReplicaSet): pods added or removed live."""
+        from netns_lab.k8s import manifest
+
+        found: list[Workload] = []
+
+        def change(st: LabState, topo: Topology) -> Topology:
+            st.check_namespace(namespace)
+            found[:] = [w for w in topo.workloads if w.kind == kind and w.name == name
+                        and (namespace is None or w.namespace == namespace)]
+            if not found:
+                where = f" in namespace {namespace!r}" if namespace else ""
+                raise LabError(f'{kind.lower()} "{name}" not found{where}')
+            manifest.scale(topo, found[0], replicas)
+            return topo
+
+        self.change(change)
+        return found[0]
+
+    def delete_pods(self, names: tuple[str, ...] | list[str] = (), selector: str | None = None,
+                    namespace: str | None = None) -> Iterator[Any]:
+        """`kubectl delete pod`: a ReplicaSet's pod is replaced by a new one (new name and address), a bare pod
+        recreated under its name with a new address; its services follow. Yields a dataplane.PodChange per pod
+        as it is done (the lock is held until the iteration ends)."""
+        from netns_lab import dataplane
+        from netns_lab.k8s import live, manifest
+
+        self.state()  # before the lock, which would create the lab's directory
+        with lab_state.lock(self.name):
+            st = self.ready_state()
+            for name in st.select_pods(tuple(names), selector, namespace):
+                t0 = time.monotonic()
+                old = st.pods[name]
+                topo = st.spec()
                 try:
-                    ch = dataplane.delete_pod(st, name)
+                    new = manifest.replace_pod(topo, name)
+                    if new is None:
+                        ch = dataplane.delete_pod(st, name, self.progress)
+                    else:
+                        live.reconcile(st, topo, self.progress)
+                        rec = st.pods[new.name]
+                        ch = dataplane.PodChange(name, rec.node, old.ip, rec.ip, rec.pid or 0,
+                                                 time.monotonic() - t0, new.name)
                 finally:
                     lab_state.save(self.name, st)
                 yield ch

@@ -3,14 +3,14 @@
 Every step runs the real CLI in a subprocess (what a user sees is what is printed), so the
 walk holds no lock itself. Its targets come from the lab's state (Targets), so a lab built
 from another topology is walked with its own names and addresses: the client is the first
-host, the NodePort the first TCP one on the first node (the ingress node), the pod whose log
-is read that service's first backend. The tcpdump of the DSR section is netns_lab/capture.py
+host, the NodePort the first TCP one on the first node (the ingress node), the pods whose logs
+are read those labelled as that service's first backend (`logs -n NS -l app=APP`, as the
+lesson types it: a restarted Deployment pod has a new name). The tcpdump of the DSR section is netns_lab/capture.py
 in the ingress node's namespace while one curl runs from the client.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import subprocess
@@ -43,14 +43,19 @@ class Targets:
     ingress: str  # the node whose NodePort is curled (control)
     ingress_ip: str
     node_port: int
-    pod: str  # the backend pod whose access log shows the source (customer)
-    backend_node: str  # the node hosting it (node1)
-    restart_apps: list[str]  # apps whose pods call services, restarted after enabling eBPF (customer, summary)
+    app: str  # the backend's app, whose access log shows the source (customer)
+    namespace: str  # the Kubernetes namespace of its pods (yaobank)
+    backend_node: str  # the node hosting its pod (node1)
+    restart: list[tuple[str, str]]  # (namespace, app) of the pods that call services, restarted after enabling eBPF
 
     @property
     def url(self) -> str:
         """What the client curls."""
         return f"{self.ingress_ip}:{self.node_port}"
+
+    def logs(self) -> list[str]:
+        """The lesson's `kubectl logs` line for the backend's pods, as typed."""
+        return ["logs", "-n", self.namespace, "-l", f"app={self.app}", "--follow"]
 
     @classmethod
     def of(cls, st: LabState) -> Targets:
@@ -58,12 +63,15 @@ class Targets:
         t = st.nodeport_target()
         if not t.backends:
             raise LabError(f"lab {st.lab!r}: service {t.service} has no backend for the lesson to reach")
-        pod = t.backends[0].pod
-        apps, app = [], st.pods[pod].app
-        while app is not None and UPSTREAM.get(app) is not None and app not in apps:
-            apps.append(app)
+        topo = st.spec()
+        pod = topo.pod(t.backends[0].pod)
+        restart, app = [], pod.app
+        while app is not None and UPSTREAM.get(app) is not None and app not in [a for _, a in restart]:
+            caller = next(p for p in topo.pods if p.app == app)
+            restart.append((caller.namespace, caller.all_labels()["app"]))
             app = UPSTREAM[app]
-        return cls(t.host, t.client, t.ingress, t.frontend_ip, t.node_port, pod, st.pods[pod].node, apps)
+        return cls(t.host, t.client, t.ingress, t.frontend_ip, t.node_port, pod.all_labels()["app"], pod.namespace,
+                   st.pods[pod.name].node, restart)
 
 
 class Walk:
@@ -118,30 +126,35 @@ class Walk:
             raise LabError(f"lesson step failed: {self.typed(args)}: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
 
-    @functools.cached_property
+    @property
     def targets(self) -> Targets:
-        """The lesson's targets, read from the lab's state once it is up (after lab_setup)."""
+        """The lesson's targets, read from the lab's state once it is up (after lab_setup); read again each time,
+        since a restarted Deployment pod has a new name."""
         return Targets.of(Lab(self.lab).state())
 
-    def log_size(self) -> int:
-        """Current size of the backend pod's log (lines after it are new)."""
-        try:
-            return naming.log_path(self.lab, self.targets.pod).stat().st_size
-        except FileNotFoundError:
-            return 0
+    def backend_logs(self) -> list[Path]:
+        """Log files of the backend's pods (by label: a Deployment's pod, whatever its name is now)."""
+        t, st = self.targets, Lab(self.lab).state()
+        return [naming.log_path(self.lab, p) for p in st.select_pods((), f"app={t.app}", t.namespace)]
 
-    def new_log_lines(self, since: int) -> list[str]:
-        """Access-log lines the backend pod wrote since offset `since`."""
-        path: Path = naming.log_path(self.lab, self.targets.pod)
-        with open(path, errors="replace") as f:
-            f.seek(since)
-            return [line.rstrip("\n") for line in f if " - - [" in line]
+    def log_size(self) -> dict[Path, int]:
+        """Current size of each backend pod's log (lines after it are new)."""
+        return {p: p.stat().st_size if p.exists() else 0 for p in self.backend_logs()}
+
+    def new_log_lines(self, since: dict[Path, int]) -> list[str]:
+        """Access-log lines the backend's pods wrote since the offsets `since`."""
+        lines = []
+        for path, offset in since.items():
+            with open(path, errors="replace") as f:
+                f.seek(offset)
+                lines += [line.rstrip("\n") for line in f if " - - [" in line]
+        return lines
 
     def curl_and_log(self, expect: str) -> None:
         """The lesson's pair: `logs --follow` in one shell, curl in the other; checks the source the pod saw."""
         t = self.targets
         since = self.log_size()
-        self.prompt(["logs", t.pod, "--follow"], "in a second shell; the lines it prints are shown below")
+        self.prompt(t.logs(), "in a second shell; the lines it prints are shown below")
         self.run(["exec", t.host, "--", "curl", t.url], limit=PAGE_LINES)
         lines = self.new_log_lines(since)
         for _ in range(40):  # the app logs right after replying
@@ -149,11 +162,11 @@ class Walk:
                 break
             time.sleep(0.05)
             lines = self.new_log_lines(since)
-        self.say(f"The {t.pod} pod's log (netns-lab logs {t.pod} --follow) shows:")
+        self.say(f"The {t.app} pod's log ({self.typed(t.logs())}) shows:")
         self.show(lines)
         seen = {line.split(" ", 1)[0] for line in lines}
         if seen != {expect}:
-            self.problems.append(f"the {t.pod} pod logged {', '.join(sorted(seen)) or 'nothing'}, expected {expect}")
+            self.problems.append(f"the {t.app} pod logged {', '.join(sorted(seen)) or 'nothing'}, expected {expect}")
 
     def snoop(self) -> capture.Capture:
         """tcpdump on the ingress node for one curl from the client; shows the lines and returns the capture."""
@@ -185,7 +198,7 @@ class Walk:
     def kube_proxy(self) -> None:
         """NodePort without source IP preservation."""
         self.section("NodePort without source IP preservation")
-        self.say(f"kube-proxy DNATs the node port to the {self.targets.pod} pod and SNATs to the ingress node, "
+        self.say(f"kube-proxy DNATs the node port to the {self.targets.app} pod and SNATs to the ingress node, "
                  "so the reply comes back through it.")
         t = self.targets
         self.curl_and_log(t.ingress_ip)
@@ -199,10 +212,10 @@ class Walk:
                   '--patch={"spec": {"bpfKubeProxyIptablesCleanupEnabled": false}}'])
         self.say("Switch on eBPF mode (compiles and loads the datapath on every node):")
         self.run(["patch", "felixconfiguration", "default", '--patch={"spec": {"bpfEnabled": true}}'])
-        apps = self.targets.restart_apps
-        self.say(f"Enabling eBPF mode can disrupt existing connections: restart the {' and '.join(apps)} pods.")
-        for app in apps:
-            self.run(["delete", "pod", "-l", f"app={app}"])
+        restart = self.targets.restart
+        self.say(f"Enabling eBPF mode can disrupt existing connections: restart the {' and '.join(a for _, a in restart)} pods.")
+        for ns, app in restart:
+            self.run(["delete", "pod", "-n", ns, "-l", f"app={app}"])
 
     def source_ip(self) -> None:
         """Source IP preservation."""
@@ -233,7 +246,7 @@ class Walk:
             self.say(f"Traffic flows via the node port in both directions: {t.backend_node} tunnels the replies back to {t.ingress}.")
             ok = bool(to_np and from_np)
         else:
-            self.say(f"Only one direction: {t.backend_node}, which hosts the {t.pod} pod, replies straight to {t.host}.")
+            self.say(f"Only one direction: {t.backend_node}, which hosts the {t.app} pod, replies straight to {t.host}.")
             ok = bool(to_np) and not from_np
         if not ok:
             self.problems.append(f"tcpdump on {t.ingress}: {len(to_np)} packets to the node port, {len(from_np)} back "

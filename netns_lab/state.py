@@ -7,13 +7,14 @@ the document stays plain, readable JSON:
 
     version, lab, status ("building" | "ready"), created, updated,
     topology (YAML-shaped dict), members {name: {kind, netns, address?, pod_block?, node?}},
-    pods {name: {node, app, ip, netns, host_ifname, pid, log}},
+    pods {name: {node, app, ip, netns, host_ifname, pid, log, created?}} (created: pods made on a running lab),
     services [{name, cluster_ip, ports: [{name, protocol, port, target_port, node_port, backends}]}],
     felix {bpfEnabled, ...} (FelixConfiguration "default"'s spec; netns_lab/felix.py is its model),
     kubeproxy {installed, nodes}, dataplane {loaded, notrack, load_s?, last_switch?}
 
 Version 1 (until the typed state) also stored `mode` and `dataplane.sysctls`; such a file is
-read and converted. A newer version is refused with one line.
+read and converted. Version 2 (before Kubernetes manifests) had no pod `created`; its pods read
+as made with the lab. A newer version is refused with one line.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict, topology_to_dict
 from netns_lab.topology import Backend as PlanBackend
 
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MODES = felix.MODES
 EBPF_MODES = felix.EBPF_MODES
+NAMESPACE_HINT = "-n/--namespace is now the Kubernetes namespace, as in kubectl; name the lab with --name LAB or NETNS_LAB=LAB"
 
 
 @dataclass
@@ -66,6 +68,7 @@ class PodRecord:
     host_ifname: str
     pid: int | None
     log: str
+    created: str | None = None  # pods made on a running lab (apply, scale, a ReplicaSet's replacement)
 
 
 @dataclass
@@ -96,6 +99,19 @@ class ServiceRecord:
     name: str
     cluster_ip: str
     ports: list[ServicePortRecord] = field(default_factory=list)
+
+
+def service_records(topo: Topology, addr_plan: AddressPlan, ready: set[str] | None = None) -> list[ServiceRecord]:
+    """The services of `topo`, each port with its backends (only pods in `ready`, if given)."""
+    return [
+        ServiceRecord(s.full_name, s.cluster_ip, [
+            ServicePortRecord(sp.name, sp.protocol, sp.port, sp.target, sp.node_port,
+                              [BackendRecord(b.pod, b.ip, b.port) for b in addr_plan.backends(s, sp)
+                               if ready is None or b.pod in ready])
+            for sp in s.ports
+        ])
+        for s in topo.services
+    ]
 
 
 @dataclass
@@ -166,15 +182,7 @@ class LabState:
             members[p.name] = Member("pod", naming.netns(lab, p.name), node=p.node)
             pods[p.name] = PodRecord(p.node, p.app, str(addr_plan.pod_ips[p.name]), naming.netns(lab, p.name),
                                      naming.cali_ifname(lab, p.name), None, str(naming.log_path(lab, p.name)))
-        services = [
-            ServiceRecord(s.full_name, s.cluster_ip, [
-                ServicePortRecord(sp.name, sp.protocol, sp.port, sp.target, sp.node_port,
-                                  [BackendRecord(b.pod, b.ip, b.port) for b in addr_plan.backends(s, sp)])
-                for sp in s.ports
-            ])
-            for s in topo.services
-        ]
-        return cls(lab, topology_to_dict(topo), members, pods, services,
+        return cls(lab, topology_to_dict(topo), members, pods, service_records(topo, addr_plan),
                    felix=felix.for_mode(FelixConfig(), mode), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     # -- reading
@@ -227,12 +235,30 @@ class LabState:
         """The pod that has address `ip` now."""
         return next((name for name, p in self.pods.items() if p.ip == ip), None)
 
-    def select_pods(self, names: tuple[str, ...], selector: str | None) -> list[str]:
-        """Pod names from arguments and/or a label selector (k=v[,k=v]); LabError for unknown pods or a bad selector."""
+    def k8s_namespaces(self) -> list[str]:
+        """The Kubernetes namespaces of the lab's topology (default first)."""
+        return self.spec().all_namespaces()
+
+    def check_namespace(self, namespace: str | None) -> None:
+        """LabError unless `namespace` (None: any) is one of the lab's Kubernetes namespaces."""
+        if namespace is not None and namespace not in self.k8s_namespaces():
+            raise LabError(f"no namespace {namespace!r} in lab {self.lab!r} (namespaces: {', '.join(self.k8s_namespaces())}); "
+                           f"{NAMESPACE_HINT}")
+
+    def select_pods(self, names: tuple[str, ...], selector: str | None, namespace: str | None = None) -> list[str]:
+        """Pod names from arguments and/or a label selector (k=v[,k=v]) in `namespace` (None: any);
+        LabError for an unknown namespace or pod or a bad selector."""
+        self.check_namespace(namespace)
+        topo = self.spec()
+        pods = {p.name for p in topo.pods if namespace is None or p.namespace == namespace} & set(self.pods)
+        where = f" in namespace {namespace!r}" if namespace else ""
         chosen = list(names)
         for n in names:
-            if n not in self.pods:
-                raise LabError(f"unknown pod {n!r} of lab {self.lab!r} (pods: {', '.join(self.pods)})")
+            if n not in pods:
+                owned = sorted({p.namespace for p in topo.pods if p.owner and p.all_labels().get("app") == n})
+                hint = (f"; a Deployment's pods are named <deployment>-<hash>-<5 chars>: try -n {owned[0]} -l app={n}"
+                        if owned else "")  # an old name of the lesson's pods
+                raise LabError(f"unknown pod {n!r}{where} of lab {self.lab!r} (pods: {', '.join(sorted(pods))}){hint}")
         if selector:
             want = {}
             for part in selector.split(","):
@@ -240,9 +266,9 @@ class LabState:
                 if not eq or not key or not value:
                     raise LabError(f"bad selector {selector!r}: use key=value[,key=value], e.g. app=summary")
                 want[key.strip()] = value.strip()
-            matched = [p.name for p in self.spec().pods if want.items() <= p.all_labels().items()]
+            matched = [p.name for p in topo.pods if p.name in pods and want.items() <= p.all_labels().items()]
             if not matched:
-                raise LabError(f"no pod of lab {self.lab!r} matches {selector!r}")
+                raise LabError(f"no pod{where} of lab {self.lab!r} matches {selector!r}")
             chosen += [m for m in matched if m not in chosen]
         return chosen
 

@@ -15,15 +15,18 @@ from typing import Any
 
 import yaml
 
-from netns_lab.apps import UPSTREAM
+from netns_lab.apps import TEST_SERVER, UPSTREAM
 from netns_lab.errors import LabError
 
 PROTOCOLS = ("TCP", "UDP")
 NODEPORT_RANGE = (30000, 32767)
 VXLAN_OVERHEAD = 50
-MEMBER_RE = re.compile(r"^[a-z]([a-z0-9-]{0,29}[a-z0-9])?$")
+MEMBER_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label, as pod names are
 IFNAME_MEMBER_RE = re.compile(r"^[a-z][a-z0-9]{0,14}$")  # node/host names are also fabric port names
-PORT_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$")
+PORT_NAME_RE = re.compile(r"^([a-z]([a-z0-9-]{0,13}[a-z0-9])?)?$")  # "" is an unnamed port
+# the namespace of pods and services a topology file does not place: the lesson's
+TOPOLOGY_NAMESPACE = "yaobank"
+
 RESERVED_MEMBERS = ("fabric",)
 
 Path_ = tuple[Any, ...]  # field path inside the document, e.g. ("pods", 2, "node")
@@ -47,6 +50,7 @@ class Node:
     name: str
     address: str
     pod_block: str | None = None  # None: next free block of the pod pool
+    control_plane: bool = False  # True: tainted as Kubernetes control planes are, no pods spread to it
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Host:
 
 @dataclass
 class PodPort:
-    """A port the pod's app listens on."""
+    """A port the pod's app listens on ("" name: unnamed)."""
 
     name: str
     protocol: str
@@ -76,6 +80,10 @@ class Pod:
     ports: list[PodPort]
     labels: dict[str, str] = field(default_factory=dict)
     ip: str | None = None  # None: next free address of the node's block
+    namespace: str = TOPOLOGY_NAMESPACE
+    image: str | None = None  # the container image a manifest gave (the app was chosen from it)
+    container: str | None = None  # the container's name in a manifest
+    owner: str | None = None  # the ReplicaSet that made the pod (None: a bare pod)
 
     def all_labels(self) -> dict[str, str]:
         """Labels a selector matches, `app` included as Kubernetes manifests usually set it."""
@@ -89,13 +97,22 @@ class ServicePort:
     name: str
     protocol: str
     port: int
-    target_port: int | None = None
+    target_port: int | str | None = None  # a number, or the name of a pod port
     node_port: int | None = None
 
     @property
-    def target(self) -> int:
-        """The backend port (targetPort defaults to port, as in Kubernetes)."""
+    def target(self) -> int | str:
+        """The backend port (targetPort defaults to port, as in Kubernetes); a str names a pod port."""
         return self.target_port if self.target_port is not None else self.port
+
+    def target_on(self, pod: Pod) -> int | None:
+        """The port number this service port reaches on `pod` (None: a named port the pod lacks)."""
+        if isinstance(self.target, int):
+            return self.target
+        return next((pp.port for pp in pod.ports if pp.name == self.target and pp.protocol == self.protocol), None)
+
+
+HEADLESS = "None"  # clusterIP of a headless service: endpoints, no frontend
 
 
 @dataclass
@@ -105,7 +122,7 @@ class Service:
     name: str
     cluster_ip: str
     ports: list[ServicePort]
-    namespace: str = "yaobank"
+    namespace: str = TOPOLOGY_NAMESPACE
     selector: dict[str, str] | None = None
     backends: list[str] | None = None  # explicit pod names instead of a selector
 
@@ -113,6 +130,47 @@ class Service:
     def full_name(self) -> str:
         """`namespace/name`, as kube-proxy names services."""
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        """clusterIP None: no frontend for the proxies, only endpoints."""
+        return self.cluster_ip == HEADLESS
+
+    @property
+    def type(self) -> str:
+        """Kubernetes' service type: NodePort when a port has one."""
+        return "NodePort" if any(sp.node_port for sp in self.ports) else "ClusterIP"
+
+
+@dataclass
+class PodTemplate:
+    """What a Deployment or ReplicaSet makes its pods from (the normalised form of spec.template)."""
+
+    app: str
+    ports: list[PodPort]
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str | None = None
+    container: str | None = None
+    node: str | None = None  # nodeName / nodeSelector kubernetes.io/hostname; None: spread over the workers
+    hash: str = ""  # pod-template-hash: stable for one template
+
+
+@dataclass
+class Workload:
+    """A Deployment or ReplicaSet: `replicas` pods from one template, named `<replicaset>-<5 chars>`."""
+
+    kind: str
+    name: str
+    namespace: str
+    replicas: int
+    selector: dict[str, str]
+    template: PodTemplate
+    created: int = 0  # pods made so far: seeds the next pod's name, so a replacement gets a new one
+
+    @property
+    def replicaset(self) -> str:
+        """Name of the ReplicaSet owning the pods (`<deployment>-<template hash>` for a Deployment)."""
+        return f"{self.name}-{self.template.hash}" if self.kind == "Deployment" else self.name
 
 
 @dataclass
@@ -128,6 +186,8 @@ class Topology:
     block_size: int = 26
     service_cidr: str = "198.19.32.0/20"
     name: str = "yaobank"
+    namespaces: list[str] = field(default_factory=list)  # Kubernetes namespaces declared (others are implied)
+    workloads: list[Workload] = field(default_factory=list)
 
     @property
     def pod_mtu(self) -> int:
@@ -148,24 +208,48 @@ class Topology:
                 return p
         raise KeyError(name)
 
-    def service(self, name: str) -> Service:
-        """The service called `name` or `namespace/name` (KeyError if none)."""
-        for s in self.services:
-            if name in (s.name, s.full_name):
+    def service(self, name: str, namespace: str | None = None) -> Service:
+        """The service called `name` or `namespace/name` (in `namespace` first, if given; KeyError if none)."""
+        found = [s for s in self.services if name in (s.name, s.full_name)]
+        for s in found:
+            if namespace is None or s.namespace == namespace:
                 return s
+        if found:
+            return found[0]
         raise KeyError(name)
+
+    def all_namespaces(self) -> list[str]:
+        """Declared namespaces, `default` and every namespace an object is in, sorted."""
+        names = set(self.namespaces) | {"default"} | {p.namespace for p in self.pods}
+        return sorted(names | {s.namespace for s in self.services} | {w.namespace for w in self.workloads})
+
+    def selects(self, svc: Service, pod: Pod) -> bool:
+        """True if the service's selector (same namespace) or backend list picks the pod."""
+        if svc.backends is not None:
+            return pod.name in svc.backends
+        return bool(svc.selector) and pod.namespace == svc.namespace and svc.selector.items() <= pod.all_labels().items()
 
     def member_names(self) -> list[str]:
         """Every namespace-owning member: nodes, hosts, pods (the fabric is implicit)."""
         return [n.name for n in self.nodes] + [h.name for h in self.hosts] + [p.name for p in self.pods]
 
 
+def default_nodes() -> list[Node]:
+    """The lesson's nodes: control (the control plane, no pods spread to it), node1, node2."""
+    return [Node("control", "198.19.0.1", control_plane=True), Node("node1", "198.19.0.2"), Node("node2", "198.19.0.3")]
+
+
+def default_hosts() -> list[Host]:
+    """The lesson's external client, host1."""
+    return [Host("host1", "198.19.15.254")]
+
+
 def default_topology() -> Topology:
     """yaobank as in the lesson (docs/conventions.md): control, node1, node2, host1 and four pods."""
     http = [PodPort("http", "TCP", 80)]
     return Topology(
-        nodes=[Node("control", "198.19.0.1"), Node("node1", "198.19.0.2"), Node("node2", "198.19.0.3")],
-        hosts=[Host("host1", "198.19.15.254")],
+        nodes=default_nodes(),
+        hosts=default_hosts(),
         pods=[
             Pod("customer", "node1", "customer", [PodPort("http", "TCP", 80), PodPort("echo", "UDP", 7)]),
             Pod("summary-1", "node1", "summary", list(http)),
@@ -230,9 +314,16 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("hosts", "hosts", [Host], False),
         ("pods", "pods", [Pod], False),
         ("services", "services", [Service], False),
+        ("namespaces", "namespaces", "names", False),
+        ("workloads", "workloads", [Workload], False),
     ],
     Fabric: [("subnet", "subnet", str, False), ("mtu", "mtu", int, False)],
-    Node: [("name", "name", str, True), ("address", "address", str, True), ("podBlock", "pod_block", str, False)],
+    Node: [
+        ("name", "name", str, True),
+        ("address", "address", str, True),
+        ("podBlock", "pod_block", str, False),
+        ("controlPlane", "control_plane", bool, False),
+    ],
     Host: [("name", "name", str, True), ("address", "address", str, True)],
     Pod: [
         ("name", "name", str, True),
@@ -241,8 +332,30 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("ports", "ports", [PodPort], True),
         ("labels", "labels", "labels", False),
         ("ip", "ip", str, False),
+        ("namespace", "namespace", str, False),
+        ("image", "image", str, False),
+        ("container", "container", str, False),
+        ("owner", "owner", str, False),
     ],
-    PodPort: [("name", "name", str, True), ("protocol", "protocol", str, False), ("port", "port", int, True)],
+    PodPort: [("name", "name", str, False), ("protocol", "protocol", str, False), ("port", "port", int, True)],
+    PodTemplate: [
+        ("app", "app", str, True),
+        ("ports", "ports", [PodPort], False),
+        ("labels", "labels", "labels", False),
+        ("image", "image", str, False),
+        ("container", "container", str, False),
+        ("node", "node", str, False),
+        ("hash", "hash", str, False),
+    ],
+    Workload: [
+        ("kind", "kind", str, True),
+        ("name", "name", str, True),
+        ("namespace", "namespace", str, True),
+        ("replicas", "replicas", int, True),
+        ("selector", "selector", "labels", True),
+        ("template", "template", PodTemplate, True),
+        ("created", "created", int, False),
+    ],
     Service: [
         ("name", "name", str, True),
         ("namespace", "namespace", str, False),
@@ -252,10 +365,10 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("backends", "backends", "names", False),
     ],
     ServicePort: [
-        ("name", "name", str, True),
+        ("name", "name", str, False),
         ("protocol", "protocol", str, False),
         ("port", "port", int, True),
-        ("targetPort", "target_port", int, False),
+        ("targetPort", "target_port", "port", False),
         ("nodePort", "node_port", int, False),
     ],
 }
@@ -277,6 +390,14 @@ def _convert(value: Any, typ: Any, path: Path_) -> Any:
     if typ is str:
         if not isinstance(value, str):
             raise TopologyError(path, f"expected a string, got {_kind(value)}")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise TopologyError(path, f"expected true or false, got {_kind(value)}")
+        return value
+    if typ == "port":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TopologyError(path, f"expected a port number or name, got {_kind(value)}")
         return value
     if typ == "labels":
         if not isinstance(value, dict):
@@ -315,6 +436,10 @@ def _build(cls: type, data: Any, path: Path_) -> Any:
                 raise TopologyError(path, f"missing required field '{key}'")
             if cls in (PodPort, ServicePort) and key == "protocol":
                 kwargs[attr] = _DEFAULT_PROTOCOL
+            if cls in (PodPort, ServicePort) and key == "name":
+                kwargs[attr] = ""
+            if cls is PodTemplate and key == "ports":
+                kwargs[attr] = []
             continue
         kwargs[attr] = _convert(data[key], typ, path + (key,))
     return cls(**kwargs)
@@ -332,6 +457,9 @@ def topology_to_dict(topo: Topology) -> dict[str, Any]:
     return _unbuild(topo)
 
 
+_OMIT_EMPTY = ("name", "controlPlane", "namespaces", "workloads", "hash", "created")
+
+
 def _unbuild(obj: Any) -> Any:
     """Inverse of _build: dataclass -> dict with YAML keys, dropping unset optional fields."""
     if isinstance(obj, list):
@@ -340,7 +468,7 @@ def _unbuild(obj: Any) -> Any:
         out: dict[str, Any] = {}
         for key, attr, _, _ in _SCHEMA[type(obj)]:
             value = getattr(obj, attr)
-            if value is None or value == {}:
+            if value is None or value == {} or (value in ("", False, []) and key in _OMIT_EMPTY):
                 continue
             out[key] = _unbuild(value)
         return out
@@ -354,35 +482,56 @@ def _unbuild(obj: Any) -> Any:
 
 def _compose(text: str) -> tuple[Any, dict[Path_, yaml.Mark]]:
     """Parse YAML into plain data plus the start mark of every field, keyed by field path."""
+    docs = compose_documents(text, single=True)
+    return docs[0] if docs else (None, {})
+
+
+def compose_documents(text: str, single: bool = False) -> list[tuple[Any, dict[Path_, yaml.Mark]]]:
+    """Parse (multi-document) YAML: per document its plain data and the start mark of every field.
+
+    TopologyError with the line for invalid YAML; `single` refuses a second document.
+    """
     loader = yaml.SafeLoader(text)
+    docs: list[tuple[Any, dict[Path_, yaml.Mark]]] = []
     try:
-        root = loader.get_single_node()
-        marks: dict[Path_, yaml.Mark] = {}
-
-        def walk(node: yaml.Node, path: Path_) -> Any:
-            marks[path] = node.start_mark
-            if isinstance(node, yaml.MappingNode):
-                out: dict[Any, Any] = {}
-                for key_node, value_node in node.value:
-                    key = loader.construct_object(key_node, deep=True)
-                    if not isinstance(key, (str, int)):
-                        raise TopologyError(path, "mapping keys must be strings").located(_mark(key_node.start_mark))
-                    if key in out:
-                        raise TopologyError(path + (key,), "duplicate field").located(_mark(key_node.start_mark))
-                    out[key] = walk(value_node, path + (key,))
-                    marks[path + (key,)] = key_node.start_mark  # point at the key: that is the field
-                return out
-            if isinstance(node, yaml.SequenceNode):
-                return [walk(item, path + (i,)) for i, item in enumerate(node.value)]
-            return loader.construct_object(node, deep=True)
-
-        data = walk(root, ()) if root is not None else None
+        if single:
+            root = loader.get_single_node()
+            if root is not None:
+                docs.append(_walk_document(loader, root))
+        else:
+            while loader.check_node():
+                docs.append(_walk_document(loader, loader.get_node()))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise TopologyError((), f"invalid YAML: {problem}", _mark(mark) if mark else None) from None
     finally:
         loader.dispose()
+    return docs
+
+
+def _walk_document(loader: yaml.SafeLoader, root: yaml.Node) -> tuple[Any, dict[Path_, yaml.Mark]]:
+    """One composed document as plain data plus the marks of its fields."""
+    marks: dict[Path_, yaml.Mark] = {}
+
+    def walk(node: yaml.Node, path: Path_) -> Any:
+        marks[path] = node.start_mark
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int)):
+                    raise TopologyError(path, "mapping keys must be strings").located(_mark(key_node.start_mark))
+                if key in out:
+                    raise TopologyError(path + (key,), "duplicate field").located(_mark(key_node.start_mark))
+                out[key] = walk(value_node, path + (key,))
+                marks[path + (key,)] = key_node.start_mark  # point at the key: that is the field
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(item, path + (i,)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    data = walk(root, ())
     return data, marks
 
 
@@ -556,9 +705,11 @@ def plan(topo: Topology) -> AddressPlan:
         if p.node not in node_names:
             hint = " (hosts are outside the cluster and run no pods)" if p.node in host_names else ""
             raise TopologyError(("pods", i, "node"), f"unknown node {p.node!r}{hint}")
-        if p.app not in UPSTREAM:
-            raise TopologyError(("pods", i, "app"), f"unknown app {p.app!r} (known: {', '.join(UPSTREAM)})")
-        if not p.ports:
+        if p.app not in UPSTREAM and p.app != TEST_SERVER:
+            raise TopologyError(("pods", i, "app"), f"unknown app {p.app!r} (known: {', '.join([*UPSTREAM, TEST_SERVER])})")
+        if not MEMBER_RE.match(p.namespace):
+            raise TopologyError(("pods", i, "namespace"), f"invalid namespace {p.namespace!r}")
+        if not p.ports and p.app != TEST_SERVER:
             raise TopologyError(("pods", i, "ports"), "a pod needs at least one port")
         pp_seen: set[tuple[str, int]] = set()
         names_seen: set[str] = set()
@@ -567,11 +718,11 @@ def plan(topo: Topology) -> AddressPlan:
             _check_ports(pp.protocol, pp.port, path)
             if not PORT_NAME_RE.match(pp.name):
                 raise TopologyError(path + ("name",), f"invalid port name {pp.name!r}")
-            if (pp.protocol, pp.port) in pp_seen or pp.name in names_seen:
-                raise TopologyError(path, f"duplicate port {pp.name} {pp.protocol}/{pp.port}")
+            if (pp.protocol, pp.port) in pp_seen or (pp.name and pp.name in names_seen):
+                raise TopologyError(path, f"duplicate port {pp.name or '(unnamed)'} {pp.protocol}/{pp.port}")
             pp_seen.add((pp.protocol, pp.port))
             names_seen.add(pp.name)
-        if not any(pp.protocol == "TCP" for pp in p.ports):
+        if p.app != TEST_SERVER and not any(pp.protocol == "TCP" for pp in p.ports):
             raise TopologyError(("pods", i, "ports"), f"app {p.app!r} serves HTTP: the pod needs a TCP port")
         block = node_blocks[p.node]
         if p.ip is not None:
@@ -604,15 +755,16 @@ def plan(topo: Topology) -> AddressPlan:
         spath = ("services", i)
         if not MEMBER_RE.match(s.name) or not MEMBER_RE.match(s.namespace):
             raise TopologyError(spath + ("name",), f"invalid service name {s.full_name!r}")
-        if s.name in svc_seen:
-            raise TopologyError(spath + ("name",), f"service {s.name!r} already defined at {format_path(svc_seen[s.name])}")
-        svc_seen[s.name] = spath
-        cip = _addr(s.cluster_ip, spath + ("clusterIP",))
-        if cip not in svc_cidr or cip in (svc_cidr.network_address, svc_cidr.broadcast_address):
-            raise TopologyError(spath + ("clusterIP",), f"{cip} is not a usable address of the service CIDR {svc_cidr}")
-        if cip in cip_seen:
-            raise TopologyError(spath + ("clusterIP",), f"{cip} already used at {format_path(cip_seen[cip])}")
-        cip_seen[cip] = spath + ("clusterIP",)
+        if s.full_name in svc_seen:
+            raise TopologyError(spath + ("name",), f"service {s.full_name!r} already defined at {format_path(svc_seen[s.full_name])}")
+        svc_seen[s.full_name] = spath
+        if not s.headless:
+            cip = _addr(s.cluster_ip, spath + ("clusterIP",))
+            if cip not in svc_cidr or cip in (svc_cidr.network_address, svc_cidr.broadcast_address):
+                raise TopologyError(spath + ("clusterIP",), f"{cip} is not a usable address of the service CIDR {svc_cidr}")
+            if cip in cip_seen:
+                raise TopologyError(spath + ("clusterIP",), f"{cip} already used at {format_path(cip_seen[cip])}")
+            cip_seen[cip] = spath + ("clusterIP",)
         if (s.selector is None) == (s.backends is None):
             raise TopologyError(spath, "give exactly one of 'selector' or 'backends'")
         if s.backends is not None:
@@ -624,7 +776,7 @@ def plan(topo: Topology) -> AddressPlan:
             assert s.selector is not None
             if not s.selector:
                 raise TopologyError(spath + ("selector",), "an empty selector would select every pod")
-            selected = [p for p in topo.pods if s.selector.items() <= p.all_labels().items()]
+            selected = [p for p in topo.pods if topo.selects(s, p)]
         selected.sort(key=lambda p: int(pod_ips[p.name]))
         if not s.ports:
             raise TopologyError(spath + ("ports",), "a service needs at least one port")
@@ -635,12 +787,18 @@ def plan(topo: Topology) -> AddressPlan:
             _check_ports(sp.protocol, sp.port, ppath)
             if not PORT_NAME_RE.match(sp.name):
                 raise TopologyError(ppath + ("name",), f"invalid port name {sp.name!r}")
+            if not sp.name and len(s.ports) > 1:
+                raise TopologyError(ppath + ("name",), "a service with more than one port must name each of them")
             if sp.name in port_names or (sp.protocol, sp.port) in port_keys:
-                raise TopologyError(ppath, f"duplicate service port {sp.name} {sp.protocol}/{sp.port}")
+                raise TopologyError(ppath, f"duplicate service port {sp.name or '(unnamed)'} {sp.protocol}/{sp.port}")
             port_names.add(sp.name)
             port_keys.add((sp.protocol, sp.port))
-            if not 1 <= sp.target <= 65535:
+            if isinstance(sp.target, int) and not 1 <= sp.target <= 65535:
                 raise TopologyError(ppath + ("targetPort",), f"port {sp.target} out of range 1-65535")
+            if isinstance(sp.target, str) and not (sp.target and PORT_NAME_RE.match(sp.target)):
+                raise TopologyError(ppath + ("targetPort",), f"invalid port name {sp.target!r}")
+            if sp.node_port is not None and s.headless:
+                raise TopologyError(ppath + ("nodePort",), "a headless service (clusterIP None) has no node port")
             if sp.node_port is not None:
                 lo, hi = NODEPORT_RANGE
                 if not lo <= sp.node_port <= hi:
@@ -650,22 +808,23 @@ def plan(topo: Topology) -> AddressPlan:
                     raise TopologyError(ppath + ("nodePort",), f"{sp.protocol} node port {sp.node_port} already used at {format_path(nodeports[key])}")
                 nodeports[key] = ppath + ("nodePort",)
             for p in selected:
-                if not any(pp.protocol == sp.protocol and pp.port == sp.target for pp in p.ports):
+                target = sp.target_on(p)
+                if target is None or not any(pp.protocol == sp.protocol and pp.port == target for pp in p.ports):
                     raise TopologyError(
                         ppath + ("targetPort",),
                         f"backend pod {p.name} has no {sp.protocol} port {sp.target}",
                     )
             endpoints[(s.full_name, sp.name)] = [
-                Backend(p.name, p.node, str(pod_ips[p.name]), sp.target) for p in selected
+                Backend(p.name, p.node, str(pod_ips[p.name]), sp.target_on(p) or 0) for p in selected
             ]
 
     # apps need their upstream service, reachable over TCP
     for i, p in enumerate(topo.pods):
-        upstream = UPSTREAM[p.app]
+        upstream = UPSTREAM.get(p.app)
         if upstream is None:
             continue
-        svc = next((s for s in topo.services if s.name == upstream), None)
-        if svc is None or not any(sp.protocol == "TCP" for sp in svc.ports):
+        svc = next((s for s in topo.services if s.name == upstream and s.namespace == p.namespace), None)
+        if svc is None or svc.headless or not any(sp.protocol == "TCP" for sp in svc.ports):
             raise TopologyError(("pods", i, "app"), f"app {p.app!r} calls service {upstream!r}: define it with a TCP port")
 
     return AddressPlan(
@@ -675,12 +834,12 @@ def plan(topo: Topology) -> AddressPlan:
     )
 
 
-def upstream_url(topo: Topology, app: str) -> str | None:
-    """URL an app uses to reach its upstream service through the service's cluster IP."""
-    name = UPSTREAM[app]
+def upstream_url(topo: Topology, app: str, namespace: str | None = None) -> str | None:
+    """URL an app uses to reach its upstream service (in its own namespace) through the service's cluster IP."""
+    name = UPSTREAM.get(app)
     if name is None:
         return None
-    svc = topo.service(name)
+    svc = topo.service(name, namespace)
     port = next(sp for sp in svc.ports if sp.protocol == "TCP")
     return f"http://{svc.cluster_ip}:{port.port}"
 

@@ -149,6 +149,9 @@ def main(app: str, handler: type[AppHandler], argv: list[str] | None = None) -> 
     upstream = f", upstream {args.upstream}" if args.upstream else ""
     print(f" * {app} (pod {args.pod}) serving on {ports}{upstream}", file=sys.stderr, flush=True)
     try:
-        servers[0].serve_forever()
+        if servers:
+            servers[0].serve_forever()
+        else:
+            threading.Event().wait()  # UDP only, or no port at all: the echo threads (if any) serve
     except KeyboardInterrupt:
         pass

@@ -27,7 +27,7 @@ def app_argv(lab: str, topo: Topology, pod: Pod) -> list[str]:
     argv = [sys.executable, "-u", "-m", f"netns_lab.apps.{pod.app}", "--lab", lab, "--pod", pod.name]
     for pp in pod.ports:
         argv += ["--http" if pp.protocol == "TCP" else "--udp-echo", str(pp.port)]
-    url = upstream_url(topo, pod.app)
+    url = upstream_url(topo, pod.app, pod.namespace)
     if url:
         argv += ["--upstream", url]
     return argv

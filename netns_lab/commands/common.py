@@ -1,4 +1,4 @@
-"""What every command shares: the console, --name and -o options, the root check, the lab handle and error shape.
+"""What every command shares: the console, --name (or $NETNS_LAB), -n/--namespace, -l and -o options, the root check, the lab handle and error shape.
 
 Every failure the user can cause ends as one line on stderr and a non-zero exit (LabGroup,
 and cli.main for usage errors), before anything is changed.
@@ -45,13 +45,18 @@ def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 lab_option = click.option(
     "--name",
-    "-n",
     "lab",
     default=None,
+    envvar="NETNS_LAB",
     callback=_check_name,
     metavar="LAB",
-    help=f"Lab name (default: {naming.DEFAULT_LAB}).",
+    help=f"Lab name (default: $NETNS_LAB, else {naming.DEFAULT_LAB}).",
 )
+namespace_option = click.option(
+    "-n", "--namespace", default=None, metavar="NS",
+    help="Kubernetes namespace (the lab is --name; without -n, names and selectors match in every namespace).",
+)
+selector_option = click.option("-l", "--selector", metavar="KEY=VALUE", help="The pods with these labels (e.g. app=summary).")
 output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format."
 )

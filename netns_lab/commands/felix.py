@@ -1,4 +1,4 @@
-"""`netns-lab get | patch felixconfiguration default` and `mode`: the lesson's calicoctl knobs, applied live."""
+"""`netns-lab patch felixconfiguration default` and `mode` (`get` is commands/kubectl.py): the lesson's calicoctl knobs, applied live."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from netns_lab import felix as felix_model
-from netns_lab.commands.common import console, lab_handle, lab_option, load_lab, output_option, require_root
+from netns_lab.commands.common import console, lab_handle, lab_option, output_option, require_root
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.lab import PROG
@@ -18,7 +18,7 @@ from netns_lab.state import MODES
 FELIX_KINDS = ("felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs")
 
 
-def _felix_target(kind: str, name: str) -> None:
+def felix_target(kind: str, name: str) -> None:
     """LabError unless KIND NAME is felixconfiguration default (the only resource of its kind here)."""
     if kind.lower() not in FELIX_KINDS:
         raise LabError(f"unknown resource kind {kind!r}: this lab has felixconfiguration only (e.g. {PROG} get felixconfiguration default)")
@@ -55,7 +55,7 @@ bpfDSROptoutCIDRs (clients that keep Tunnel behaviour in DSR mode).
 @click.option("-p", "--patch", "patch_text", required=True, metavar="JSON", help='A JSON merge patch: {"spec": {...}}.')
 def patch(lab: str | None, kind: str, name: str, patch_text: str) -> int:
     """Patch FelixConfiguration "default" as calicoctl does; the lab moves to what it selects, live."""
-    _felix_target(kind, name)
+    felix_target(kind, name)
     try:
         felix_model.apply_patch(FelixConfig(), patch_text)  # refuse bad input before the root check
     except FelixConfigError as exc:
@@ -65,27 +65,6 @@ def patch(lab: str | None, kind: str, name: str, patch_text: str) -> int:
     ch = lab_handle(lab, out).patch_felix(patch_text)
     out.print("Successfully patched 1 'FelixConfiguration' resource", highlight=False)
     _report(out, ch)
-    return 0
-
-
-@click.command(
-    epilog="""\b
-Examples:
-  netns-lab get felixconfiguration default
-  netns-lab get felixconfiguration default -o json | jq .spec.bpfEnabled
-"""
-)
-@lab_option
-@click.argument("kind", metavar="felixconfiguration")
-@click.argument("name", metavar="default")
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
-def get(lab: str | None, kind: str, name: str, output: str) -> int:
-    """Show FelixConfiguration "default" (the fields this lab models) as calicoctl get would."""
-    import yaml
-
-    _felix_target(kind, name)
-    resource = load_lab(lab).felix.to_resource()
-    click.echo(json.dumps(resource, indent=2) if output == "json" else yaml.safe_dump(resource, sort_keys=False).rstrip())
     return 0
 
 
@@ -116,4 +95,4 @@ def mode_cmd(lab: str | None, mode: str | None, output: str) -> int:
     return 0
 
 
-COMMANDS = (patch, get, mode_cmd)
+COMMANDS = (patch, mode_cmd)

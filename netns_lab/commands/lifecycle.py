@@ -14,6 +14,7 @@ from rich.table import Table
 
 from netns_lab import cleanup, naming
 from netns_lab.commands.common import console, lab_handle, lab_option, load_lab, output_option, require_root
+from netns_lab.k8s import manifest
 from netns_lab.lab import PROG, list_labs
 from netns_lab.state import MODES
 from netns_lab.topology import default_topology, dump_topology, load_topology, plan, topology_to_dict
@@ -25,6 +26,8 @@ Examples:
   netns-lab up                              # default lab, kube-proxy mode
   netns-lab up --name lab2                  # a second lab beside the first
   netns-lab up --topology my.yaml           # your own topology (see: netns-lab topology)
+  netns-lab up --manifest examples/yaobank.yaml   # Kubernetes YAML (what `up` runs by default)
+  netns-lab up --manifest app.yaml --manifest more/   # files, directories, - for stdin
   netns-lab up --mode dsr                   # eBPF dataplane, DSR for NodePorts
 """
 )
@@ -34,15 +37,23 @@ Examples:
     "--topology",
     "topology_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML topology file (default: yaobank as in the lesson).",
+    help="YAML topology file: nodes and hosts (and pods and services in the lab's own format).",
 )
-def up(lab: str | None, mode: str | None, topology_file: Path | None) -> int:
-    """Build the lab: namespaces, veths, routes, services and the yaobank apps.
+@click.option("--manifest", "manifests", multiple=True, metavar="FILE|DIR|-",
+              help="Kubernetes YAML to run (repeatable; default: examples/yaobank.yaml on the lesson's nodes).")
+def up(lab: str | None, mode: str | None, topology_file: Path | None, manifests: tuple[str, ...]) -> int:
+    """Build the lab: namespaces, veths, routes, services and the apps of its pods.
 
     Idempotent: running it again on a lab that is up changes nothing and says so.
     """
     topo = load_topology(topology_file) if topology_file else None
-    plan(topo or default_topology())  # a bad topology is reported before the root check
+    if manifests:
+        result = manifest.load(list(manifests), topo or manifest.nodes_only(default_topology()))
+        for line in result.lines:
+            if "skipped" in line:
+                click.echo(line, err=True)
+        topo = result.topology
+    plan(topo or manifest.default_lab())  # a bad topology is reported before the root check
     require_root()
     out = console()
     handle = lab_handle(lab, out)
@@ -186,16 +197,21 @@ def list_cmd(output: str) -> int:
 @click.command(
     epilog="""\b
 Examples:
-  netns-lab topology > my.yaml          # the default yaobank, to edit
+  netns-lab topology > my.yaml          # the default lab (examples/yaobank.yaml, normalised), to edit
   netns-lab up --name mine --topology my.yaml
   netns-lab topology --name mine -o json
+  netns-lab topology --manifest app.yaml   # what a manifest becomes: pods named and placed, IPs and ports allocated
 """
 )
 @lab_option
+@click.option("--manifest", "manifests", multiple=True, metavar="FILE|DIR|-", help="Show what this Kubernetes YAML becomes.")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
-def topology(lab: str | None, output: str) -> int:
-    """Print a lab's topology (or the default one) in the format `up --topology` reads."""
-    topo = load_lab(lab).spec() if lab else default_topology()
+def topology(lab: str | None, manifests: tuple[str, ...], output: str) -> int:
+    """Print a lab's topology (or the default one, or a manifest's) in the normalised form `up --topology` reads."""
+    if manifests:
+        topo = manifest.load(list(manifests), manifest.nodes_only(default_topology())).topology
+    else:
+        topo = load_lab(lab).spec() if lab else manifest.default_lab()
     click.echo(dump_topology(topo) if output == "yaml" else json.dumps(topology_to_dict(topo), indent=2))
     return 0
 

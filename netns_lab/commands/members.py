@@ -1,4 +1,4 @@
-"""`netns-lab exec | logs`: run a command in a member's namespace, read a pod's access log."""
+"""`netns-lab exec | logs`: run a command in a member's namespace, read pods' access logs (by name or -n/-l)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any, NoReturn
 import click
 
 from netns_lab import naming
-from netns_lab.commands.common import lab_handle, lab_option, output_option, require_root
+from netns_lab.commands.common import lab_handle, lab_option, namespace_option, output_option, require_root, selector_option
 from netns_lab.errors import LabError
+from netns_lab.state import NAMESPACE_HINT
 
 ACCESS_RE = re.compile(r'^(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<size>\S+)$')
 
@@ -33,6 +34,8 @@ Examples:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn:
     """Run COMMAND inside the namespace of MEMBER (node, host, pod or fabric); its exit status is passed through."""
+    if member in ("-n", "--namespace"):  # unknown options reach MEMBER here (see context_settings)
+        raise click.UsageError(f"exec has no {member}: {NAMESPACE_HINT}")
     if command and command[0] == "--":  # parsing stops at MEMBER, so a separating `--` arrives here
         command = command[1:]
     if not command:
@@ -63,40 +66,48 @@ def parse_access_line(line: str) -> dict[str, Any] | None:
 @click.command(
     epilog="""\b
 Examples:
-  netns-lab logs customer
-  netns-lab logs customer --follow        # like kubectl logs --follow
-  netns-lab logs customer -o json         # parsed access-log entries
+  netns-lab logs -n yaobank -l app=customer --follow   # the lesson's line, as typed
+  netns-lab logs customer-648964b964-k8sk4             # one pod by name
+  netns-lab logs -l app=summary -o json                # parsed access-log entries of both summary pods
 """
 )
 @lab_option
-@click.argument("pod")
+@namespace_option
+@click.argument("pod", required=False)
+@selector_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
 @output_option
-def logs(lab: str | None, pod: str, follow: bool, output: str) -> int:
-    """Print a pod's log: its app's access log in the lesson's format."""
+def logs(lab: str | None, namespace: str | None, pod: str | None, selector: str | None, follow: bool, output: str) -> int:
+    """Print pods' logs: their apps' access logs in the lesson's format."""
+    if not pod and not selector:
+        raise click.UsageError("give a POD name or -l KEY=VALUE")
     handle = lab_handle(lab)
-    st = handle.state()
-    if pod not in st.pods:
-        raise LabError(f"unknown pod {pod!r} of lab {handle.name!r} (pods: {', '.join(st.pods)})")
-    path = naming.log_path(handle.name, pod)
+    files = []
     try:
-        f = open(path, errors="replace")
-    except FileNotFoundError:
-        raise LabError(f"pod {pod!r} has no log yet ({path})") from None
-    with f:
+        for name in handle.state().select_pods((pod,) if pod else (), selector, namespace):
+            path = naming.log_path(handle.name, name)
+            try:
+                files.append((path, open(path, errors="replace")))
+            except FileNotFoundError:
+                raise LabError(f"pod {name!r} has no log yet ({path})") from None
         if output == "json" and not follow:
-            entries = [e for line in f if (e := parse_access_line(line))]
+            entries = [e for _, f in files for line in f if (e := parse_access_line(line))]
             click.echo(json.dumps(entries, indent=2))
             return 0
-        _emit(f.read(), output)
+        for _, f in files:
+            _emit(f.read(), output)
         while follow:
-            chunk = f.read()
-            if chunk:
-                _emit(chunk, output)
-            elif not path.exists():
-                return 0  # the lab was taken down
-            else:
+            chunks = [f.read() for _, f in files]
+            for chunk in chunks:
+                if chunk:
+                    _emit(chunk, output)
+            if not any(chunks):
+                if not any(p.exists() for p, _ in files):
+                    return 0  # the pods (or the lab) are gone
                 time.sleep(0.1)
+    finally:
+        for _, f in files:
+            f.close()
     return 0
 
 

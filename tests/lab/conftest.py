@@ -60,9 +60,27 @@ class Lab:
         """GET a URL from a member (host1 by default); the body."""
         return self.exec(member, "curl", "-sS", "--fail", "--max-time", "10", url).stdout
 
+    def pod(self, role: str) -> str:
+        """A pod's current name from its role in the lesson: `customer`, `database`, `summary-1`/`summary-2`
+        (the summary pods by address: summary-1 is node1's). A Deployment's pods are named
+        `<deployment>-<hash>-<5 chars>` and a replacement gets a new name, so tests name roles."""
+        st = lab_state.load(self.name)
+        if role in st.pods:
+            return role
+        app, _, index = role.partition("-")
+        pods = sorted((p.name for p in st.spec().pods if p.all_labels()["app"] == app),
+                      key=lambda name: tuple(int(x) for x in st.pods[name].ip.split(".")))
+        return pods[int(index or 1) - 1]
+
+    def role(self, pod: str) -> str:
+        """The role (see pod()) of a pod name."""
+        app = lab_state.load(self.name).spec().pod(pod).all_labels()["app"]
+        return app if app != "summary" else next(r for r in ("summary-1", "summary-2") if self.pod(r) == pod)
+
     def pod_ip(self, pod: str) -> str:
-        """A pod's current address, from `status`."""
-        return next(p["ip"] for p in self.status()["pods"] if p["name"] == pod)
+        """A pod's current address (by name or role), from `status`."""
+        name = self.pod(pod)
+        return next(p["ip"] for p in self.status()["pods"] if p["name"] == name)
 
     def node_address(self, node: str) -> str:
         """A member's fabric address, from the lab's state."""
@@ -73,11 +91,13 @@ class Lab:
         return json.loads(self.run("status", "-o", "json").stdout)
 
     def log_entries(self, pod: str) -> list[dict]:
-        """Parsed access-log entries of a pod (`logs -o json`)."""
-        return json.loads(self.run("logs", pod, "-o", "json").stdout)
+        """Parsed access-log entries of a pod (by name or role; `logs -o json`)."""
+        return json.loads(self.run("logs", self.pod(pod), "-o", "json").stdout)
 
     def netns(self, member: str) -> str:
-        """Namespace name of a member."""
+        """Namespace name of a member (a pod by name or role)."""
+        if member not in lab_state.load(self.name).members and member != naming.FABRIC:
+            member = self.pod(member)
         return naming.netns(self.name, member)
 
     def api(self) -> ApiLab:
@@ -221,10 +241,23 @@ def lab_factory(netns_lab: Callable[..., ApiLab]) -> Callable[..., Lab]:
 
 
 @contextlib.contextmanager
-def running_lab(tag: str, mode: str | None = None) -> Iterator[Lab]:
-    """A default lab up under a unique name for the block; always taken down, also when `up` or the block fails."""
-    with api_lab(unique_lab(tag), mode) as lab:
+def running_lab(tag: str, mode: str | None = None, manifests: list[Path] | None = None) -> Iterator[Lab]:
+    """A lab (default, or these Kubernetes manifests on the lesson's nodes) up under a unique name for the block;
+    always taken down, also when `up` or the block fails."""
+    with api_lab(unique_lab(tag), mode, manifests=manifests) as lab:
         yield Lab(lab.name)
+
+
+@contextlib.contextmanager
+def cli_lab(tag: str, *up_args: str) -> Iterator[Lab]:
+    """A lab brought up by the `up` command itself (`netns-lab up --name <unique> <up_args>`); always taken down."""
+    lab = Lab(unique_lab(tag))
+    try:
+        cli("up", "--name", lab.name, *up_args, timeout=600)
+        yield lab
+    finally:
+        if lab.api().exists():
+            lab.api().down()
 
 
 @pytest.fixture(scope="module")

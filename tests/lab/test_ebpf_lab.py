@@ -79,7 +79,7 @@ def test_curl_via_control_preserves_the_client_address(tunnel_lab: Lab) -> None:
     entries = new_entries(tunnel_lab, "customer", lambda: page.append(tunnel_lab.curl("198.19.0.1:30180")))
     assert "Welcome to YAO Bank" in page[0] and "2389.45 USD" in page[0] and page[0].rstrip().endswith("</html>")
     assert [(e["client"], e["request"], e["status"]) for e in entries] == [(HOST1, "GET / HTTP/1.1", 200)]
-    assert LESSON_LINE.match(tunnel_lab.run("logs", "customer").stdout.splitlines()[-1])
+    assert LESSON_LINE.match(tunnel_lab.run("logs", "-n", "yaobank", "-l", "app=customer").stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize(
@@ -113,13 +113,13 @@ def test_app_chain_works_with_kube_proxy_rules_deleted(tunnel_lab: Lab) -> None:
     """customer -> summary -> database through ClusterIPs, handled by from_wep/to_wep alone."""
     for node in NODES:
         assert kube_rules(tunnel_lab, node) == [], node
-    st = {p["name"]: p for p in tunnel_lab.status()["pods"]}
+    st = {tunnel_lab.role(p["name"]): p for p in tunnel_lab.status()["pods"]}
     summaries_before = {p: len(tunnel_lab.log_entries(p)) for p in ("summary-1", "summary-2")}
     db_before = len(tunnel_lab.log_entries("database"))
     loop = "for i in $(seq 16); do curl -sS --fail --max-time 10 198.19.0.1:30180 || exit 1; done"
     pages = tunnel_lab.exec("host1", "sh", "-c", loop).stdout
-    picks = re.findall(r"summary pod: (summary-\d); database pod: database", pages)
-    assert len(picks) == 16 and set(picks) == {"summary-1", "summary-2"}
+    picks = re.findall(r"summary pod: (summary-[a-z0-9-]+); database pod: database", pages)
+    assert len(picks) == 16 and set(picks) == {tunnel_lab.pod("summary-1"), tunnel_lab.pod("summary-2")}
     for pod in ("summary-1", "summary-2"):
         new = tunnel_lab.log_entries(pod)[summaries_before[pod]:]
         assert {e["client"] for e in new} == {st["customer"]["ip"]}, pod  # ClusterIP: DNAT only
@@ -183,7 +183,9 @@ def test_bad_patches_are_refused_and_change_nothing(tunnel_lab: Lab) -> None:
         (["patch", "ippool", "default", "--patch", '{"spec": {}}'], "unknown resource kind"),
         (["mode", "dsrr"], "is not one of"),
         (["delete", "pod", "custmer"], "unknown pod 'custmer'"),
-        (["delete", "service", "customer"], "only pods can be deleted"),
+        (["delete", "service", "customer"], "unknown resource kind 'service': delete pods"),
+        (["delete", "pod", "-n", "nope", "-l", "app=customer"], "no namespace 'nope'"),
+        (["get", "pods", "-n", "nope"], "namespace 'nope' not found"),
     ]
     for args, message in cases:
         proc = tunnel_lab.run(*args, check=False)
@@ -215,11 +217,14 @@ def test_get_felixconfiguration(tunnel_lab: Lab) -> None:
 
 def test_delete_pod_customer_then_curl_works_again(tunnel_lab: Lab) -> None:
     """The lesson restarts the pods after enabling eBPF: a new pod, a new address, backends follow."""
-    old = {p["name"]: p for p in tunnel_lab.status()["pods"]}["customer"]
-    out = tunnel_lab.run("delete", "pod", "customer").stdout
-    assert 'pod "customer" deleted' in out
+    old = {p["name"]: p for p in tunnel_lab.status()["pods"]}[tunnel_lab.pod("customer")]
+    out = tunnel_lab.run("delete", "pod", "-n", "yaobank", "-l", "app=customer").stdout
+    assert f'pod "{old["name"]}" deleted; its ReplicaSet made pod "' in out
     st = tunnel_lab.status()
-    new = {p["name"]: p for p in st["pods"]}["customer"]
+    new = {p["name"]: p for p in st["pods"]}[tunnel_lab.pod("customer")]
+    assert old["name"] not in {p["name"] for p in st["pods"]}
+    # a ReplicaSet's replacement: same Deployment and ReplicaSet, a new name, a new address
+    assert new["name"].rsplit("-", 1)[0] == old["name"].rsplit("-", 1)[0] and new["name"] != old["name"]
     assert new["ip"] != old["ip"] and new["pid"] != old["pid"] and new["running"]
     svc = {s["name"]: s for s in st["services"]}["yaobank/customer"]
     assert [b["ip"] for sp in svc["ports"] for b in sp["backends"]] == [new["ip"], new["ip"]]
@@ -278,7 +283,7 @@ def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
 
     # why the NOTRACK rule is there: without it kube-proxy's INVALID drop kills the flows BPF hands over
     dataplane.set_notrack(lab.api().state(), False)
-    proc = lab.exec("host1", "curl", "-sS", "--max-time", "3", "198.19.0.1:30180", check=False)
+    proc = lab.exec("host1", "curl", "-sS", "--fail", "--max-time", "3", "198.19.0.1:30180/notrack-probe", check=False)
     assert proc.returncode != 0
     lab.run("mode", "tunnel")  # re-applying the mode puts it back
     assert all(n["notrack"] for n in lab.status()["dataplane"]["nodes"].values())
@@ -299,5 +304,5 @@ def test_live_switch_kube_proxy_tunnel_kube_proxy(lab_factory) -> None:
     assert all(kube_rules(lab, n) for n in NODES)
     assert source() == "198.19.0.1"
     # kube-proxy mode follows a recreated pod too
-    lab.run("delete", "pod", "customer")
+    lab.run("delete", "pod", "-n", "yaobank", "-l", "app=customer")
     assert source() == "198.19.0.1"

@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from netns_lab import kubeproxy, naming
-from netns_lab.topology import default_topology, plan
+from netns_lab.k8s.manifest import default_lab
+from netns_lab.topology import plan
 
 from .conftest import CLI, Lab, wait_for
 
@@ -47,7 +48,8 @@ def test_status_reports_mode_addresses_and_running_apps(yaobank: Lab) -> None:
     assert {n["name"]: n["address"] for n in st["nodes"]} == {"control": "198.19.0.1", "node1": "198.19.0.2", "node2": "198.19.0.3"}
     assert {h["name"]: h["address"] for h in st["hosts"]} == {"host1": "198.19.15.254"}
     pods = {p["name"]: p for p in st["pods"]}
-    assert {name: p["ip"] for name, p in pods.items()} == {
+    # the addresses of docs/conventions.md, now for the Deployments' pods of examples/yaobank.yaml
+    assert {yaobank.role(name): p["ip"] for name, p in pods.items()} == {
         "customer": "198.19.16.65",
         "summary-1": "198.19.16.66",
         "summary-2": "198.19.16.129",
@@ -61,14 +63,14 @@ def test_nodeport_via_control_serves_the_bank_page(yaobank: Lab) -> None:
     page = yaobank.curl("198.19.0.1:30180")
     assert "Welcome to YAO Bank" in page
     assert "Spike Curtis" in page and "2389.45 USD" in page  # the database's data, through summary
-    assert re.search(r"summary pod: summary-[12]; database pod: database", page)
+    assert re.search(r"summary pod: summary-[a-z0-9]+-[a-z0-9]{5}; database pod: database-[a-z0-9]+-[a-z0-9]{5}", page)
 
 
 def test_customer_log_shows_the_ingress_node_not_the_client(yaobank: Lab) -> None:
     """The lesson: kube-proxy SNATs NodePort traffic on the ingress node, so the pod logs 198.19.0.1."""
     entries = new_entries(yaobank, "customer", lambda: yaobank.curl("198.19.0.1:30180"))
     assert [(e["client"], e["request"], e["status"]) for e in entries] == [("198.19.0.1", "GET / HTTP/1.1", 200)]
-    raw = yaobank.run("logs", "customer").stdout.splitlines()[-1]
+    raw = yaobank.run("logs", "-n", "yaobank", "-l", "app=customer").stdout.splitlines()[-1]
     assert LESSON_LINE.match(raw), raw
     assert raw.startswith("198.19.0.1 - - [")
 
@@ -90,9 +92,9 @@ def test_both_summary_replicas_get_traffic(yaobank: Lab) -> None:
     # 24 separate connections (P(one replica never picked) = 2 * 0.5**24), in one exec to keep it quick
     loop = "for i in $(seq 24); do curl -sS --fail --max-time 10 198.19.0.1:30180 || exit 1; done"
     pages = yaobank.exec("host1", "sh", "-c", loop).stdout
-    picks = re.findall(r"summary pod: (summary-\d)", pages)
+    picks = re.findall(r"summary pod: (summary-[a-z0-9-]+);", pages)
     assert len(picks) == 24
-    assert set(picks) == {"summary-1", "summary-2"}
+    assert set(picks) == {yaobank.pod("summary-1"), yaobank.pod("summary-2")}
     for pod in ("summary-1", "summary-2"):
         new = yaobank.log_entries(pod)[before[pod]:]
         assert new, pod
@@ -110,7 +112,7 @@ def test_udp_nodeport_echo(yaobank: Lab) -> None:
 
 
 def test_kube_proxy_chains_are_in_every_node(yaobank: Lab) -> None:
-    topo = default_topology()
+    topo = default_lab()
     rs = kubeproxy.ruleset(topo, plan(topo), "control")
     for node in ("control", "node1", "node2"):
         saved = kubeproxy.save(yaobank.netns(node))
@@ -131,7 +133,7 @@ def test_pod_plumbing_is_calico_style(yaobank: Lab) -> None:
     assert "inet 198.19.16.65/32 " in addr
     routes = subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True, check=True).stdout
     assert "default via 169.254.1.1 dev eth0" in routes and "onlink" in routes
-    cali = naming.cali_ifname(yaobank.name, "customer")
+    cali = naming.cali_ifname(yaobank.name, yaobank.pod("customer"))
     sysctls = yaobank.exec(
         "node1",
         "cat",
@@ -153,7 +155,7 @@ def test_root_namespace_has_no_lab_route_or_interface(yaobank: Lab) -> None:
     routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True, check=True).stdout
     assert "198.19." not in routes
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    assert naming.cali_ifname(yaobank.name, "customer") not in links
+    assert naming.cali_ifname(yaobank.name, yaobank.pod("customer")) not in links
 
 
 def test_second_up_changes_nothing(yaobank: Lab) -> None:
@@ -179,9 +181,10 @@ def test_exec_passes_exit_status_and_rejects_unknown_members(yaobank: Lab) -> No
     assert yaobank.exec("host1", "sh", "-c", "exit 7", check=False).returncode == 7
     proc = yaobank.exec("node9", "true", check=False)
     assert proc.returncode == 1
+    members = sorted(["control", "fabric", "host1", "node1", "node2",
+                      *(yaobank.pod(r) for r in ("customer", "summary-1", "summary-2", "database"))])
     assert proc.stderr.strip().splitlines() == [
-        f"netns-lab: error: unknown member 'node9' of lab '{yaobank.name}' "
-        "(members: control, customer, database, fabric, host1, node1, node2, summary-1, summary-2)"
+        f"netns-lab: error: unknown member 'node9' of lab '{yaobank.name}' (members: {', '.join(members)})"
     ]
     # the member runs in its own namespace: host1's only address is its fabric one
     addrs = yaobank.exec("host1", "ip", "-o", "-4", "addr", "show", "eth0").stdout
@@ -192,7 +195,8 @@ def test_logs_follow_streams_new_requests(yaobank: Lab) -> None:
     """Like the lesson's `kubectl logs --follow`: existing lines first, then each new request as it happens."""
     existing = len(yaobank.log_entries("customer"))
     follower = subprocess.Popen(
-        [*CLI, "logs", "--name", yaobank.name, "customer", "--follow", "-o", "json"], stdout=subprocess.PIPE, text=True
+        [*CLI, "logs", "--name", yaobank.name, "-n", "yaobank", "-l", "app=customer", "--follow", "-o", "json"],
+        stdout=subprocess.PIPE, text=True
     )
     try:
         assert follower.stdout is not None

@@ -92,7 +92,7 @@ def test_down_all_cleans_a_lab_whose_up_was_killed(sandbox: Sandbox, kill_when: 
     ready = {
         "namespaces": lambda: len(lab_namespaces(lab, netns_dir)) >= 3,
         # a log file exists just before its app is spawned: wait for the process itself
-        "apps": lambda: sandbox.path(naming.log_path(lab, "customer")).exists() and bool(processes_with_lab_arg(lab)),
+        "apps": lambda: any(sandbox.path(naming.logs_dir(lab)).glob("customer-*.log")) and bool(processes_with_lab_arg(lab)),
     }[kill_when]
 
     up = sandbox.popen_cli("up", "--name", lab)

@@ -182,7 +182,7 @@ def test_explain_tells_the_tunnel_story(tunnel_lab: Lab) -> None:
     assert steps.index(("node1", "from_hep", "DECAP")) < steps.index(("node1", "from_wep", "ENCAP")) \
         < steps.index(("control", "from_hep", "REV_NAT"))
     assert {e["type"] for n in doc["conntrack"] for e in n["entries"]} == {"NAT_FWD", "NAT_REV", "NORMAL"}
-    assert doc["backend_pod"] == "customer" and doc["backend_log"].startswith(f"{CLIENT} - - [")
+    assert doc["backend_pod"] == tunnel_lab.pod("customer") and doc["backend_log"].startswith(f"{CLIENT} - - [")
     assert not any(n["config"]["trace"] for n in dump(tunnel_lab, "config")["nodes"])
     text = tunnel_lab.run("explain", timeout=60).stdout
     assert "the source IP is preserved" in text and "VXLAN" in text

@@ -93,3 +93,53 @@ def test_upstream_failure_is_a_502(capsys) -> None:
         customer.server_close()
     assert status == 502
     assert "upstream error" in body
+
+
+@pytest.fixture
+def testserver() -> Iterator[AppServer]:
+    from netns_lab.apps.testserver import TestServerHandler
+
+    srv = _serve(TestServerHandler, "web-7d4b9c6f5d-x2k9p", None)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize(
+    "path,expected",
+    [
+        ("/hostname", "web-7d4b9c6f5d-x2k9p"),
+        ("/", "web-7d4b9c6f5d-x2k9p"),
+        ("/echo?msg=hello%20there", "hello there"),
+        ("/echo", ""),
+    ],
+)
+def test_testserver_answers_conformance_paths(testserver: AppServer, path: str, expected: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", testserver.server_address[1], timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    assert (resp.status, resp.read().decode()) == (200, expected)
+
+
+def test_testserver_clientip_is_the_peer_it_sees(testserver: AppServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", testserver.server_address[1], timeout=5)
+    conn.connect()
+    local = conn.sock.getsockname()
+    conn.request("GET", "/clientip")
+    assert conn.getresponse().read().decode() == f"{local[0]}:{local[1]}"
+
+
+@pytest.mark.parametrize(
+    "image,app",
+    [
+        ("calico/yaobank-customer", "customer"),
+        ("calico/yaobank-summary:certification", "summary"),
+        ("docker.io/calico/yaobank-database@sha256:00", "database"),
+        ("nginx:1.25", "testserver"),
+        ("calico/yaobank-frontend", "testserver"),
+    ],
+)
+def test_app_for_image(image: str, app: str) -> None:
+    from netns_lab.apps import app_for_image
+
+    assert app_for_image(image) == app

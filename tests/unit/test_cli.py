@@ -42,7 +42,7 @@ def lab() -> str:
         (["down", "--all", "--name", "x"], "give --name or --all, not both"),
         (["exec", "host1"], "Missing argument 'COMMAND...'"),
         (["exec", "host1", "--"], "missing COMMAND after MEMBER"),
-        (["logs"], "Missing argument 'POD'"),
+        (["logs"], "give a POD name or -l KEY=VALUE"),
         (["status", "-o", "xml"], "Invalid value for '-o' / '--output'"),
         (["frobnicate"], "No such command 'frobnicate'"),
     ],
@@ -108,13 +108,45 @@ def test_help_has_examples(capsys) -> None:
 
 
 def test_topology_command_prints_loadable_default(capsys, tmp_path) -> None:
-    from netns_lab.topology import default_topology, load_topology
+    from netns_lab.k8s.manifest import default_lab
+    from netns_lab.topology import load_topology
 
     code, out, _ = run(capsys, "topology")
     assert code == 0
     f = tmp_path / "t.yaml"
     f.write_text(out)
-    assert load_topology(f) == default_topology()
+    assert load_topology(f) == default_lab()
+
+
+def test_topology_of_a_manifest_is_its_normalised_form(capsys, tmp_path) -> None:
+    f = tmp_path / "web.yaml"
+    f.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers: [{name: c, image: nginx, ports: [{containerPort: 80}]}]\n")
+    code, out, _ = run(capsys, "topology", "--manifest", str(f))
+    assert code == 0
+    pod = load_topology_text_of(out, tmp_path).pods[0]
+    assert (pod.name, pod.node, pod.app, pod.namespace) == ("web", "node1", "testserver", "default")
+
+
+def load_topology_text_of(text: str, tmp_path):
+    from netns_lab.topology import load_topology
+
+    f = tmp_path / "out.yaml"
+    f.write_text(text)
+    return load_topology(f)
+
+
+@pytest.mark.parametrize("argv", [["status", "-n", "lab2"], ["down", "-n", "lab2"], ["exec", "-n", "lab2", "host1", "true"]])
+def test_old_dash_n_lab_says_what_changed(capsys, argv: list[str]) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.strip().split(" (see:")[0].endswith("-n/--namespace is now the Kubernetes namespace, as in kubectl; name the lab with --name LAB or NETNS_LAB=LAB")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_lab_from_environment(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("NETNS_LAB", "envlab")
+    code, _, err = run(capsys, "status")
+    assert code == 1 and "no lab named 'envlab'" in err
 
 
 def test_parse_access_line_reads_the_lessons_lines() -> None:

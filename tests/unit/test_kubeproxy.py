@@ -119,3 +119,23 @@ def test_install_does_not_repeat_present_hooks() -> None:
     assert "-A PREROUTING" not in text
     assert "-A POSTROUTING" not in text
     assert '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in text
+
+
+def test_unnamed_port_is_hashed_without_a_trailing_colon() -> None:
+    # kube-proxy's ServicePortName.String() appends ":<port name>" only for a named port
+    topo = default_topology()
+    topo.services.append(Service("web", "198.19.32.40", [ServicePort("", "TCP", 8080, 80)], selector={"app": "database"},
+                                 namespace="yaobank"))
+    topo.pods[3].ports.append(PodPort("", "TCP", 80))
+    rs = kubeproxy.ruleset(topo, plan(topo), "control")
+    assert kubeproxy.service_port_name("yaobank/web", "") == "yaobank/web"
+    assert kubeproxy.svc_chain("yaobank/web", "tcp") in rs.chains
+    assert kubeproxy.svc_chain("yaobank/web:", "tcp") not in rs.chains
+    assert any('"yaobank/web cluster IP"' in r for r in rs.rules)
+
+
+def test_headless_service_gets_no_rules() -> None:
+    topo = default_topology()
+    topo.services.append(Service("db", "None", [ServicePort("http", "TCP", 2379)], selector={"app": "database"}))
+    rs = kubeproxy.ruleset(topo, plan(topo), "control")
+    assert not any("yaobank/db" in r for r in rs.rules)

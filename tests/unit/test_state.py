@@ -122,11 +122,34 @@ def test_a_version_1_file_is_converted(tmp_path) -> None:
     assert "sysctls" not in st.to_dict()["dataplane"]
 
 
+def test_a_version_2_file_is_converted(tmp_path) -> None:
+    """Version 2 (before manifests) had no pod `created`: its pods read as made with the lab, and are saved as version 3."""
+    path = tmp_path / "state.json"
+    doc = new_state().to_dict()
+    doc["version"] = 2
+    for rec in doc["pods"].values():
+        del rec["created"]
+    path.write_text(json.dumps(doc))
+    st = state.load("t", path=path)
+    assert st.version == state.STATE_VERSION == 3 and all(p.created is None for p in st.pods.values())
+    assert st.select_pods((), "app=summary", "yaobank") == ["summary-1", "summary-2"]
+    state.save("t", st, path=path)
+    assert json.loads(path.read_text())["version"] == 3
+
+
+def test_a_pod_made_live_keeps_its_creation_time(tmp_path) -> None:
+    path = tmp_path / "state.json"
+    st = new_state()
+    st.pods["customer"].created = "2026-11-30T12:00:00+0000"
+    state.save("t", st, path=path)
+    assert state.load("t", path=path).pods["customer"].created == "2026-11-30T12:00:00+0000"
+
+
 @pytest.mark.parametrize("version", [None, 0, 99])
 def test_another_version_is_refused_in_one_line(tmp_path, version) -> None:
     path = tmp_path / "state.json"
     path.write_text(json.dumps({**new_state().to_dict(), "version": version}))
-    with pytest.raises(LabError, match=rf"is version {version}, this netns-lab reads versions 1, 2") as exc:
+    with pytest.raises(LabError, match=rf"is version {version}, this netns-lab reads versions 1, 2, 3:") as exc:
         state.load("t", path=path)
     assert "\n" not in str(exc.value)
 
