@@ -33,10 +33,10 @@ def diags_dir(lab_with_flow: Lab, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-# (file under <lab>/ or host/, text it must contain; "" = must exist)
+# (file under <lab>/ or host/, text it must contain; "" = must exist); {customer} is that pod's name
 EXPECTED_TEXT = [
     ("{lab}/state.json", '"bpfExternalServiceMode": "Tunnel"'),
-    ("{lab}/logs/customer.log", CLIENT),
+    ("{lab}/logs/{customer}.log", CLIENT),
     ("{lab}/control/ip-addr.txt", "198.19.0.1/20"),
     ("{lab}/control/ip-route.txt", "198.19.16.64/26"),
     ("{lab}/control/ip-link.txt", "veth"),
@@ -52,7 +52,7 @@ EXPECTED_TEXT = [
 
 @pytest.mark.parametrize("rel,text", EXPECTED_TEXT, ids=[r for r, _ in EXPECTED_TEXT])
 def test_file_holds(diags_dir: Path, lab_with_flow: Lab, rel: str, text: str) -> None:
-    path = diags_dir / rel.format(lab=lab_with_flow.name)
+    path = diags_dir / rel.format(lab=lab_with_flow.name, customer=lab_with_flow.pod("customer"))
     assert path.is_file(), f"diags did not save {rel}"
     assert text in path.read_text(), f"{rel} lacks {text!r}"
 
