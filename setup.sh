@@ -6,6 +6,9 @@
 #   ./setup.sh demo      install, then walk the whole lesson on the default lab (left up)
 #   ./setup.sh test      install, run the whole test suite (unit, bpf, lab); exit status = pytest's
 #                        (extra arguments go to pytest, e.g. ./setup.sh test -k kubeproxy)
+#   ./setup.sh vm-test [KERNEL...] [-- PYTEST ARGS]
+#                        tests/bpf, tests/lab and the lesson in a qemu VM per Debian kernel
+#                        (5.10 6.1 6.12, default all); images cached in /var/cache/netns-lab/vm
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,15 +20,15 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 cmd="${1:-install}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-    install | demo | test) ;;
+    install | demo | test | vm-test) ;;
     -h | --help | help) usage; exit 0 ;;
-    *) die "unknown command '$cmd' (use: ./setup.sh [demo|test])" ;;
+    *) die "unknown command '$cmd' (use: ./setup.sh [demo|test|vm-test])" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo $0 $cmd)"
 [ -r /etc/debian_version ] || die "this script targets Debian 12; /etc/debian_version not found"
@@ -129,6 +132,24 @@ run_tests() {
     return "$rc"
 }
 
+vm_test() {
+    # The host only drives qemu: it needs the VM tools, not the project's venv. The project is
+    # installed inside each VM by this same script (images: netns_lab/vm/image.py).
+    local pkgs=(qemu-system-x86 qemu-utils debootstrap e2fsprogs python3) missing=() p
+    for p in "${pkgs[@]}"; do
+        [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" = "ii " ] || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "vm-test: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    cd "$REPO"
+    PYTHONPATH="$REPO" exec /usr/bin/python3 -m netns_lab.vm "$@"
+}
+
+[ "$cmd" = vm-test ] && vm_test "$@"
 install_all
 case "$cmd" in
     install) say "done; try: ./setup.sh demo" ;;

@@ -607,11 +607,14 @@ CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # Linux's 
 
 
 def ktime_ns() -> int:
-    """The conntrack clock: bpf_ktime_get_coarse_ns(), i.e. CLOCK_MONOTONIC_COARSE.
+    """The conntrack clock: bpf_ktime_get_coarse_ns(), i.e. CLOCK_MONOTONIC_COARSE (5.11+).
 
     The same clock the datapath stamps entries with, so an entry written just now is never
-    "in the future" (the fine clock runs up to a tick ahead of the coarse one)."""
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+    "in the future" (the fine clock runs up to a tick ahead of the coarse one). A kernel
+    without the coarse helper stamps with the fine clock (compat.h ct_clock_ns): read that."""
+    from .kernel import has  # deferred: the probe loads a program, only when a clock is read
+
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE if has("HAVE_KTIME_COARSE") else time.CLOCK_MONOTONIC)
 
 
 def ct_client_side(v: CtValue) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from . import libbpf, pins
+from . import kernel, libbpf, pins
 from .abi import MAP_SPECS, PROGRAMS, map_specs
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -155,7 +155,7 @@ def _compiled(directory: str, defines: dict[str, object] | None) -> Iterator[tup
 
     os.makedirs(directory, exist_ok=True)
     pinned = pins.check(directory, map_specs(defines))
-    all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"'}
+    all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"', **kernel.feature_defines()}
     all_defines.update(defines or {})
     text = build_source(all_defines)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from ebpf_nodeport import libbpf
+from ebpf_nodeport.kernel import BPF_F_TEST_SKB_CHECKSUM_COMPLETE  # kernel >= 6.11 (kernel.test_run_checksum_complete probes it)
 from ebpf_nodeport.abi import (HOOK_IDS, MAX_REASONS, PROGRAMS, REASONS, TUNNEL_PORT, TUNNEL_VNI,
                                VXH_F_DSR, VXLAN_F_VNI)
 
@@ -38,9 +39,6 @@ TC_ACT_UNSPEC, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 0, 2, 7
 VERDICT_NAMES = {-1: "UNSPEC", 0: "OK", 1: "RECLASSIFY", 2: "SHOT", 3: "PIPE", 4: "STOLEN",
                  5: "QUEUED", 6: "REPEAT", 7: "REDIRECT", 8: "TRAP"}
 VERDICTS = {v: k for k, v in VERDICT_NAMES.items()}
-
-
-BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2  # kernel >= 6.11: skb->csum set, checked after the run
 
 
 def verdict_name(retval: int) -> str:

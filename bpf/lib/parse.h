@@ -99,13 +99,13 @@ static __always_inline void *pkt_ptr(struct __sk_buff *skb, __u32 off, const __u
 }
 
 /* One clock read per program run, and the coarse clock (a tick, a few ms,
- * of resolution) since the fine one costs twice as much here and the
- * shortest conntrack timeout is 5 s. Both are CLOCK_MONOTONIC, which is what
- * user space compares entries against. */
+ * of resolution) where the kernel has it (ct_clock_ns, compat.h) since the
+ * fine one costs twice as much here and the shortest conntrack timeout is 5 s.
+ * Both are CLOCK_MONOTONIC, which is what user space compares entries against. */
 static __always_inline __u64 pkt_now(struct pkt *p)
 {
 	if (!p->now)
-		p->now = bpf_ktime_get_coarse_ns();
+		p->now = ct_clock_ns();
 	return p->now;
 }
 

@@ -1,0 +1,108 @@
+"""The kernel-matrix runner's pure parts: kernel selection, image key, mirror, JUnit summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netns_lab.vm import image, matrix, qemu, summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("names,want", [
+    ([], ["5.10", "6.1", "6.12"]),
+    (["6.12"], ["6.12"]),
+    (["6.1", "5.10", "6.1"], ["6.1", "5.10"]),
+])
+def test_select_kernels(names: list[str], want: list[str]) -> None:
+    assert [k.name for k in matrix.select_kernels(names)] == want
+
+
+def test_select_unknown_kernel_names_it() -> None:
+    with pytest.raises(ValueError, match="unknown kernel 4.19"):
+        matrix.select_kernels(["6.1", "4.19"])
+
+
+def test_setup_packages_are_setup_sh_list() -> None:
+    pkgs = matrix.setup_packages((REPO / "setup.sh").read_text())
+    assert "python3-bpfcc" in pkgs and "linux-headers-amd64" in pkgs
+    assert not any('"' in p or "$" in p for p in pkgs)
+
+
+def test_image_key_follows_package_list() -> None:
+    text = 'x\n    pkgs=(a "b-$arch"\n          c)\n'
+    base = matrix.image_key(matrix.setup_packages(text))
+    assert matrix.image_key(matrix.setup_packages(text.replace("c)", "c d)"))) != base
+    assert matrix.image_key(matrix.setup_packages(text.replace("a ", "a  "))) == base
+
+
+@pytest.mark.parametrize("sources,want", [
+    (["Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n"], "http://deb.debian.org/debian"),
+    (["deb [arch=amd64] http://mirror.example/debian/ bookworm main\n"], "http://mirror.example/debian"),
+    (["URIs: http://deb.debian.org/debian-security\n", "deb http://m/debian bookworm main"], "http://m/debian"),
+    (["# deb http://old/debian bookworm main\nURIs: https://x/debian\n"], "https://x/debian"),
+])
+def test_debian_mirror(sources: list[str], want: str) -> None:
+    assert matrix.debian_mirror(sources) == want
+
+
+def test_debian_mirror_missing() -> None:
+    with pytest.raises(ValueError):
+        matrix.debian_mirror(["deb https://packages.example/apt stable main\n"])
+
+
+def test_first_depends_picks_the_versioned_image() -> None:
+    out = "linux-image-amd64\n  Depends: linux-image-5.10.0-35-amd64\n  Recommends: x\n"
+    assert image.first_depends(out, "linux-image-") == "linux-image-5.10.0-35-amd64"
+
+
+def test_kernel_release_picks_newest() -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "boot").mkdir()
+        for r in ("6.1.0-9-amd64", "6.1.0-50-amd64", "5.10.0-35-amd64"):
+            (Path(d) / "boot" / f"vmlinuz-{r}").touch()
+        assert image.kernel_release(Path(d)) == "6.1.0-50-amd64"
+        assert image.kernel_release(Path(d), "5.10") == "5.10.0-35-amd64"
+
+
+def test_overlay_boot_is_never_writable_on_the_image() -> None:
+    spec = qemu.VmSpec(Path("/k"), Path("/i"), Path("/img"), Path("/src"), Path("/out"), args=["a=b"])
+    argv = qemu.qemu_argv(spec, Path("/tmp/o.qcow2"), "qcow2")
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.startswith("file=/tmp/o.qcow2,") and "/img" not in drive
+    assert "readonly=on" in next(a for a in argv if "mount_tag=src" in a)
+    assert "-no-reboot" in argv and "tcg,thread=multi" in argv
+    assert qemu.cmdline(spec).endswith("a=b") and "panic=-1" in qemu.cmdline(spec)
+
+
+JUNIT = """<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="4">
+<testcase classname="tests.bpf.test_a" name="test_ok" time="0.1"/>
+<testcase classname="tests.bpf.test_a" name="test_skip"><skipped type="pytest.skip" message="kernel lacks X"/></testcase>
+<testcase classname="tests.bpf.test_a" name="test_skip2"><skipped message="kernel lacks X"/></testcase>
+<testcase classname="tests.lab.test_b" name="test_bad"><failure message="boom"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_summary_counts_and_reasons(tmp_path: Path) -> None:
+    (tmp_path / "junit.xml").write_text(JUNIT)
+    (tmp_path / "status.env").write_text("kernel=5.10.0-35-amd64\nsetup_rc=0\npytest_rc=1\nlesson_rc=0\ntime_pytest=300\n")
+    r = summary.load("5.10", tmp_path, 400.0)
+    assert (r.passed, r.failed, r.skipped) == (1, 1, 2)
+    assert r.skip_reasons == {"kernel lacks X": 2}
+    assert r.failures == ["tests.lab.test_b::test_bad"] and not r.ok
+    table = summary.format_table([r])
+    assert "5.10.0-35-amd64" in table and "skipped 2: kernel lacks X" in table and "pytest exited 1" in table
+
+
+@pytest.mark.parametrize("status,ok", [
+    ("setup_rc=0\npytest_rc=0\nlesson_rc=0\n", True),
+    ("setup_rc=0\npytest_rc=0\nlesson_rc=1\n", False),
+    ("setup_rc=0\npytest_rc=0\n", False),          # the lesson never ran
+    ("", False),                                    # the VM wrote nothing
+])
+def test_summary_ok_needs_every_stage(tmp_path: Path, status: str, ok: bool) -> None:
+    (tmp_path / "junit.xml").write_text(JUNIT.replace('<failure message="boom"/>', ""))
+    (tmp_path / "status.env").write_text(status)
+    assert summary.load("6.1", tmp_path, 1.0).ok is ok
