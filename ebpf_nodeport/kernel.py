@@ -117,8 +117,8 @@ def _corrupting_prog() -> bytes:
 def test_run_checksum_complete() -> bool:
     """Does BPF_PROG_TEST_RUN honour BPF_F_TEST_SKB_CHECKSUM_COMPLETE (6.11+)?
 
-    Older kernels either refuse the flag (5.10: EINVAL) or silently ignore it (6.1): only a run
-    that breaks skb->csum tells "checked" from "ignored"."""
+    Older kernels refuse the flag (5.10: EINVAL); stable kernels may have it backported (Debian's
+    6.1 does): so no version check, and a run that breaks skb->csum must fail with EBADMSG."""
     from . import libbpf
 
     fd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, "np_probe_csum", _corrupting_prog())

@@ -97,7 +97,7 @@ def test_checksum_complete_kept(cluster, name, setup, verdict, reason):
     (else the kernel's test-run fails with EBADMSG), and the packet's checksums are valid."""
     if not kernel.test_run_checksum_complete():
         pytest.skip(f"kernel {os.uname().release} lacks the test-run flag BPF_F_TEST_SKB_CHECKSUM_COMPLETE "
-                    "(6.11+): it refuses or ignores it")
+                    "(6.11+, some stable backports): the kernel refuses it")
     node, entry, frame = setup(cluster)
     res = cluster.run(node, entry, frame, flags=BPF_F_TEST_SKB_CHECKSUM_COMPLETE)
     check_result(res, verdict, reason, where=f"{name} (CHECKSUM_COMPLETE)")

@@ -1,6 +1,7 @@
 """The load-time kernel probe against the running kernel: it must tell present from missing helpers."""
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -26,6 +27,20 @@ def test_defines_are_the_present_features() -> None:
     assert kernel.feature_defines() == {d: 1 for d, ok in kernel.features().items() if ok}
 
 
-def test_checksum_complete_probe_matches_the_mainline_version() -> None:
-    """6.11 added BPF_F_TEST_SKB_CHECKSUM_COMPLETE; 5.10 refuses it and 6.1 ignores it (both: False)."""
-    assert kernel.test_run_checksum_complete() is kernel._release_at_least("6.11", os.uname().release)
+
+def test_checksum_complete_probe_agrees_with_the_flag_being_accepted() -> None:
+    """A kernel that takes BPF_F_TEST_SKB_CHECKSUM_COMPLETE for a harmless program checks it
+    (the probe sees EBADMSG); one that refuses it (5.10: EINVAL) must probe as missing. Not a
+    version check: Debian's 6.1 has the 6.11 flag (a stable backport)."""
+    from ebpf_nodeport import libbpf
+
+    fd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, "np_harmless", kernel._helper_call_prog(BPF_FUNC_KTIME_GET_NS))
+    try:
+        libbpf.prog_test_run(fd, bytes(12) + b"\x08\x00" + bytes(50), flags=kernel.BPF_F_TEST_SKB_CHECKSUM_COMPLETE)
+        accepted = True
+    except OSError as exc:
+        assert exc.errno == errno.EINVAL, exc
+        accepted = False
+    finally:
+        os.close(fd)
+    assert kernel.test_run_checksum_complete() is accepted
