@@ -1,4 +1,4 @@
-"""The lab's service dataplane: kube-proxy's iptables or the eBPF datapath, and live moves between them.
+"""The lab's service dataplane: kube-proxy (iptables or nftables) or the eBPF datapath, and live moves between them.
 
 FelixConfiguration "default" (netns_lab/felix.py) selects the mode, as in the lesson:
 bpfEnabled false is kube-proxy, true is eBPF with bpfExternalServiceMode Tunnel or DSR.
@@ -13,6 +13,11 @@ with no dataplane at all:
   `--ctstate INVALID -j DROP` would otherwise kill the flows BPF hands to the kernel,
   which netfilter sees in one direction only);
 - into kube-proxy: install kube-proxy's rules, switch every node's programs off, unload;
+- kube-proxy's own mode (KubeProxyConfiguration iptables | nftables, state.KubeProxyRecord.mode)
+  is not Felix's: changing it installs the new backend's rules, then removes the old one's.
+  The NOTRACK above is for the iptables backend only: kube-proxy's nftables table has no
+  ct-invalid drop, and nothing BPF hands to the kernel matches it (the bypassed packets are
+  already NATed to pod addresses, and their mark 0x01000000 is not the masquerade bit 0x4000);
 - Tunnel <-> DSR and opt-out CIDRs: a map sync only. A connection keeps the mode it was
   opened with (its conntrack entries say so); new connections use the new one.
 
@@ -37,12 +42,12 @@ from ebpf_nodeport.abi import EBPF_MODES, SKB_MARK_BYPASS
 from ebpf_nodeport.datapath import NodeDatapath
 from ebpf_nodeport.sync import Backend, ClusterView, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
-from netns_lab import builder, cgroups, cleanup, kubeproxy, naming
+from netns_lab import builder, cgroups, cleanup, kubeproxy, kubeproxy_nft, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
 from netns_lab.nsexec import netns_handle, netns_inode
-from netns_lab.state import BackendRecord, LabState
+from netns_lab.state import BackendRecord, LabState, lab_mode, split_mode
 from netns_lab.topology import HEADLESS
 
 NOTRACK_COMMENT = "netns-lab: eBPF bypass mark, kube-proxy rules left in place"
@@ -118,20 +123,53 @@ def loaded_nodes(st: LabState) -> list[str]:
 # --------------------------------------------------------------------------- iptables: kube-proxy and NOTRACK
 
 
-def kube_proxy_install(st: LabState) -> None:
-    """Install (or resync) kube-proxy's rules on every node, for the services' current endpoints."""
+def _install_backend(st: LabState, backend: str) -> None:
+    """Install (or resync) one kube-proxy backend's rules on every node: iptables chains or the nftables table."""
     topo, p = st.plan()
     for node, n in st.nodes().items():
-        kubeproxy.install(n.netns, kubeproxy.ruleset(topo, p, node))
+        if backend == "nftables":
+            kubeproxy_nft.install(n.netns, kubeproxy_nft.ruleset(topo, p, node))
+        else:
+            kubeproxy.install(n.netns, kubeproxy.ruleset(topo, p, node))
+
+
+def _remove_backend(st: LabState, backend: str) -> None:
+    """Delete one kube-proxy backend's rules from every node (what Felix's cleanup, or kube-proxy on a mode change, does)."""
+    topo, p = st.plan()
+    for node, n in st.nodes().items():
+        if backend == "nftables":
+            kubeproxy_nft.remove(n.netns)
+        else:
+            kubeproxy.remove(n.netns, kubeproxy.ruleset(topo, p, node))
+
+
+def kube_proxy_install(st: LabState) -> None:
+    """Install (or resync) kube-proxy's rules, of its configured mode, on every node for the services' current endpoints."""
+    _install_backend(st, st.kubeproxy.mode)
     st.kubeproxy.installed, st.kubeproxy.nodes = True, list(st.nodes())
 
 
 def kube_proxy_remove(st: LabState) -> None:
-    """Delete kube-proxy's rules (nat and filter) from every node, as Felix's cleanup does."""
-    topo, p = st.plan()
-    for node, n in st.nodes().items():
-        kubeproxy.remove(n.netns, kubeproxy.ruleset(topo, p, node))
+    """Delete kube-proxy's rules (iptables nat and filter, or the nftables table) from every node, as Felix's cleanup does."""
+    _remove_backend(st, st.kubeproxy.mode)
     st.kubeproxy.installed, st.kubeproxy.nodes = False, []
+
+
+def set_proxy_mode(st: LabState, mode: str, say: Callable[[str], None]) -> None:
+    """Change KubeProxyConfiguration's mode: installed rules move to the new backend (new first, then old removed)."""
+    old = st.kubeproxy.mode
+    if mode == old:
+        return
+    if st.kubeproxy.installed:
+        _install_backend(st, mode)
+        _remove_backend(st, old)
+        say(f"kube-proxy mode {old} -> {mode}: {mode} rules installed, {old} rules removed on {len(st.nodes())} nodes")
+    st.kubeproxy.mode = mode
+
+
+def backends_present(ns: str) -> list[str]:
+    """Which kube-proxy backends have rules in `ns` (iptables, nftables; both only mid-change or by hand)."""
+    return [b for b, here in (("iptables", kubeproxy.present(ns)), ("nftables", kubeproxy_nft.present(ns))) if here]
 
 
 def _ip(ns: str, *args: str) -> subprocess.CompletedProcess:
@@ -218,20 +256,24 @@ class Change:
         return bool(self.lines)
 
 
-def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet) -> Change:
-    """Move the lab described by `st` to the mode and settings `felix` selects; updates `st` (the caller saves it).
+def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet, proxy_mode: str | None = None) -> Change:
+    """Move the lab described by `st` to the mode and settings `felix` (and kube-proxy's mode, None: as it is) select;
+    updates `st` (the caller saves it).
 
     On a failure while loading the datapath, what this call loaded is unloaded again and the
     lab keeps running as before (LabError).
     """
     t0 = time.monotonic()
     old_mode = st.mode
-    ch = Change(old_mode, felix.mode)
+    new_mode = lab_mode(felix.mode, proxy_mode or st.kubeproxy.mode)
+    ch = Change(old_mode, new_mode)
 
     def say(msg: str) -> None:
         ch.lines.append(msg)
         progress(msg)
 
+    if proxy_mode is not None:
+        set_proxy_mode(st, proxy_mode, say)
     if felix.mode in EBPF_MODES:
         _to_ebpf(st, felix, ch, say)
     else:
@@ -239,34 +281,41 @@ def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet) -> Chan
     st.felix = felix
     dp = st.dataplane
     dp.loaded = loaded_nodes(st)
-    dp.notrack = felix.mode in EBPF_MODES and not felix.bpfKubeProxyIptablesCleanupEnabled
+    dp.notrack = _needs_notrack(st, felix)
     if ch.load_s:
         dp.load_s = ch.load_s
     ch.total_s = time.monotonic() - t0
     if ch.changed:
-        dp.last_switch = {"from": old_mode, "to": felix.mode, "seconds": round(ch.total_s, 3)}
+        dp.last_switch = {"from": old_mode, "to": new_mode, "seconds": round(ch.total_s, 3)}
     return ch
 
 
 def apply_mode(st: LabState, mode: str, progress: Progress = _quiet) -> Change:
     """Move the lab to `mode` (the short form of a felix patch); what `up --mode` and `mode` call."""
+    felix_mode, proxy_mode = split_mode(mode)
     try:
-        felix = felix_model.for_mode(st.felix, mode)
+        felix = felix_model.for_mode(st.felix, felix_mode)
     except felix_model.FelixConfigError as exc:
         raise LabError(str(exc)) from None
-    return apply(st, felix, progress)
+    return apply(st, felix, progress, proxy_mode)
+
+
+def _needs_notrack(st: LabState, felix: FelixConfig) -> bool:
+    """The bypass-mark NOTRACK is there for kube-proxy's iptables INVALID drop, kept in an eBPF mode."""
+    return felix.mode in EBPF_MODES and not felix.bpfKubeProxyIptablesCleanupEnabled and st.kubeproxy.mode == "iptables"
 
 
 def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> None:
     """Load/attach/program the datapath on every node, then settle kube-proxy's rules as the cleanup flag says."""
     keep_kube_proxy = not felix.bpfKubeProxyIptablesCleanupEnabled
+    notrack = _needs_notrack(st, felix)
     view = cluster_view(st, felix)
     nodes = list(st.nodes())
     fresh = [n for n in nodes if not is_loaded(st, n)]
     kp_installed = st.kubeproxy.installed
 
     notrack_added = False
-    if keep_kube_proxy and not all(has_notrack(n.netns) for n in st.nodes().values()):
+    if notrack and not all(has_notrack(n.netns) for n in st.nodes().values()):
         set_notrack(st, True)  # before BPF hands anything to the kernel
         notrack_added = True
         say(f"raw-table NOTRACK for the BPF bypass mark {SKB_MARK_BYPASS:#010x} on {len(nodes)} nodes "
@@ -319,20 +368,20 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
         set_service_route(st, True)
         say(f"service CIDR routed to eth0 via {SERVICE_NEXTHOP} on every node (to_hep NATs the node's own "
             "service traffic)")
-    if ch.old_mode != felix.mode and ch.old_mode in EBPF_MODES:
+    if ch.old_mode != ch.new_mode and ch.old_mode in EBPF_MODES:
         say(f"bpfExternalServiceMode {'DSR' if felix.mode == 'dsr' else 'Tunnel'}: new connections use "
             f"{felix.mode}; open ones keep the mode they started with")
     if keep_kube_proxy and not kp_installed:
         kube_proxy_install(st)
-        say("kube-proxy rules installed again (bpfKubeProxyIptablesCleanupEnabled false); BPF bypasses them")
+        say(f"kube-proxy {st.kubeproxy.mode} rules installed again (bpfKubeProxyIptablesCleanupEnabled false); BPF bypasses them")
     elif keep_kube_proxy and fresh:
-        say("kube-proxy rules left in place (bpfKubeProxyIptablesCleanupEnabled false); BPF bypasses them")
+        say(f"kube-proxy {st.kubeproxy.mode} rules left in place (bpfKubeProxyIptablesCleanupEnabled false); BPF bypasses them")
     elif not keep_kube_proxy and kp_installed:
         kube_proxy_remove(st)
-        say("kube-proxy rules removed from every node (bpfKubeProxyIptablesCleanupEnabled true)")
-    if not keep_kube_proxy and any_notrack(st):
+        say(f"kube-proxy {st.kubeproxy.mode} rules removed from every node (bpfKubeProxyIptablesCleanupEnabled true)")
+    if not notrack and any_notrack(st):
         set_notrack(st, False)
-        say("NOTRACK rule for the bypass mark removed (no kube-proxy rules left to bypass)")
+        say("NOTRACK rule for the bypass mark removed (no kube-proxy iptables rules left to bypass)")
 
 
 def _settle_ctlb(st: LabState, felix: FelixConfig, say: Progress) -> None:
@@ -394,10 +443,10 @@ def _to_kube_proxy(st: LabState, ch: Change, say: Progress) -> None:
     """kube-proxy's rules first, then the datapath off and unloaded, then the NOTRACK rule gone."""
     loaded = loaded_nodes(st)
     if not st.kubeproxy.installed:
-        if loaded:
+        if loaded and st.kubeproxy.mode == "iptables":
             set_notrack(st, True)  # until BPF is off, its flows must not meet kube-proxy's INVALID drop
         kube_proxy_install(st)
-        say(f"kube-proxy rules installed on {len(st.nodes())} nodes")
+        say(f"kube-proxy {st.kubeproxy.mode} rules installed on {len(st.nodes())} nodes")
     for node in loaded:
         with contextlib.suppress(OSError):
             datapath(st, node).set_flags(enabled=False)
@@ -527,7 +576,8 @@ def status(st: LabState) -> dict[str, Any]:
                 doc["programs"] = [
                     {"interface": f.ifname, "hook": f.direction, "program": f.name} for f in datapath(st, node).attached()
                 ]
-            doc["kube_proxy_rules"] = kubeproxy.present(n.netns)
+            doc["kube_proxy_backends"] = backends_present(n.netns)
+            doc["kube_proxy_rules"] = bool(doc["kube_proxy_backends"])
             doc["notrack"] = has_notrack(n.netns)
         except (OSError, LabError, tc.TcError) as exc:
             doc["error"] = str(exc)

@@ -121,7 +121,7 @@ class Lab:
 
     @property
     def mode(self) -> str:
-        """kube-proxy, tunnel or dsr."""
+        """kube-proxy, kube-proxy-nft, tunnel or dsr."""
         return self.state().mode
 
     def netns(self, member: str) -> str:
@@ -199,8 +199,9 @@ class Lab:
 
     # -- changes to a running lab
 
-    def set_felix(self, change: Callable[[FelixConfig], FelixConfig]) -> Any:
-        """Apply a FelixConfig change under the lab's lock; the lab moves to what it selects, live (a dataplane.Change)."""
+    def set_felix(self, change: Callable[[FelixConfig], FelixConfig], proxy_mode: str | None = None) -> Any:
+        """Apply a FelixConfig change (and kube-proxy's mode, None: as it is) under the lab's lock; the lab moves to
+        what they select, live (a dataplane.Change)."""
         from netns_lab import dataplane
 
         self.state()  # before the lock, which would create the lab's directory
@@ -212,7 +213,7 @@ class Lab:
                 raise LabError(str(exc)) from None
             if new.mode in EBPF_MODES:
                 check_ebpf_prereqs(new.mode)
-            ch = dataplane.apply(st, new, self.progress)
+            ch = dataplane.apply(st, new, self.progress, proxy_mode)
             lab_state.save(self.name, st)
         return ch
 
@@ -225,8 +226,11 @@ class Lab:
         return self.set_felix(lambda cfg: felix_model.apply_patch(cfg, patch_text))
 
     def switch_mode(self, mode: str) -> Any:
-        """Move to kube-proxy, tunnel or dsr (the short form of a felix patch)."""
-        return self.set_felix(lambda cfg: felix_model.for_mode(cfg, mode))
+        """Move to kube-proxy, kube-proxy-nft, tunnel or dsr (the short form of a felix patch, plus kube-proxy's mode)."""
+        if mode not in lab_state.MODES:
+            raise LabError(f"unknown mode {mode!r}; valid modes: {', '.join(lab_state.MODES)}")
+        felix_mode, proxy_mode = lab_state.split_mode(mode)
+        return self.set_felix(lambda cfg: felix_model.for_mode(cfg, felix_mode), proxy_mode)
 
     def topology(self) -> Topology:
         """The lab's topology as it is now (Kubernetes objects normalised; pods made live included)."""
@@ -340,9 +344,9 @@ def _bring_up(st: LabState, progress: Progress, failure: Progress) -> None:
         lab_state.save(lab, st)
 
         t = time.monotonic()
-        if st.mode == "kube-proxy":
+        if st.mode in lab_state.KUBE_PROXY_MODES:
             dataplane.kube_proxy_install(st)
-            progress(f"kube-proxy iptables rules on {len(topo.nodes)} nodes ({time.monotonic() - t:.2f}s)")
+            progress(f"kube-proxy {st.kubeproxy.mode} rules on {len(topo.nodes)} nodes ({time.monotonic() - t:.2f}s)")
         else:
             dataplane.apply(st, st.felix, progress)
             progress(f"eBPF dataplane, mode {st.mode} ({time.monotonic() - t:.2f}s)")

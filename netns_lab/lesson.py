@@ -182,14 +182,16 @@ class Walk:
     # -- the lesson
 
     def lab_setup(self) -> bool:
-        """Bring the lab up in kube-proxy mode with the default felix spec; True if this walk created it."""
+        """Bring the lab up in kube-proxy mode with the default felix spec; True if this walk created it.
+        A lab in kube-proxy-nft mode stays in it: the walk uses kube-proxy's nftables backend then."""
         self.section("Lab setup")
         st = lab_state.load(self.lab)
         if st is None:
             self.run(["up"])
             return True
-        self.say(f"Lab {self.lab!r} is up (mode {st.mode}); the lesson starts from kube-proxy mode.")
-        if st.mode != "kube-proxy":
+        self.say(f"Lab {self.lab!r} is up (mode {st.mode}); the lesson starts from kube-proxy mode "
+                 f"({st.kubeproxy.mode if st.mode in lab_state.KUBE_PROXY_MODES else 'iptables'}).")
+        if st.mode not in lab_state.KUBE_PROXY_MODES:
             self.run(["mode", "kube-proxy"])
         if st.felix != FelixConfig(bpfEnabled=st.felix.bpfEnabled):
             self.run(["patch", "felixconfiguration", "default", "--patch=" + json.dumps({"spec": FelixConfig().to_spec()})])

@@ -10,11 +10,16 @@ the document stays plain, readable JSON:
     pods {name: {node, app, ip, netns, host_ifname, pid, log, created?}} (created: pods made on a running lab),
     services [{name, cluster_ip, ports: [{name, protocol, port, target_port, node_port, backends}]}],
     felix {bpfEnabled, ...} (FelixConfiguration "default"'s spec; netns_lab/felix.py is its model),
-    kubeproxy {installed, nodes}, dataplane {loaded, notrack, load_s?, last_switch?}
+    kubeproxy {mode, installed, nodes}, dataplane {loaded, notrack, load_s?, last_switch?}
+
+kubeproxy.mode is KubeProxyConfiguration's mode (iptables | nftables): kube-proxy's own setting,
+not Felix's, so the lab mode is the pair (felix spec, kube-proxy mode): bpfEnabled false with
+nftables is the lab mode kube-proxy-nft.
 
 Version 1 (until the typed state) also stored `mode` and `dataplane.sysctls`; such a file is
 read and converted. Version 2 (before Kubernetes manifests) had no pod `created`; its pods read
-as made with the lab. A newer version is refused with one line.
+as made with the lab. Version 3 (before kube-proxy's nftables mode) had no kubeproxy.mode; it reads
+as iptables, the only backend then. A newer version is refused with one line.
 """
 
 from __future__ import annotations
@@ -39,10 +44,27 @@ from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.topology import AddressPlan, Topology, plan, topology_from_dict, topology_to_dict
 from netns_lab.topology import Backend as PlanBackend
 
-STATE_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-MODES = felix.MODES
+STATE_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 EBPF_MODES = felix.EBPF_MODES
+# lab mode -> KubeProxyConfiguration mode, for the modes where kube-proxy serves the services
+KUBE_PROXY_MODES = {"kube-proxy": "iptables", "kube-proxy-nft": "nftables"}
+PROXY_BACKENDS = tuple(KUBE_PROXY_MODES.values())
+MODES = tuple(KUBE_PROXY_MODES) + EBPF_MODES
+
+
+def split_mode(mode: str) -> tuple[str, str | None]:
+    """A lab mode as (Felix's mode, kube-proxy's mode or None to keep it): kube-proxy-nft is (kube-proxy, nftables)."""
+    if mode in KUBE_PROXY_MODES:
+        return "kube-proxy", KUBE_PROXY_MODES[mode]
+    return mode, None
+
+
+def lab_mode(felix_mode: str, proxy_mode: str) -> str:
+    """The lab mode of a Felix mode and a kube-proxy mode (the inverse of split_mode)."""
+    if felix_mode == "kube-proxy":
+        return next(m for m, p in KUBE_PROXY_MODES.items() if p == proxy_mode)
+    return felix_mode
 NAMESPACE_HINT = "-n/--namespace is now the Kubernetes namespace, as in kubectl; name the lab with --name LAB or NETNS_LAB=LAB"
 
 
@@ -116,8 +138,9 @@ def service_records(topo: Topology, addr_plan: AddressPlan, ready: set[str] | No
 
 @dataclass
 class KubeProxyRecord:
-    """Whether kube-proxy's rules are installed, and on which nodes."""
+    """kube-proxy's configured mode (iptables | nftables), whether its rules are installed, and on which nodes."""
 
+    mode: str = "iptables"
     installed: bool = False
     nodes: list[str] = field(default_factory=list)
 
@@ -182,15 +205,17 @@ class LabState:
             members[p.name] = Member("pod", naming.netns(lab, p.name), node=p.node)
             pods[p.name] = PodRecord(p.node, p.app, str(addr_plan.pod_ips[p.name]), naming.netns(lab, p.name),
                                      naming.cali_ifname(lab, p.name), None, str(naming.log_path(lab, p.name)))
+        felix_mode, proxy_mode = split_mode(mode)
         return cls(lab, topology_to_dict(topo), members, pods, service_records(topo, addr_plan),
-                   felix=felix.for_mode(FelixConfig(), mode), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                   felix=felix.for_mode(FelixConfig(), felix_mode), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   kubeproxy=KubeProxyRecord(mode=proxy_mode or "iptables"))
 
     # -- reading
 
     @property
     def mode(self) -> str:
-        """kube-proxy, tunnel or dsr: what the felix spec selects."""
-        return self.felix.mode
+        """kube-proxy, kube-proxy-nft, tunnel or dsr: what the felix spec and kube-proxy's mode select."""
+        return lab_mode(self.felix.mode, self.kubeproxy.mode)
 
     def _of_kind(self, kind: str) -> dict[str, Member]:
         return {k: m for k, m in self.members.items() if m.kind == kind}
@@ -308,6 +333,9 @@ class LabState:
         try:
             dp = dict(doc.get("dataplane") or {})
             dp.pop("sysctls", None)  # version 1: a per-mode sysctl record that was always empty
+            kp = {"mode": "iptables", **(doc.get("kubeproxy") or {})}  # versions 1-3: iptables was the only backend
+            if kp["mode"] not in PROXY_BACKENDS:
+                raise TypeError(f"kubeproxy.mode {kp['mode']!r} is not one of {', '.join(PROXY_BACKENDS)}")
             return cls(
                 lab=doc["lab"],
                 topology=doc["topology"],
@@ -320,7 +348,7 @@ class LabState:
                 status=doc.get("status", "building"),
                 created=doc.get("created", ""),
                 updated=doc.get("updated", ""),
-                kubeproxy=KubeProxyRecord(**(doc.get("kubeproxy") or {})),
+                kubeproxy=KubeProxyRecord(**kp),
                 dataplane=DataplaneRecord(**dp),
             )
         except (KeyError, TypeError, AttributeError, FelixConfigError) as exc:

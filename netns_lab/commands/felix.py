@@ -78,18 +78,20 @@ Examples:
   netns-lab mode                  # show the current mode
   netns-lab mode tunnel           # = patch {"spec": {"bpfEnabled": true, "bpfExternalServiceMode": "Tunnel"}}
   netns-lab mode dsr              # = ... "bpfExternalServiceMode": "DSR"
-  netns-lab mode kube-proxy       # = patch {"spec": {"bpfEnabled": false}}
+  netns-lab mode kube-proxy       # = patch {"spec": {"bpfEnabled": false}}, kube-proxy in iptables mode
+  netns-lab mode kube-proxy-nft   # bpfEnabled false, kube-proxy in nftables mode (KubeProxyConfiguration
+                                  # mode: nftables; verdict-map lookups, `nft list table ip kube-proxy`)
 """,
 )
 @lab_option
 @click.argument("mode", required=False, type=click.Choice(MODES))
 @output_option
 def mode_cmd(lab: str | None, mode: str | None, output: str) -> int:
-    """Switch the service dataplane of a running lab live (kube-proxy, tunnel or dsr); without MODE, show it."""
+    """Switch the service dataplane of a running lab live (kube-proxy, kube-proxy-nft, tunnel or dsr); without MODE, show it."""
     if mode is None:
         handle = lab_handle(lab)
         st = handle.state()
-        doc = {"lab": handle.name, "mode": st.mode, "felix": st.felix.to_spec()}
+        doc = {"lab": handle.name, "mode": st.mode, "felix": st.felix.to_spec(), "kubeProxyMode": st.kubeproxy.mode}
         click.echo(json.dumps(doc, indent=2) if output == "json" else str(doc["mode"]))
         return 0
     require_root()

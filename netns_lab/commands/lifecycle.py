@@ -29,6 +29,7 @@ Examples:
   netns-lab up --manifest examples/yaobank.yaml   # Kubernetes YAML (what `up` runs by default)
   netns-lab up --manifest app.yaml --manifest more/   # files, directories, - for stdin
   netns-lab up --mode dsr                   # eBPF dataplane, DSR for NodePorts
+  netns-lab up --mode kube-proxy-nft        # kube-proxy in nftables mode (table ip kube-proxy)
 """
 )
 @lab_option
@@ -165,7 +166,7 @@ def _print_dataplane(out: Console, doc: dict[str, Any]) -> None:
         if "error" in n:
             progs = f"[red]{escape(n['error'])}[/]"
         t.add_row(node, "loaded" if n["datapath_loaded"] else "-", progs,
-                  "yes" if n.get("kube_proxy_rules") else "no", "yes" if n.get("notrack") else "no")
+                  ", ".join(n.get("kube_proxy_backends") or []) or "no", "yes" if n.get("notrack") else "no")
     out.print(t)
     out.print(f"cgroup v2: {dp.get('cgroup2') or 'not mounted'}; node cgroups "
               f"{dp.get('cgroup2') or '?'}/{cgroups.TOP}/{doc.get('lab', '<lab>')}/<node>; "

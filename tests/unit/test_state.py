@@ -123,7 +123,7 @@ def test_a_version_1_file_is_converted(tmp_path) -> None:
 
 
 def test_a_version_2_file_is_converted(tmp_path) -> None:
-    """Version 2 (before manifests) had no pod `created`: its pods read as made with the lab, and are saved as version 3."""
+    """Version 2 (before manifests) had no pod `created`: its pods read as made with the lab, and are saved as version 4."""
     path = tmp_path / "state.json"
     doc = new_state().to_dict()
     doc["version"] = 2
@@ -131,10 +131,59 @@ def test_a_version_2_file_is_converted(tmp_path) -> None:
         del rec["created"]
     path.write_text(json.dumps(doc))
     st = state.load("t", path=path)
-    assert st.version == state.STATE_VERSION == 3 and all(p.created is None for p in st.pods.values())
+    assert st.version == state.STATE_VERSION == 4 and all(p.created is None for p in st.pods.values())
     assert st.select_pods((), "app=summary", "yaobank") == ["summary-1", "summary-2"]
     state.save("t", st, path=path)
-    assert json.loads(path.read_text())["version"] == 3
+    assert json.loads(path.read_text())["version"] == 4
+
+
+@pytest.mark.parametrize("version,mode", [(1, "kube-proxy"), (2, "tunnel"), (3, "kube-proxy"), (3, "dsr")])
+def test_an_older_file_without_kube_proxy_mode_reads_as_iptables(tmp_path, version, mode) -> None:
+    """Versions 1-3 knew one kube-proxy backend: their kubeproxy record reads as mode iptables, saved as version 4."""
+    path = tmp_path / "state.json"
+    doc = new_state(mode).to_dict()
+    doc["version"] = version
+    del doc["kubeproxy"]["mode"]
+    path.write_text(json.dumps(doc))
+    st = state.load("t", path=path)
+    assert st.kubeproxy.mode == "iptables" and st.mode == mode
+    state.save("t", st, path=path)
+    saved = json.loads(path.read_text())
+    assert saved["version"] == 4 and saved["kubeproxy"]["mode"] == "iptables"
+
+
+@pytest.mark.parametrize("mode,felix_mode,proxy_mode,bpf", [
+    ("kube-proxy", "kube-proxy", "iptables", False),
+    ("kube-proxy-nft", "kube-proxy", "nftables", False),
+    ("tunnel", "tunnel", "iptables", True),
+    ("dsr", "dsr", "iptables", True),
+])
+def test_the_lab_mode_is_felix_and_kube_proxy_modes(tmp_path, mode, felix_mode, proxy_mode, bpf) -> None:
+    """kube-proxy-nft is bpfEnabled false (Felix) with KubeProxyConfiguration mode nftables; it survives a save."""
+    st = new_state(mode)
+    assert (st.felix.mode, st.kubeproxy.mode, st.felix.bpfEnabled) == (felix_mode, proxy_mode, bpf)
+    assert st.mode == mode and state.split_mode(mode)[0] == felix_mode
+    state.save("t", st, path=tmp_path / "state.json")
+    assert state.load("t", path=tmp_path / "state.json").mode == mode
+
+
+def test_an_eBPF_mode_keeps_kube_proxys_nftables_mode() -> None:
+    """Felix in an eBPF mode does not change kube-proxy's own setting: back to bpfEnabled false is nftables again."""
+    st = new_state("kube-proxy-nft")
+    st.felix = FelixConfig(bpfEnabled=True)
+    assert st.mode == "tunnel" and st.kubeproxy.mode == "nftables"
+    st.felix = FelixConfig(bpfEnabled=False)
+    assert st.mode == "kube-proxy-nft"
+
+
+def test_an_unknown_kube_proxy_mode_is_malformed(tmp_path) -> None:
+    path = tmp_path / "state.json"
+    doc = new_state().to_dict()
+    doc["kubeproxy"]["mode"] = "ipvs"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LabError, match=r"is malformed: .*kubeproxy.mode 'ipvs' is not one of iptables, nftables") as exc:
+        state.load("t", path=path)
+    assert "\n" not in str(exc.value)
 
 
 def test_a_pod_made_live_keeps_its_creation_time(tmp_path) -> None:
@@ -149,7 +198,7 @@ def test_a_pod_made_live_keeps_its_creation_time(tmp_path) -> None:
 def test_another_version_is_refused_in_one_line(tmp_path, version) -> None:
     path = tmp_path / "state.json"
     path.write_text(json.dumps({**new_state().to_dict(), "version": version}))
-    with pytest.raises(LabError, match=rf"is version {version}, this netns-lab reads versions 1, 2, 3:") as exc:
+    with pytest.raises(LabError, match=rf"is version {version}, this netns-lab reads versions 1, 2, 3, 4:") as exc:
         state.load("t", path=path)
     assert "\n" not in str(exc.value)
 
