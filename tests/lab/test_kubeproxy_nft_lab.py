@@ -6,6 +6,7 @@ One kube-proxy-nft lab is shared by the module; tests that switch modes put it b
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import pytest
@@ -82,7 +83,7 @@ def test_lesson_first_section_on_nft(nftlab: Lab) -> None:
     """The lesson's kube-proxy step keeps a kube-proxy-nft lab in nftables mode and sees the SNAT both ways."""
     from rich.console import Console
 
-    walk = Walk(nftlab.name, Console(file=open("/dev/null", "w"), width=200))
+    walk = Walk(nftlab.name, Console(file=io.StringIO(), width=200))
     assert walk.lab_setup() is False
     walk.kube_proxy()
     cap = walk.snoop()
