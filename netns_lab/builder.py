@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netns_lab import naming
+from netns_lab import loadbalancer, naming
 from netns_lab.errors import LabError
 from netns_lab.nsexec import create_netns, list_netns, remove_netns, rtnl_socket, sysctl
 from netns_lab.topology import AddressPlan, Pod, Topology
@@ -90,6 +90,7 @@ class Builder:
             self.uplinks()
             cali = self.pods()
             self.node_routes()
+            self.host_routes()
             self.node_sysctls(cali)
             progress(f"namespaces, veths, addresses and routes ({time.monotonic() - t0:.2f}s)")
             return cali
@@ -187,6 +188,18 @@ class Builder:
                 else:
                     ipr.route("add", dst=block, gateway=other.address, oif=eth0)
             ipr.route("add", dst="0.0.0.0/0", oif=eth0, scope=SCOPE_LINK)
+
+    def host_routes(self) -> None:
+        """Per host: the LoadBalancer pool via one node or ECMP over all (topology loadBalancerRoute)."""
+        via = loadbalancer.route_via(self.topo)
+        dst = str(loadbalancer.pool(self.topo))
+        for host in self.topo.hosts:
+            ipr = self.ipr(host.name)
+            eth0 = self.index(host.name, naming.UPLINK)
+            if len(via) == 1:
+                ipr.route("add", dst=dst, gateway=via[0], oif=eth0)
+            else:
+                ipr.route("add", dst=dst, multipath=[{"gateway": a, "oif": eth0} for a in via])
 
     def node_sysctls(self, cali: dict[str, str]) -> None:
         """Forwarding on nodes; ARP hygiene on eth0; proxy ARP (no delay) on each cali interface.

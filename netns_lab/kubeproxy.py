@@ -19,6 +19,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
+from netns_lab import kubeproxy_lb
 from netns_lab.errors import LabError
 from netns_lab.topology import AddressPlan, Topology
 
@@ -31,7 +32,7 @@ KUBE_FORWARD = "KUBE-FORWARD"
 BASE_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 # per-service chains kube-proxy creates and deletes as services and endpoints come and go
-SERVICE_CHAIN_RE = re.compile(r"^KUBE-(SVC|SEP|EXT)-[A-Z2-7]{16}$")
+SERVICE_CHAIN_RE = re.compile(r"^KUBE-(SVC|SEP|EXT|FW)-[A-Z2-7]{16}$")
 
 
 def _hash16(text: str) -> str:
@@ -91,6 +92,7 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
     services: list[str] = []
     nodeports: list[str] = []
     per_port: list[str] = []
+    firewall: list[str] = []  # KUBE-PROXY-FIREWALL (filter table): loadBalancerSourceRanges' drops
     for svc in topo.services:
         if svc.headless:
             continue  # no cluster IP: kube-proxy programs nothing for it
@@ -107,10 +109,12 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
                 f"-d {svc.cluster_ip}/32 --dport {sp.port} -j {svc_c}"
             )
             rs.chains.append(svc_c)
-            if sp.node_port is not None:
+            if sp.node_port is not None or kubeproxy_lb.has_external(svc):
                 ext_c = ext_chain(name, proto)
                 rs.chains.append(ext_c)
-                nodeports.append(f'-A {KUBE_NODEPORTS} -m comment --comment "{name}" {match} --dport {sp.node_port} -j {ext_c}')
+                kubeproxy_lb.external_rules(svc, name, proto, sp.port, ext_c, services, per_port, rs.chains, firewall)
+                if sp.node_port is not None:
+                    nodeports.append(f'-A {KUBE_NODEPORTS} -m comment --comment "{name}" {match} --dport {sp.node_port} -j {ext_c}')
                 per_port.append(
                     f'-A {ext_c} -m comment --comment "masquerade traffic for {name} external destinations" -j {KUBE_MARK_MASQ}'
                 )
@@ -120,6 +124,8 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
                 f"--dport {sp.port} ! -s {cluster_cidr} -j {KUBE_MARK_MASQ}"
             )
             seps: list[tuple[str, str]] = []
+            for be in backends:
+                per_port += kubeproxy_lb.affinity_check(svc, name, svc_c, sep_chain(name, proto, f"{be.ip}:{be.port}"))
             for i, be in enumerate(backends):
                 endpoint = f"{be.ip}:{be.port}"
                 sep_c = sep_chain(name, proto, endpoint)
@@ -131,7 +137,8 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
                 ip = endpoint.split(":")[0]
                 rs.chains.append(sep_c)
                 per_port.append(f'-A {sep_c} -m comment --comment "{name}" -s {ip}/32 -j {KUBE_MARK_MASQ}')
-                per_port.append(f'-A {sep_c} -m comment --comment "{name}" {match} -j DNAT --to-destination {endpoint}')
+                per_port.append(f'-A {sep_c} -m comment --comment "{name}" {kubeproxy_lb.affinity_set(svc, sep_c)}'
+                                f'{match} -j DNAT --to-destination {endpoint}')
     rs.rules = (
         services
         + [
@@ -152,13 +159,14 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
         f'-A OUTPUT -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
         f'-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j {KUBE_POSTROUTING}',
     ]
-    rs.filter_chains = [KUBE_FORWARD]
-    rs.filter_rules = [
+    rs.filter_chains = [KUBE_FORWARD, kubeproxy_lb.KUBE_PROXY_FIREWALL]
+    rs.filter_rules = firewall + [
         f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP",
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
     ]
-    rs.filter_hooks = [f'-A FORWARD -m comment --comment "kubernetes forwarding rules" -j {KUBE_FORWARD}']
+    rs.filter_hooks = [f'-A FORWARD -m comment --comment "kubernetes forwarding rules" -j {KUBE_FORWARD}',
+                       *kubeproxy_lb.FIREWALL_HOOKS]
     return rs
 
 

@@ -26,6 +26,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from netns_lab.errors import LabError
+from netns_lab.loadbalancer import external_addrs
 from netns_lab.topology import AddressPlan, Service, ServicePort, Topology
 
 FAMILY = "ip"
@@ -129,6 +130,33 @@ class Ruleset:
     elements: list[str] = field(default_factory=list)
     service_cidr: str = ""
     node_ips: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)  # per-service sets (ClientIP affinity), declared before the rules
+
+
+def _external(rs: Ruleset, svc: Service, sp: ServicePort, ext_c: str) -> None:
+    """LoadBalancer IP and external IPs into service-ips; source ranges as a firewall chain in firewall-ips."""
+    proto = sp.protocol.lower()
+    for addr in external_addrs(svc):
+        rs.elements.append(f"service-ips {{ {addr} . {proto} . {sp.port} : goto {ext_c} }}")
+    if svc.load_balancer_ip and svc.source_ranges:
+        fw_c = _hashed("firewall", port_base(svc, sp))
+        rs.chains.append(fw_c)
+        rs.rules.append(f'{fw_c} ip saddr != {{ {", ".join(svc.source_ranges)} }} counter drop')
+        rs.elements.append(f'firewall-ips {{ {svc.load_balancer_ip} . {proto} . {sp.port} comment "{svc.full_name}:{sp.name}"'
+                           f" : goto {fw_c} }}")
+
+
+def _affinity(rs: Ruleset, svc: Service, sp: ServicePort, svc_c: str, ep_c: str) -> list[str]:
+    """ClientIP affinity as kube-proxy's nftables mode does it: a timed set of clients per endpoint,
+    checked in the service chain before the random pick, refreshed in the endpoint chain."""
+    if svc.affinity_timeout is None:
+        return []
+    aff = "affinity-" + ep_c.removeprefix("endpoint-")
+    rs.sets.append(f"add set {T} {aff} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {svc.affinity_timeout}s ; }}")
+    # the check goes before the service chain's numgen pick (inserted, not appended)
+    rs.rules.insert(next(i for i, r in enumerate(rs.rules) if r.startswith(f"{svc_c} numgen")),
+                    f"{svc_c} ip saddr @{aff} goto {ep_c}")
+    return [f"{ep_c} update @{aff} {{ ip saddr }}"]
 
 
 def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
@@ -158,13 +186,16 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
                 f"{svc_c} ip daddr {svc.cluster_ip} ip saddr != {cluster} jump mark-for-masquerade",
                 f"{svc_c} numgen random mod {len(eps)} vmap {{ {picks} }}",
             ]
-            if sp.node_port is not None:
+            if sp.node_port is not None or external_addrs(svc):
                 ext_c = external_chain(svc, sp)
                 rs.chains.append(ext_c)
                 rs.rules += [f"{ext_c} jump mark-for-masquerade", f"{ext_c} goto {svc_c}"]
-                rs.elements.append(f"service-nodeports {{ {proto} . {sp.node_port} : goto {ext_c} }}")
+                if sp.node_port is not None:
+                    rs.elements.append(f"service-nodeports {{ {proto} . {sp.node_port} : goto {ext_c} }}")
+                _external(rs, svc, sp, ext_c)
             for c, b in eps:
                 rs.chains.append(c)
+                rs.rules += _affinity(rs, svc, sp, svc_c, c)
                 rs.rules += [f"{c} ip saddr {b.ip} jump mark-for-masquerade", f"{c} meta l4proto {proto} dnat to {b.ip}:{b.port}"]
             rs.elements.append(f"service-ips {{ {svc.cluster_ip} . {proto} . {sp.port} : goto {svc_c} }}")
     return rs
@@ -180,6 +211,7 @@ def install_text(rs: Ruleset) -> str:
     lines += [f'add map {T} {name} {{ type {typ} : verdict ; comment "{c}" ; }}' for name, typ, c in MAPS]
     lines += [f"add chain {T} {name}" + (f" {{ {spec} }}" if spec else "") for name, spec in CHAINS]
     lines += [f"add chain {T} {c}" for c in rs.chains]
+    lines += rs.sets
     lines += [f"add rule {T} {r}" for r in base_rules(rs.service_cidr)]
     lines += [f"add element {T} nodeport-ips {{ {ip} }}" for ip in rs.node_ips]
     lines += [f"add rule {T} {r}" for r in rs.rules]

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from netns_lab.apps import TEST_SERVER, UPSTREAM
+from netns_lab import loadbalancer
 from netns_lab.errors import LabError
 
 PROTOCOLS = ("TCP", "UDP")
@@ -125,6 +126,14 @@ class Service:
     namespace: str = TOPOLOGY_NAMESPACE
     selector: dict[str, str] | None = None
     backends: list[str] | None = None  # explicit pod names instead of a selector
+    # type LoadBalancer / external IPs (netns_lab/k8s/loadbalancer.py): the allocated ingress address
+    # (None: not a LoadBalancer), spec.externalIPs, loadBalancerSourceRanges, ClientIP affinity's
+    # timeoutSeconds (None: no affinity) and Calico's external-traffic-strategy maglev annotation
+    load_balancer_ip: str | None = None
+    external_ips: list[str] = field(default_factory=list)
+    source_ranges: list[str] = field(default_factory=list)
+    affinity_timeout: int | None = None
+    maglev: bool = False
 
     @property
     def full_name(self) -> str:
@@ -138,7 +147,9 @@ class Service:
 
     @property
     def type(self) -> str:
-        """Kubernetes' service type: NodePort when a port has one."""
+        """Kubernetes' service type: LoadBalancer with an ingress address, NodePort when a port has one."""
+        if self.load_balancer_ip:
+            return "LoadBalancer"
         return "NodePort" if any(sp.node_port for sp in self.ports) else "ClusterIP"
 
 
@@ -188,6 +199,9 @@ class Topology:
     name: str = "yaobank"
     namespaces: list[str] = field(default_factory=list)  # Kubernetes namespaces declared (others are implied)
     workloads: list[Workload] = field(default_factory=list)
+    # LoadBalancer addresses and how host1 reaches them (None: the defaults below; loadbalancer.py)
+    lb_pool: str | None = None
+    lb_route: str | None = None  # a node name, or "ecmp" (all nodes)
 
     @property
     def pod_mtu(self) -> int:
@@ -316,6 +330,8 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("services", "services", [Service], False),
         ("namespaces", "namespaces", "names", False),
         ("workloads", "workloads", [Workload], False),
+        ("loadBalancerPool", "lb_pool", str, False),
+        ("loadBalancerRoute", "lb_route", str, False),
     ],
     Fabric: [("subnet", "subnet", str, False), ("mtu", "mtu", int, False)],
     Node: [
@@ -363,6 +379,11 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("ports", "ports", [ServicePort], True),
         ("selector", "selector", "labels", False),
         ("backends", "backends", "names", False),
+        ("loadBalancerIP", "load_balancer_ip", str, False),
+        ("externalIPs", "external_ips", "strs", False),
+        ("loadBalancerSourceRanges", "source_ranges", "strs", False),
+        ("sessionAffinityTimeout", "affinity_timeout", int, False),
+        ("maglev", "maglev", bool, False),
     ],
     ServicePort: [
         ("name", "name", str, False),
@@ -406,6 +427,10 @@ def _convert(value: Any, typ: Any, path: Path_) -> Any:
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TopologyError(path + (str(k),), "label keys and values must be strings")
         return dict(value)
+    if typ == "strs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TopologyError(path, "expected a list of strings")
+        return list(value)
     if typ == "names":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TopologyError(path, "expected a list of pod names")
@@ -457,7 +482,8 @@ def topology_to_dict(topo: Topology) -> dict[str, Any]:
     return _unbuild(topo)
 
 
-_OMIT_EMPTY = ("name", "controlPlane", "namespaces", "workloads", "hash", "created")
+_OMIT_EMPTY = ("name", "controlPlane", "namespaces", "workloads", "hash", "created", "externalIPs",
+               "loadBalancerSourceRanges", "maglev")
 
 
 def _unbuild(obj: Any) -> Any:
@@ -817,6 +843,8 @@ def plan(topo: Topology) -> AddressPlan:
             endpoints[(s.full_name, sp.name)] = [
                 Backend(p.name, p.node, str(pod_ips[p.name]), sp.target_on(p) or 0) for p in selected
             ]
+
+    loadbalancer.check(topo, TopologyError)
 
     # apps need their upstream service, reachable over TCP
     for i, p in enumerate(topo.pods):

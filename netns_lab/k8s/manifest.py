@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from netns_lab.apps import APP_ANNOTATION, APPS, app_for_image
 from netns_lab.errors import LabError
+from netns_lab.k8s import loadbalancer as k8s_loadbalancer
 from netns_lab.k8s import names
 from netns_lab.topology import (
     HEADLESS,
@@ -57,7 +58,8 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 # node labels every lab node has, so selecting on them places nothing
 ANY_NODE_LABELS = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
 CLUSTER_IP_OFFSET = 10  # allocation starts here: .1 is the API server's, as in a cluster
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+NODEPORT_TYPES = ("NodePort", "LoadBalancer")  # types that get node ports (allocateLoadBalancerNodePorts)
 
 
 class ManifestError(LabError):
@@ -304,8 +306,8 @@ def _service(doc: Doc) -> tuple[Service, str, dict[Path_, Path_]]:
     if policy != "Cluster":
         raise doc.error(spec + ("externalTrafficPolicy",), f"{policy!r} is not supported: the lab's proxies do Cluster")
     cluster_ip = doc.get(spec + ("clusterIP",), str, "") or None
-    if cluster_ip == HEADLESS and typ == "NodePort":
-        raise doc.error(spec + ("clusterIP",), "a NodePort service cannot be headless (clusterIP None)")
+    if cluster_ip == HEADLESS and typ in NODEPORT_TYPES:
+        raise doc.error(spec + ("clusterIP",), f"a {typ} service cannot be headless (clusterIP None)")
     fields: dict[Path_, Path_] = {(): (), ("name",): ("metadata", "name"), ("clusterIP",): spec + ("clusterIP",),
                                   ("selector",): spec + ("selector",), ("ports",): spec + ("ports",)}
     ports: list[ServicePort] = []
@@ -317,7 +319,7 @@ def _service(doc: Doc) -> tuple[Service, str, dict[Path_, Path_]]:
             fields[("ports", j, key)] = ppath + (key,)
         fields[("ports", j)] = ppath
         node_port = doc.get(ppath + ("nodePort",), int)
-        if node_port is not None and typ != "NodePort":
+        if node_port is not None and typ not in NODEPORT_TYPES:
             raise doc.error(ppath + ("nodePort",), f"a {typ} service has no node port (set type: NodePort)")
         ports.append(ServicePort(
             name=doc.get(ppath + ("name",), str, ""),
@@ -329,7 +331,9 @@ def _service(doc: Doc) -> tuple[Service, str, dict[Path_, Path_]]:
     selector = _labels(doc, spec + ("selector",))
     if not selector:
         raise doc.error(spec + ("selector",), "a service without a selector is not supported (its endpoints would be hand-made)")
-    return Service(doc.name, cluster_ip or "", ports, namespace=doc.namespace, selector=selector), typ, fields
+    svc = Service(doc.name, cluster_ip or "", ports, namespace=doc.namespace, selector=selector)
+    k8s_loadbalancer.read(doc, typ, svc)
+    return svc, typ, fields
 
 
 def _workload(doc: Doc, nodes: list[str]) -> tuple[Workload, dict[Path_, Path_]]:
@@ -424,14 +428,15 @@ class _Applier:
                 raise doc.error(("spec", "clusterIP"), f"field is immutable (the service has {old.cluster_ip})")
             for sp in svc.ports:
                 was = next((o for o in old.ports if (o.protocol, o.port) == (sp.protocol, sp.port)), None)
-                if sp.node_port is None and was is not None and typ == "NodePort":
+                if sp.node_port is None and was is not None and typ in NODEPORT_TYPES:
                     sp.node_port = was.node_port
         self._check_clashes(doc, svc, old)
         if not svc.cluster_ip:
             svc.cluster_ip = self._free_cluster_ip(doc)
         for j, sp in enumerate(svc.ports):
-            if sp.node_port is None and typ == "NodePort":  # NodePort ports without a nodePort get one allocated
+            if sp.node_port is None and typ in NODEPORT_TYPES:  # NodePort ports without a nodePort get one allocated
                 sp.node_port = self._free_node_port(doc, j)
+        k8s_loadbalancer.allocate(doc, self.topo, svc, typ, old)
         unchanged = old == svc
         if old is not None:
             self.topo.services[self.topo.services.index(old)] = svc

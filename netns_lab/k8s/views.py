@@ -15,6 +15,7 @@ from typing import Any
 
 from netns_lab.k8s import names
 from netns_lab.state import LabState
+from netns_lab.k8s.loadbalancer import external_ip_column, loadbalancer_view
 from netns_lab.topology import Pod, Service
 
 KINDS = {
@@ -104,11 +105,12 @@ class View:
         spec: dict[str, Any] = {"type": svc.type, "clusterIP": svc.cluster_ip, "clusterIPs": [svc.cluster_ip], "ports": ports}
         if svc.selector:
             spec["selector"] = dict(svc.selector)
-        if svc.type == "NodePort":
+        if svc.type in ("NodePort", "LoadBalancer"):
             spec["externalTrafficPolicy"] = "Cluster"
-        return {"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": svc.name, "namespace": svc.namespace, "creationTimestamp": self.created},
-                "spec": spec, "status": {"loadBalancer": {}}}
+        metadata: dict[str, Any] = {"name": svc.name, "namespace": svc.namespace, "creationTimestamp": self.created}
+        status: dict[str, Any] = {"loadBalancer": {}}
+        loadbalancer_view(svc, metadata, spec, status)
+        return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec, "status": status}
 
     def endpointslice(self, svc: Service) -> dict[str, Any]:
         """The EndpointSlice of a service: its ready pods and ports, from the state's current backends."""
@@ -199,7 +201,8 @@ def table(kind: str, items: list[dict[str, Any]], wide: bool, all_namespaces: bo
         rows = [["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"] + (["SELECTOR"] if wide else [])]
         for o in items:
             ports = ",".join(f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p['protocol']}" for p in o["spec"]["ports"])
-            row = [o["metadata"]["name"], o["spec"]["type"], o["spec"]["clusterIP"], "<none>", ports, age(o["metadata"]["creationTimestamp"])]
+            row = [o["metadata"]["name"], o["spec"]["type"], o["spec"]["clusterIP"], external_ip_column(o), ports,
+                   age(o["metadata"]["creationTimestamp"])]
             sel = ",".join(f"{k}={v}" for k, v in o["spec"].get("selector", {}).items()) or "<none>"
             rows.append(row + ([sel] if wide else []))
     elif kind == "endpointslices":
