@@ -21,6 +21,7 @@
 #include "lib/icmp.h"
 #include "lib/events.h"
 #include "lib/hostnat.h"
+#include "lib/lb.h"
 
 /* Too big to encapsulate: tell a DF sender the MTU that fits, else drop. */
 static __always_inline int hep_too_big(struct __sk_buff *skb, const struct node_cfg *conf,
@@ -39,7 +40,7 @@ static __always_inline int hep_too_big(struct __sk_buff *skb, const struct node_
 /* p is DNATed: forward it in VXLAN to peer and out of eth0. */
 static __always_inline int hep_encap_out(struct __sk_buff *skb, const struct node_cfg *conf,
 					 struct pkt *p, struct run_state *st, __be32 peer,
-					 __u8 np_flags, __be16 fe_port, __u8 reason)
+					 __u8 np_flags, __be32 fe_addr, __be16 fe_port, __u8 reason)
 {
 	__u32 hash;
 	int ret;
@@ -56,7 +57,8 @@ static __always_inline int hep_encap_out(struct __sk_buff *skb, const struct nod
 	if (ret < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
-	if (tunnel_encap(skb, conf, peer, np_flags, fe_port, hash, p->tos) < 0)
+	if (tunnel_encap(skb, conf, peer, np_flags, fe_port, hash, p->tos) < 0 ||
+	    ((np_flags & VXH_F_FE_ADDR) && lb_tag_frontend(skb, fe_addr) < 0))
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
 	st->tun_peer = peer;
 	return verdict_redirect(st, conf, reason);
@@ -68,16 +70,17 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 					const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
-	struct be_value *be = be_pick(fe, hash);
+	__u8 flags, np_flags = 0, reason = REASON_NAT_NEW;
+	struct be_value *be = lb_pick(fe, p, hash, &reason);
 	__be32 be_addr, fe_addr, peer;
 	__be16 be_port, fe_port, cport;
-	__u8 flags, np_flags = 0, reason = REASON_NAT_NEW;
 	struct ct_new rev, fwd;
 	struct ct_key rk;
 	int rev_from_a;
 
 	if (!be)
-		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+		return verdict(st, reason, TC_ACT_SHOT);
+	reason = REASON_NAT_NEW;
 	be_addr = be->addr;
 	be_port = be->port;
 	flags = ct_flags_of_fe(fe);
@@ -96,6 +99,8 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 			flags |= CT_F_DSR;
 			np_flags = VXH_F_DSR;
 		}
+		if (p->daddr != conf->node_ip)
+			np_flags |= VXH_F_FE_ADDR;   /* not a NodePort of ours: say which frontend */
 	}
 	fe_addr = p->daddr;
 	fe_port = p->dport;
@@ -139,7 +144,7 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 		skb->mark |= SKB_MARK_BYPASS;
 		return verdict(st, reason, TC_ACT_OK);   /* the kernel routes it to the pod */
 	}
-	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_port, reason);
+	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_addr, fe_port, reason);
 }
 
 /* Later packet of an external client's connection (NAT_FWD hit). */
@@ -167,6 +172,8 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 	peer = rev->tun_peer;
 	st->ct_flags = rev->flags;
 	np_flags = (rev->flags & CT_F_DSR) ? VXH_F_DSR : 0;
+	if (p->daddr != conf->node_ip)
+		np_flags |= VXH_F_FE_ADDR;
 	if (peer) {
 		if (p->df && encap_too_big(skb, conf, p))
 			return hep_too_big(skb, conf, p, st);
@@ -184,7 +191,7 @@ static __always_inline int hep_fwd_hit(struct __sk_buff *skb, const struct node_
 		skb->mark |= SKB_MARK_BYPASS;
 		return verdict(st, REASON_NAT_EST, TC_ACT_OK);
 	}
-	return hep_encap_out(skb, conf, p, st, peer, np_flags, fe_port, REASON_ENCAP);
+	return hep_encap_out(skb, conf, p, st, peer, np_flags, rev->nat_addr, fe_port, REASON_ENCAP);
 }
 
 /* An ICMP error from outside about a connection we are the frontend of
@@ -229,7 +236,7 @@ static __always_inline int hep_icmp(struct __sk_buff *skb, const struct node_cfg
 		return verdict(st, REASON_NAT_EST, TC_ACT_OK);
 	}
 	/* A non-zero frontend port: the backend node takes it as request-direction. */
-	return hep_encap_out(skb, conf, p, st, peer, 0, fe_port, REASON_ENCAP);
+	return hep_encap_out(skb, conf, p, st, peer, 0, 0, fe_port, REASON_ENCAP);
 }
 
 /* Backend node: is v the entry of the flow ingress node peer tunnels us
@@ -281,9 +288,15 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 	__u8 reason = REASON_DECAP;
 	struct ct_value *rv;
 	int rv_from_a;
+	__be32 fe_addr;
 
 	if (v && tun_flow_is(v, peer, vx->fe_port, from_a) && !v->cl_port) {
 		/* Later packet of a flow we know. */
+		st->ct_flags = v->flags;
+		ct_account(skb, v, from_a, in);
+	} else if (vx->fe_port && (fe_addr = lb_frontend_of(skb, vx, peer)) != peer &&
+		   lb_ingress_moved(v, peer, fe_addr, vx->fe_port, from_a)) {
+		/* Later packet of a flow to an external frontend, now through peer. */
 		st->ct_flags = v->flags;
 		ct_account(skb, v, from_a, in);
 	/* A SYN whose own 4-tuple is free opens a connection with no need of a
@@ -308,7 +321,8 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 		/* The frontend is the ingress node (outer source) + the NodePort
 		 * carried in the VXLAN header: a DSR reply needs both. */
 		struct ct_new n = { .type = CT_NORMAL, .flags = flags, .sport = in->sport,
-				    .daddr = in->daddr, .dport = in->dport, .nat_addr = peer,
+				    .daddr = in->daddr, .dport = in->dport,
+				    .nat_addr = lb_frontend_of(skb, vx, peer),
 				    .nat_port = vx->fe_port, .tun_peer = peer };
 
 		if (!v) {

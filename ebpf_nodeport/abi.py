@@ -36,6 +36,10 @@ EBPF_MODES = ("tunnel", "dsr")
 CFG_F_DSR, CFG_F_TRACE, CFG_F_ENABLED = 1, 2, 4
 RT_F_LOCAL = 1
 FE_F_NODEPORT, FE_F_CLUSTERIP = 1, 2
+FE_F_EXTERNAL, FE_F_LB_IP, FE_F_LB_OPTS = 0x100, 0x200, 0x400   # external frontends (bpf/lib/lb.h)
+LB_F_SRC_RANGES, LB_F_AFFINITY, LB_F_MAGLEV = 1, 2, 4              # lb_svc.flags (lb.h)
+VXH_F_FE_ADDR = 0x02            # tunnelled packet carries its external frontend address (lb.h)
+MAGLEV_M = 1021                 # Maglev lookup table size, a prime (lb.h MAGLEV_M)
 CT_NORMAL, CT_NAT_FWD, CT_NAT_REV = 0, 1, 2
 CT_F_TUNNEL, CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT = 1, 2, 4, 8
 CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT, CT_F_PSNAT = 16, 32, 64, 128
@@ -66,6 +70,7 @@ REASONS: dict[int, str] = {
     16: "DROP_MALFORMED", 17: "DROP_TUN_UNKNOWN_SRC", 18: "DROP_TUN_BAD_VNI",
     19: "DROP_NO_BACKEND", 20: "DROP_FRAG_NEEDED", 21: "DROP_SPOOFED",
     22: "DROP_ENCAP_FAIL", 23: "DROP_TTL", 24: "DROP_TUN_NO_FLOW", 25: "DROP_PSNAT_FAIL",
+    30: "DROP_SRC_RANGE", 31: "DROP_MID_FLOW",
 }
 REASON_IDS: dict[str, int] = {v: k for k, v in REASONS.items()}
 REASON_DESCRIPTIONS: dict[str, str] = {
@@ -88,6 +93,8 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_TTL": "TTL would reach 0 in a BPF-forwarded packet",
     "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
     "DROP_PSNAT_FAIL": "4-tuple taken and no free client port found",
+    "DROP_SRC_RANGE": "client outside the LoadBalancer's loadBalancerSourceRanges",
+    "DROP_MID_FLOW": "non-SYN TCP to an external frontend without Maglev and no conntrack entry",
 }
 
 CT_TYPES = {CT_NORMAL: "NORMAL", CT_NAT_FWD: "NAT_FWD", CT_NAT_REV: "NAT_REV"}
@@ -95,7 +102,9 @@ CT_FLAG_NAMES = {CT_F_TUNNEL: "TUNNEL", CT_F_DSR: "DSR", CT_F_FROM_TUNNEL: "FROM
                  CT_F_NODEPORT: "NODEPORT", CT_F_CLUSTERIP: "CLUSTERIP",
                  CT_F_CLIENT_IS_B: "CLIENT_IS_B", CT_F_POD_CLIENT: "POD_CLIENT", CT_F_PSNAT: "PSNAT"}
 CFG_FLAG_NAMES = {CFG_F_DSR: "DSR", CFG_F_TRACE: "TRACE", CFG_F_ENABLED: "ENABLED"}
-FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP"}
+FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP", FE_F_EXTERNAL: "EXTERNAL",
+                 FE_F_LB_IP: "LB_IP", FE_F_LB_OPTS: "LB_OPTS"}
+LB_FLAG_NAMES = {LB_F_SRC_RANGES: "SRC_RANGES", LB_F_AFFINITY: "AFFINITY", LB_F_MAGLEV: "MAGLEV"}
 TCP_FLAG_NAMES = {TCPF_SYN: "SYN", TCPF_ACK: "ACK", TCPF_FIN: "FIN", TCPF_RST: "RST"}
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
 PROTO_NAMES = {v: k for k, v in PROTOS.items()}
@@ -329,6 +338,37 @@ class FeValue(_Struct):
                 ("flags", ct.c_uint32)]
 
 
+class LbSvc(_Struct):
+    """lb_svc value: a service's external-traffic options (lb.h)."""
+    _fields_ = [("flags", ct.c_uint32), ("affinity_s", ct.c_uint32)]
+
+
+class LbSrcKey(_Struct):
+    """lb_src key: (service id, client CIDR); the id is big-endian so the trie matches it whole."""
+    _fields_ = [("prefixlen", ct.c_uint32), ("svc_id", BE32), ("addr", BE32)]
+    _addr_fields = ("addr",)
+
+    @classmethod
+    def make(cls, svc_id: int, cidr: str) -> "LbSrcKey":
+        net = ipaddress.IPv4Network(cidr, strict=False)
+        return cls(prefixlen=32 + net.prefixlen, svc_id=svc_id, addr=int(net.network_address))
+
+
+class AffinityKey(_Struct):
+    _fields_ = [("fe_addr", BE32), ("fe_port", BE16), ("proto", ct.c_uint8), ("pad", ct.c_uint8),
+                ("client", BE32)]
+    _addr_fields = ("fe_addr", "client")
+
+
+class AffinityValue(_Struct):
+    _fields_ = [("last_ns", ct.c_uint64), ("be_addr", BE32), ("be_port", BE16), ("pad", ct.c_uint16)]
+    _addr_fields = ("be_addr",)
+
+
+class MaglevKey(_Struct):
+    _fields_ = [("svc_id", ct.c_uint32), ("slot", ct.c_uint32)]
+
+
 class BeKey(_Struct):
     _fields_ = [("svc_id", ct.c_uint32), ("ordinal", ct.c_uint32)]
 
@@ -488,6 +528,11 @@ _SPECS = (
     MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
     MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("lb_svc", BPF_MAP_TYPE_HASH, U32, LbSvc, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
+    MapSpec("lb_src", BPF_MAP_TYPE_LPM_TRIE, LbSrcKey, U32, 1024, "MAX_LB_SRC_RANGES", BPF_F_NO_PREALLOC),
+    MapSpec("affinity", BPF_MAP_TYPE_LRU_HASH, AffinityKey, AffinityValue, 65536, "MAX_AFFINITY"),
+    MapSpec("maglev", BPF_MAP_TYPE_HASH, MaglevKey, BeValue, 64 * MAGLEV_M, "MAX_MAGLEV_ENTRIES",
+            BPF_F_NO_PREALLOC),
     MapSpec("frags", BPF_MAP_TYPE_LRU_HASH, FragKey, FragPorts, 8192, "MAX_FRAGS"),
     MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
     MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),

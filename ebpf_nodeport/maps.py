@@ -165,6 +165,10 @@ class NodeMaps:
     ct = property(lambda self: self._view("ct"))
     frags = property(lambda self: self._view("frags"))
     counters = property(lambda self: self._view("counters"))
+    lb_svc = property(lambda self: self._view("lb_svc"))
+    lb_src = property(lambda self: self._view("lb_src"))
+    affinity = property(lambda self: self._view("affinity"))
+    maglev = property(lambda self: self._view("maglev"))
 
     def close(self) -> None:
         for v in self._open.values():

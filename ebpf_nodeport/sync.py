@@ -16,6 +16,7 @@ from typing import Callable, Iterable, NamedTuple
 from .abi import (CFG_F_DSR, CFG_F_ENABLED, CT_NAT_FWD, EBPF_MODES, FE_F_CLUSTERIP, FE_F_NODEPORT, RT_F_LOCAL,
                   U32, Addr, BeKey, BeValue, FeKey, FeValue, NodeCfg, NodeInfo, RouteInfo, RouteKey, SvcMeta,
                   ct_rev_key_of_fwd, int2ip, ip2int, proto_num)
+from . import lbsync
 from .maps import MapView, NodeMaps
 
 
@@ -39,6 +40,13 @@ class Service:
     port: int
     node_port: int | None = None
     backends: list[Backend] = field(default_factory=list)
+    # external frontends and their options (lbsync.py): LoadBalancer ingress, spec.externalIPs,
+    # loadBalancerSourceRanges, ClientIP affinity timeout (None: none), Maglev
+    lb_ip: str | None = None
+    external_ips: list[str] = field(default_factory=list)
+    source_ranges: list[str] = field(default_factory=list)
+    affinity_timeout: int | None = None
+    maglev: bool = False
 
     @property
     def meta_name(self) -> str:
@@ -159,7 +167,8 @@ def _claim(fes: dict[bytes, bytes], key: bytes, value: bytes, name: str) -> None
 
 def _fingerprint(svc: Service) -> tuple:
     """Everything of a service its map entries are made from (with the node's pod blocks)."""
-    return (svc.proto, svc.cluster_ip, svc.port, svc.node_port, tuple(svc.backends))
+    return (svc.proto, svc.cluster_ip, svc.port, svc.node_port, tuple(svc.backends),
+            svc.lb_ip, tuple(svc.external_ips), tuple(svc.source_ranges), svc.affinity_timeout, svc.maglev)
 
 
 @dataclass
@@ -297,6 +306,7 @@ class ServiceSyncer:
         self._sync_topology(m, view, stats)
         try:
             new_state = self._sync_services(m, view, stats, state, names, reuse)
+            lbsync.sync(m, view.services, new_state.ids, stats, _reconcile)
         except BaseException:
             # Maybe half written: no copy anywhere may stand for these maps now.
             self._state = None
@@ -473,6 +483,7 @@ class _Desired:
         if svc.node_port:
             fes.append((pack_fe_key(0, svc.node_port, proto),
                         pack_fe(sid, count, len(local), FE_F_NODEPORT)))
+        fes = lbsync.frontends(svc, fes, sid, count, len(local), proto, pack_fe_key, pack_fe)
         return _SvcEntries(_fingerprint(svc), (pack_id(sid), meta_value), bes, fes)
 
 

@@ -80,6 +80,7 @@ def _quiet(msg: str) -> None:
 def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
     """What the datapath must know: node addresses, pod blocks, services with their current backends, mode, opt-outs."""
     nodes = st.nodes()
+    spec = {s.full_name: s for s in st.spec().services}  # LoadBalancer/external fields live in the topology
     services = [
         Service(
             name=s.name,
@@ -88,6 +89,7 @@ def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
             port=sp.port,
             node_port=sp.node_port,
             backends=[Backend(b.ip, b.port) for b in sp.backends],
+            **external_fields(spec.get(s.name)),
         )
         for s in st.services
         if s.cluster_ip != HEADLESS  # endpoints only: nothing to load-balance
@@ -100,6 +102,14 @@ def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
         mode="dsr" if felix.mode == "dsr" else "tunnel",
         dsr_optout=list(felix.bpfDSROptoutCIDRs),
     )
+
+
+def external_fields(svc: Any) -> dict[str, Any]:
+    """The datapath Service's LoadBalancer/external-IP fields from a topology Service (None: none)."""
+    if svc is None:
+        return {}
+    return {"lb_ip": svc.load_balancer_ip, "external_ips": list(svc.external_ips),
+            "source_ranges": list(svc.source_ranges), "affinity_timeout": svc.affinity_timeout, "maglev": svc.maglev}
 
 
 def datapath(st: LabState, node: str, keep_state: bool = False) -> NodeDatapath:

@@ -71,6 +71,9 @@ BPF_TABLE_PINNED("lpm_trie", struct route_key, __u32, dsr_optout, MAX_DSR_OPTOUT
 
 #define FE_F_NODEPORT  1
 #define FE_F_CLUSTERIP 2
+#define FE_F_EXTERNAL  0x100  /* a LoadBalancer ingress or external IP (lib/lb.h) */
+#define FE_F_LB_IP     0x200  /* ... the LoadBalancer ingress: loadBalancerSourceRanges apply */
+#define FE_F_LB_OPTS   0x400  /* the service has an lb_svc entry (ranges, affinity, maglev) */
 
 struct fe_key {
 	__be32 addr;          /* frontend address; 0 = NodePort on any node address */
