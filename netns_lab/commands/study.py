@@ -551,3 +551,40 @@ def _render_story(doc: dict[str, Any], tgt: NodePortTarget) -> None:
 
 
 COMMANDS = (dump_group, trace_cmd, explain_cmd)
+
+
+@dump_group.command("affinity")
+@lab_option
+@_node
+@_output
+@click.pass_context
+def dump_affinity(ctx: click.Context, lab: str | None, node: str | None, output: str | None) -> int:
+    """ClientIP session affinity (affinity map): frontend, client -> backend, age and seconds left."""
+    import time as _time
+
+    from ebpf_nodeport import lbsync
+    from ebpf_nodeport.abi import ip2int, proto_num
+    from netns_lab.loadbalancer import external_addrs
+
+    lab, st, nodes = _context(*_merged(ctx, lab, node, output)[:2])
+    output = _merged(ctx, lab, node, output)[2]
+    timeouts = {}
+    for s in st.spec().services:
+        if s.affinity_timeout:
+            for sp in s.ports:
+                for a in [s.cluster_ip, *external_addrs(s)]:
+                    timeouts[(ip2int(a), sp.port, proto_num(sp.protocol.lower()))] = s.affinity_timeout
+    now = _time.clock_gettime_ns(_time.CLOCK_MONOTONIC)
+    docs = []
+    for name, ip in nodes.items():
+        with open_maps(lab, name) as m:
+            docs.append({"node": name, "address": ip, "affinity": lbsync.affinity_records(m, now, timeouts)})
+    if output == "json":
+        _emit_json({"lab": lab, "mode": st.mode, "dump": "affinity", "nodes": docs})
+        return 0
+    for d in docs:
+        click.echo(f"{d['node']} ({d['address']}) affinity: {len(d['affinity'])}")
+        for r in d["affinity"]:
+            click.echo(f"  {r['frontend']} client {r['client']} -> {r['backend']}  age {r['age_s']}s  "
+                       f"expires in {r['expires_in_s']}s")
+    return 0

@@ -1,0 +1,97 @@
+"""LoadBalancer ingress, external IPs, source ranges, ClientIP affinity and Maglev mid-flow failover (issue 14),
+in kube-proxy, tunnel and dsr modes, driven from host1 through the LoadBalancer pool route."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Lab, counter, running_lab
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+HERE = Path(__file__).resolve().parent
+MODES = ["kube-proxy", "tunnel", "dsr"]
+
+
+@pytest.fixture(scope="module")
+def lb_lab() -> Lab:
+    with running_lab("lb", manifests=[HERE / "lb_services.yaml"]) as lab:
+        yield lab
+
+
+def _mode(lab: Lab, mode: str) -> None:
+    if lab.status()["mode"] != mode:
+        lab.run("mode", mode, timeout=300)
+
+
+def _ip(lab: Lab, name: str) -> str:
+    svc = json.loads(lab.run("get", "svc", name, "-n", "lb", "-o", "json").stdout)
+    return svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+
+
+def _get(lab: Lab, url: str) -> str | None:
+    proc = lab.exec("host1", "curl", "-sS", "--max-time", "2", url, check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loadbalancer_and_external_ip(lb_lab: Lab, mode: str) -> None:
+    _mode(lb_lab, mode)
+    out = lb_lab.run("get", "svc", "-n", "lb").stdout
+    assert "198.19.48.1,198.19.48.200" in out and "LoadBalancer" in out
+    for addr in (_ip(lb_lab, "web"), "198.19.48.200", _ip(lb_lab, "plain")):
+        assert (_get(lb_lab, f"{addr}/hostname") or "").startswith("web-"), addr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_source_ranges_drop_and_count(lb_lab: Lab, mode: str) -> None:
+    _mode(lb_lab, mode)
+    assert _get(lb_lab, f"{_ip(lb_lab, 'ranged')}/hostname") is None
+    if mode == "kube-proxy":
+        rules = lb_lab.exec("control", "iptables-save", "-c", "-t", "filter").stdout
+        line = next(r for r in rules.splitlines() if "lb/ranged" in r and "-j DROP" in r)
+        assert not line.startswith("[0:"), line
+    else:
+        assert counter(lb_lab, "control", "from_hep", "DROP_SRC_RANGE") > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
+    _mode(lb_lab, mode)
+    url = f"{_ip(lb_lab, 'sticky')}/hostname"
+    seen = {_get(lb_lab, url) for _ in range(30)}
+    assert len(seen) == 1 and None not in seen, seen
+    time.sleep(5)  # timeoutSeconds 4
+    spread = set()
+    for _ in range(30):
+        spread.add(_get(lb_lab, url))
+        time.sleep(4.2) if len(spread) < 2 and False else None
+        if len(spread) > 1:
+            break
+        time.sleep(4.2)
+    assert len(spread) > 1, spread
+
+
+def _move(lab: Lab, addr: str) -> dict:
+    lab.exec("host1", "ip", "route", "replace", "198.19.48.0/24", "via", lab.node_address("control"))
+    proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, str(HERE / "lb_route_move.py"),
+                           addr, "198.19.48.0/24", lab.node_address("node2"), "4"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_maglev_connection_survives_route_move(lb_lab: Lab, mode: str) -> None:
+    _mode(lb_lab, mode)
+    with_maglev = _move(lb_lab, _ip(lb_lab, "web"))
+    assert with_maglev["moved"] and with_maglev["error"] is None and with_maglev["ok"] > 40, with_maglev
+    before = counter(lb_lab, "node2", "from_hep", "DROP_MID_FLOW")
+    without = _move(lb_lab, _ip(lb_lab, "plain"))
+    assert without["error"] is not None, without  # no Maglev: the new ingress node drops the mid-flow packets
+    assert counter(lb_lab, "node2", "from_hep", "DROP_MID_FLOW") > before
