@@ -54,6 +54,9 @@ def _preflight(plot_file: Path | None, save: Path | None) -> None:
     if shutil.which("iperf3") is None:
         raise LabError("bench needs iperf3: apt-get install iperf3 (./setup.sh does)")
     check_ebpf_prereqs("tunnel")
+    from netns_lab.bench import rrtool
+
+    rrtool.binary()  # compiled now (cached): a missing compiler is one line before anything is built
 
 
 @click.command(
@@ -73,7 +76,7 @@ failure or Ctrl-C. See docs/bench.md for what each figure means.""",
 @click.option("--services", "services", default="1,1000,10000", show_default=True, callback=_services,
               metavar="N,N,...", help="Extra service counts for the scaling runs.")
 @click.option("--rounds", type=click.IntRange(1, 20), default=None,
-              help="Visits of every mode (default: 1 with --quick, else 3).")
+              help="Visits of every mode (default: 1 with --quick, else 2).")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True,
               help="Output format (json: every raw sample, the figures and the targets; markdown: the tables).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
