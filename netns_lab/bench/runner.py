@@ -87,7 +87,14 @@ class Run:
 
     def __init__(self, cfg: BenchConfig, step: Step, base: str | None = None):
         self.cfg = cfg
-        self.step = step
+        self._t0 = time.monotonic()
+        self.timeline: list[tuple[float, str]] = []   # (seconds since start, step done): where the run's time goes
+
+        def timed_step(msg: str) -> None:
+            self.timeline.append((round(time.monotonic() - self._t0, 2), msg))
+            step(msg)
+
+        self.step = timed_step
         self.base = base or f"bn{secrets.token_hex(3)}"
         self.labs = BenchLabs(self.base)
         self.client_ns = {"direct": f"nl-{self.labs.direct}-{btopo.CLIENT}", "lab": f"nl-{self.labs.lab}-{btopo.CLIENT}"}
@@ -137,6 +144,7 @@ class Run:
                     signal.signal(signal.SIGINT, signal.default_int_handler)
         self.res["machine"]["loadavg_end"] = os.getloadavg()
         self.res["elapsed_s"] = time.monotonic() - t0
+        self.res["timeline"] = self.timeline
         return self.res
 
     def _bpf_cost(self) -> None:

@@ -107,11 +107,12 @@ def bench_services() -> list[SvcSpec]:
     return out
 
 
-def extra_services(n: int, backend_pod: str = LOCAL_POD) -> list[SvcSpec]:
+def extra_services(n: int, backend_pod: str = LOCAL_POD, cidr: str = EXTRA_CIDR) -> list[SvcSpec]:
     """N ClusterIP services (one port each) that no measured flow uses: the load the scaling runs add."""
-    if not 0 <= n <= MAX_EXTRA:
-        raise ValueError(f"at most {MAX_EXTRA} extra services fit in {EXTRA_CIDR}, not {n}")
-    base = ipaddress.IPv4Network(EXTRA_CIDR).network_address
+    room = ipaddress.IPv4Network(cidr).num_addresses - 2
+    if not 0 <= n <= room:
+        raise ValueError(f"at most {room} extra services fit in {cidr}, not {n}")
+    base = ipaddress.IPv4Network(cidr).network_address
     return [SvcSpec(f"{BENCH_NS}/extra-{i}", "http", str(base + 1 + i), 80, None, backend_pod, HTTP_PORT)
             for i in range(n)]
 

@@ -68,6 +68,7 @@ Examples:
   netns-lab bench --quick --services 1,100 -o json | jq .targets
   netns-lab bench --from-json bench.json --plot bench.png   # render a saved run again
   netns-lab bench --from-json bench.json -o markdown        # its tables as Markdown (docs)
+  netns-lab bench --scale --save scale.json        # lab scale: 20 nodes / 500 pods, 100,000 services
 \b
 Brings up its own two labs (names bn<hex> and bn<hex>d) and always removes them, also on
 failure or Ctrl-C. See docs/bench.md for what each figure means.""",
@@ -83,22 +84,42 @@ failure or Ctrl-C. See docs/bench.md for what each figure means.""",
               help="Also write the PNG plot (latency vs services, throughput per mode).")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON document to this file.")
+@click.option("--scale", is_flag=True,
+              help="Measure lab scale instead: up / mode tunnel / mode kube-proxy / down of the default lab and a "
+                   "20-node, 500-pod lab, and 100,000 services programmed per dataplane (about 5 minutes).")
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Render a saved JSON document instead of measuring.")
 def bench(quick: bool, services: tuple[int, ...], rounds: int | None, output: str, plot_file: Path | None,
-          save: Path | None, from_json: Path | None) -> int:
+          save: Path | None, scale: bool, from_json: Path | None) -> int:
     """Measure throughput, CPU per Gbit, new-connection latency, scaling with services, programming time
     and per-packet BPF cost for direct routing, kube-proxy, tunnel and dsr, and check the targets."""
     from netns_lab.bench import config, report
 
+    if scale and (quick or plot_file is not None):
+        raise LabError("--scale is a section of its own: it takes neither --quick nor --plot")
     if from_json is not None:
         doc = _load(from_json)
+    elif scale:
+        _preflight(None, save)
+        doc = _measure_scale()
     else:
         _preflight(plot_file, save)
         cfg = config.preset(quick, services, rounds)
         doc = report.document(_measure(cfg))
     if save is not None:
         save.write_text(json.dumps(doc, indent=1) + "\n")
+    if doc.get("kind") == "scale":
+        from netns_lab.bench import scale as scale_mod
+
+        if output == "json":
+            click.echo(json.dumps(doc, indent=1))
+        elif output == "markdown":
+            md = report.Markdown()
+            scale_mod.render(md, doc)
+            click.echo(md.text(), nl=False)
+        else:
+            scale_mod.render(console(), doc)
+        return 0
     if plot_file is not None:
         from netns_lab.bench import plot
 
@@ -122,9 +143,21 @@ def _load(path: Path) -> dict[str, Any]:
 
     try:
         raw = json.loads(path.read_text())
+        if raw.get("kind") == "scale":
+            return raw
         return report.document({k: v for k, v in raw.items() if k not in ("summary", "targets")})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LabError(f"--from-json {str(path)!r} is not a bench document: {exc}") from None
+
+
+def _measure_scale() -> dict[str, Any]:
+    """The scale section, one line per step on stderr; its labs are removed also on failure."""
+    import secrets
+
+    from netns_lab.bench import scale as scale_mod
+
+    err = Console(stderr=True)
+    return scale_mod.run(f"bs{secrets.token_hex(3)}", lambda msg: err.print(msg, highlight=False))
 
 
 def _measure(cfg: Any) -> dict[str, Any]:
