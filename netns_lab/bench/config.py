@@ -69,8 +69,8 @@ def preset(quick: bool, services: tuple[int, ...] = DEFAULT_SERVICES, rounds: in
     """The --quick (under 5 minutes here) or full (under 20) configuration. The full run visits every mode
     twice (modes interleaved, rotated): four modes and the per-packet workloads fit 20 minutes on 2 cores."""
     if quick:
-        cfg = BenchConfig(quick=True, services=services, rounds=1, iperf_seconds=1.5, latency_count=600,
-                          rate_seconds=1.0, scaling_count=600, bpf_runs=2000, ab_pairs=4, udp_seconds=1.0,
+        cfg = BenchConfig(quick=True, services=services, rounds=1, iperf_seconds=1.0, streams=(4,), latency_count=600,
+                          rate_seconds=1.0, scaling_count=600, bpf_runs=2000, ab_pairs=3, udp_seconds=1.0,
                           rr_seconds=1.0)
     else:
         cfg = BenchConfig(quick=False, services=services, rounds=2, iperf_seconds=3.0, rate_seconds=2.0,

@@ -3,6 +3,7 @@ kube-proxy rule merging, packet patching, the connection client on loopback, arg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -266,7 +267,7 @@ def _rr(rate: float, us: float) -> dict:
 def result(tunnel_local: float = 9.5, dsr_remote: float = 7.5, tunnel_remote: float = 8.0, ebpf_big_rtt: float = 12.0,
            est_ns: float = 80.0, program_s: float = 0.5, dsr_download: float = 1.0) -> dict:
     """A bench result document as runner.Run builds it, with chosen numbers (one round)."""
-    cfg = config.preset(True, (1, 10000))
+    cfg = dataclasses.replace(config.preset(True, (1, 10000)), streams=(1, 4))
     modes = cfg.modes
     gbit = {("local", "kube-proxy"): 7.0, ("local", "tunnel"): tunnel_local, ("local", "dsr"): tunnel_local,
             ("remote", "kube-proxy"): 7.0, ("remote", "tunnel"): tunnel_remote, ("remote", "dsr"): dsr_remote,
