@@ -169,13 +169,13 @@ def merge_rulesets(first: kubeproxy.Ruleset, second: kubeproxy.Ruleset) -> kubep
                              filter_hooks=list(first.filter_hooks))
 
 
-def kubeproxy_ruleset(lab_topo: Topology, node: str, extras: list[SvcSpec]) -> kubeproxy.Ruleset:
+def kubeproxy_ruleset(lab_topo: Topology, node: str, extras: list[SvcSpec], extra_cidr: str = EXTRA_CIDR) -> kubeproxy.Ruleset:
     """kube-proxy's rules for the lab's services, the bench services and `extras`, as one full sync writes them."""
     lab_rs = kubeproxy.ruleset(lab_topo, plan(lab_topo), node)
     bench_topo = _rules_topology(lab_topo, bench_services(), lab_topo.service_cidr)
     rs = merge_rulesets(lab_rs, kubeproxy.ruleset(bench_topo, plan(bench_topo), node))
     if extras:
-        extra_topo = _rules_topology(lab_topo, extras, EXTRA_CIDR)
+        extra_topo = _rules_topology(lab_topo, extras, extra_cidr)
         rs = merge_rulesets(rs, kubeproxy.ruleset(extra_topo, plan(extra_topo), node))
     return rs
 
@@ -212,12 +212,12 @@ def _nft_rules(lab_topo: Topology, specs: list[SvcSpec], service_cidr: str, node
     return kubeproxy_nft.ruleset(tp, plan(tp), node)
 
 
-def nft_ruleset(lab_topo: Topology, node: str, extras: list[SvcSpec]) -> kubeproxy_nft.Ruleset:
+def nft_ruleset(lab_topo: Topology, node: str, extras: list[SvcSpec], extra_cidr: str = EXTRA_CIDR) -> kubeproxy_nft.Ruleset:
     """kube-proxy nftables' table for the lab's services, the bench services and `extras` (one `nft -f` writes it)."""
     rs = kubeproxy_nft.ruleset(lab_topo, plan(lab_topo), node)
     parts = [_nft_rules(lab_topo, bench_services(), lab_topo.service_cidr, node)]
     if extras:
-        parts.append(_nft_rules(lab_topo, extras, EXTRA_CIDR, node))
+        parts.append(_nft_rules(lab_topo, extras, extra_cidr, node))
     for p in parts:
         rs.chains += p.chains
         rs.rules += p.rules
