@@ -66,22 +66,30 @@ SCALE_CIDR = "100.64.0.0/14"   # 100,000 ClusterIPs need more than the bench's /
 TOOL_TIMEOUT_S = 180.0         # iptables-restore / nft -f of 100,000 services: reported as not done after this
 
 
+def _wait4(proc: subprocess.Popen, deadline: float) -> tuple[int, Any] | None:
+    """(wait status, rusage of that one child) once `proc` exits; None if it was killed at `deadline`."""
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            return status, ru
+        if time.monotonic() > deadline:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            return None
+        time.sleep(0.02)
+
+
 def run_cli(argv: list[str], timeout: float = 900) -> dict[str, Any]:
     """`python -m netns_lab ARGV` as the user runs it: seconds, peak RSS (MB) of the command, machine memory in use after."""
     t = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "netns_lab", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = t + timeout
-    while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pid, status, ru = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
+    waited = _wait4(proc, t + timeout)
     secs = time.monotonic() - t
+    if waited is None:
+        return {"argv": argv, "s": round(secs, 3), "rc": None, "peak_rss_mb": None, "mem_used_mb": round(mem_used_mb(), 1),
+                "error": f"not done after {timeout:.0f} s"}
+    status, ru = waited
     rc = os.waitstatus_to_exitcode(status)
     proc.returncode = rc
     err = proc.stderr.read() if proc.stderr else ""
@@ -159,16 +167,10 @@ def _timed_tool(argv: list[str], stdin: str, timeout: float) -> dict[str, Any]:
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    deadline = t + timeout
-    while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            return {"s": round(time.monotonic() - t, 2), "rc": None, "error": f"not done after {timeout:.0f} s"}
-        time.sleep(0.02)
+    waited = _wait4(proc, t + timeout)
+    if waited is None:
+        return {"s": round(time.monotonic() - t, 2), "rc": None, "error": f"not done after {timeout:.0f} s"}
+    status, ru = waited
     rc = os.waitstatus_to_exitcode(status)
     out = {"s": round(time.monotonic() - t, 3), "rc": rc, "peak_rss_mb": round(ru.ru_maxrss / 1024, 1)}
     if rc != 0:

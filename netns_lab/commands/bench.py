@@ -108,31 +108,26 @@ def bench(quick: bool, services: tuple[int, ...], rounds: int | None, output: st
         doc = report.document(_measure(cfg))
     if save is not None:
         save.write_text(json.dumps(doc, indent=1) + "\n")
-    if doc.get("kind") == "scale":
-        from netns_lab.bench import scale as scale_mod
-
-        if output == "json":
-            click.echo(json.dumps(doc, indent=1))
-        elif output == "markdown":
-            md = report.Markdown()
-            scale_mod.render(md, doc)
-            click.echo(md.text(), nl=False)
-        else:
-            scale_mod.render(console(), doc)
-        return 0
-    if plot_file is not None:
+    scale_doc = doc.get("kind") == "scale"
+    if plot_file is not None and not scale_doc:
         from netns_lab.bench import plot
 
         plot.plot(doc, plot_file)
+    if scale_doc:
+        from netns_lab.bench import scale as scale_mod
+
+        render = scale_mod.render
+    else:
+        render = report.render
     if output == "json":
         click.echo(json.dumps(doc, indent=1))
     elif output == "markdown":
         md = report.Markdown()
-        report.render(md, doc)
+        render(md, doc)
         click.echo(md.text(), nl=False)
     else:
-        report.render(console(), doc)
-        if plot_file is not None:
+        render(console(), doc)
+        if plot_file is not None and not scale_doc:
             console().print(f"plot written to {plot_file}", highlight=False)
     return 0
 
