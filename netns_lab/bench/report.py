@@ -339,7 +339,7 @@ class Markdown:
         if isinstance(obj, Table):
             cols = [_plain(str(c.header)) for c in obj.columns]
             rows = zip(*(c._cells for c in obj.columns)) if obj.columns else []   # rich keeps cells per column
-            lines = [f"**{_plain(str(obj.title or ''))}**", "", "| " + " | ".join(cols) + " |",
+            lines = [f"### {_plain(str(obj.title or ''))}", "", "| " + " | ".join(cols) + " |",
                      "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(_plain(str(cell)).replace("|", "\\|") for cell in row) + " |"
                       for row in rows]
