@@ -12,10 +12,12 @@ process; a tool that has not finished after TOOL_TIMEOUT_S is stopped and report
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -161,12 +163,14 @@ def _timed_tool(argv: list[str], stdin: str, timeout: float) -> dict[str, Any]:
     """A rule-loading tool fed `stdin`: seconds and its peak RSS (wait4), or the error."""
     t = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
+
+    def feed() -> None:  # in a thread: iptables-restore reads as it goes, and the timeout must cover that too
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+
+    threading.Thread(target=feed, daemon=True).start()
     waited = _wait4(proc, t + timeout)
     if waited is None:
         return {"s": round(time.monotonic() - t, 2), "rc": None, "error": f"not done after {timeout:.0f} s"}
