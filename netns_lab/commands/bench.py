@@ -63,7 +63,7 @@ def _preflight(plot_file: Path | None, save: Path | None) -> None:
     "bench",
     epilog="""\b
 Examples:
-  netns-lab bench --quick                          # about 3.5 minutes on 2 cores (full: 15)
+  netns-lab bench --quick                          # about 5 minutes on 2 cores (full: 17)
   netns-lab bench --plot bench.png --save bench.json
   netns-lab bench --quick --services 1,100 -o json | jq .targets
   netns-lab bench --from-json bench.json --plot bench.png   # render a saved run again
@@ -86,13 +86,14 @@ failure or Ctrl-C. See docs/bench.md for what each figure means.""",
               help="Also write the JSON document to this file.")
 @click.option("--scale", is_flag=True,
               help="Measure lab scale instead: up / mode tunnel / mode kube-proxy / down of the default lab and a "
-                   "20-node, 500-pod lab, and 100,000 services programmed per dataplane (about 5 minutes).")
+                   "20-node, 500-pod lab, and 100,000 services programmed per dataplane (about 9 minutes).")
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Render a saved JSON document instead of measuring.")
 def bench(quick: bool, services: tuple[int, ...], rounds: int | None, output: str, plot_file: Path | None,
           save: Path | None, scale: bool, from_json: Path | None) -> int:
-    """Measure throughput, CPU per Gbit, new-connection latency, scaling with services, programming time
-    and per-packet BPF cost for direct routing, kube-proxy, tunnel and dsr, and check the targets."""
+    """Measure throughput, CPU per Gbit, small-packet UDP rate, TCP_RR/TCP_CRR, new-connection latency, scaling
+    with services, programming time and per-packet BPF cost for direct routing, kube-proxy (iptables and
+    nftables), tunnel and dsr, and check the targets (--scale: the lab itself at size)."""
     from netns_lab.bench import config, report
 
     if scale and (quick or plot_file is not None):
