@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from netns_lab.apps import TEST_SERVER, UPSTREAM
-from netns_lab import loadbalancer
 from netns_lab.errors import LabError
 
 PROTOCOLS = ("TCP", "UDP")
@@ -843,6 +842,8 @@ def plan(topo: Topology) -> AddressPlan:
             endpoints[(s.full_name, sp.name)] = [
                 Backend(p.name, p.node, str(pod_ips[p.name]), sp.target_on(p) or 0) for p in selected
             ]
+
+    from netns_lab import loadbalancer  # it types with topology's classes: imported here, no cycle
 
     loadbalancer.check(topo, TopologyError)
 
