@@ -21,6 +21,7 @@
 #include "lib/icmp.h"
 #include "lib/events.h"
 #include "lib/hostnat.h"
+#include "lib/policy.h"
 
 /* Too big to encapsulate: tell a DF sender the MTU that fits, else drop. */
 static __always_inline int hep_too_big(struct __sk_buff *skb, const struct node_cfg *conf,
@@ -68,7 +69,7 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 					const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
-	struct be_value *be = be_pick(fe, hash);
+	struct be_value *be = be_pick_policy(fe, hash, TRAFFIC_EXTERNAL);
 	__be32 be_addr, fe_addr, peer;
 	__be16 be_port, fe_port, cport;
 	__u8 flags, np_flags = 0, reason = REASON_NAT_NEW;
@@ -77,7 +78,7 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	int rev_from_a;
 
 	if (!be)
-		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+		return reject_no_backend(skb, p, st, conf->host_ifindex);
 	be_addr = be->addr;
 	be_port = be->port;
 	flags = ct_flags_of_fe(fe);

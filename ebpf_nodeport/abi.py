@@ -36,6 +36,7 @@ EBPF_MODES = ("tunnel", "dsr")
 CFG_F_DSR, CFG_F_TRACE, CFG_F_ENABLED = 1, 2, 4
 RT_F_LOCAL = 1
 FE_F_NODEPORT, FE_F_CLUSTERIP = 1, 2
+FE_F_ETP_LOCAL, FE_F_ITP_LOCAL = 4, 8      # traffic policies Local (bpf/lib/policy.h)
 CT_NORMAL, CT_NAT_FWD, CT_NAT_REV = 0, 1, 2
 CT_F_TUNNEL, CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT = 1, 2, 4, 8
 CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT, CT_F_PSNAT = 16, 32, 64, 128
@@ -81,7 +82,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_MALFORMED": "truncated/invalid headers",
     "DROP_TUN_UNKNOWN_SRC": "VXLAN from an address that is not a node",
     "DROP_TUN_BAD_VNI": "VXLAN with another VNI",
-    "DROP_NO_BACKEND": "service has no backends",
+    "DROP_NO_BACKEND": "no backend may take it (none, or none local for a Local policy): ICMP port unreachable sent",
     "DROP_FRAG_NEEDED": "too big to encapsulate (ICMP frag-needed sent when DF)",
     "DROP_SPOOFED": "source is a local pod address arriving from outside",
     "DROP_ENCAP_FAIL": "a helper failed (adjust_room, store, csum, redirect)",
@@ -95,7 +96,8 @@ CT_FLAG_NAMES = {CT_F_TUNNEL: "TUNNEL", CT_F_DSR: "DSR", CT_F_FROM_TUNNEL: "FROM
                  CT_F_NODEPORT: "NODEPORT", CT_F_CLUSTERIP: "CLUSTERIP",
                  CT_F_CLIENT_IS_B: "CLIENT_IS_B", CT_F_POD_CLIENT: "POD_CLIENT", CT_F_PSNAT: "PSNAT"}
 CFG_FLAG_NAMES = {CFG_F_DSR: "DSR", CFG_F_TRACE: "TRACE", CFG_F_ENABLED: "ENABLED"}
-FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP"}
+FE_FLAG_NAMES = {FE_F_NODEPORT: "NODEPORT", FE_F_CLUSTERIP: "CLUSTERIP", FE_F_ETP_LOCAL: "ETP_LOCAL",
+                 FE_F_ITP_LOCAL: "ITP_LOCAL"}
 TCP_FLAG_NAMES = {TCPF_SYN: "SYN", TCPF_ACK: "ACK", TCPF_FIN: "FIN", TCPF_RST: "RST"}
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
 PROTO_NAMES = {v: k for k, v in PROTOS.items()}

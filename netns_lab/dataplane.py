@@ -87,7 +87,9 @@ def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
             cluster_ip=s.cluster_ip,
             port=sp.port,
             node_port=sp.node_port,
-            backends=[Backend(b.ip, b.port) for b in sp.backends],
+            backends=[Backend(b.ip, b.port, b.terminating) for b in sp.backends],
+            external_local=s.external_local,
+            internal_local=s.internal_local,
         )
         for s in st.services
         if s.cluster_ip != HEADLESS  # endpoints only: nothing to load-balance

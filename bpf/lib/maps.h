@@ -71,6 +71,8 @@ BPF_TABLE_PINNED("lpm_trie", struct route_key, __u32, dsr_optout, MAX_DSR_OPTOUT
 
 #define FE_F_NODEPORT  1
 #define FE_F_CLUSTERIP 2
+#define FE_F_ETP_LOCAL 4      /* externalTrafficPolicy Local: clients from outside get local backends only */
+#define FE_F_ITP_LOCAL 8      /* internalTrafficPolicy Local: pods get backends on their own node only */
 
 struct fe_key {
 	__be32 addr;          /* frontend address; 0 = NodePort on any node address */

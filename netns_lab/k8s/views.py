@@ -105,7 +105,10 @@ class View:
         if svc.selector:
             spec["selector"] = dict(svc.selector)
         if svc.type == "NodePort":
-            spec["externalTrafficPolicy"] = "Cluster"
+            spec["externalTrafficPolicy"] = svc.external_traffic_policy or "Cluster"
+        if svc.health_check_node_port:
+            spec["healthCheckNodePort"] = svc.health_check_node_port
+        spec["internalTrafficPolicy"] = svc.internal_traffic_policy or "Cluster"
         return {"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": svc.name, "namespace": svc.namespace, "creationTimestamp": self.created},
                 "spec": spec, "status": {"loadBalancer": {}}}
