@@ -476,7 +476,11 @@ def _stats_text(stats: Any) -> str:
 
 
 def reprogram(st: LabState) -> None:
-    """Program the services' current endpoints into whatever dataplane runs (kube-proxy rules, BPF maps, or both)."""
+    """Program the services' current endpoints into whatever dataplane runs (kube-proxy rules, BPF maps, or both),
+    and the health check ports' tables."""
+    from netns_lab import healthcheck
+
+    healthcheck.sync(st)
     if st.kubeproxy.installed:
         kube_proxy_install(st)
     loaded = loaded_nodes(st)
