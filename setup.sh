@@ -37,7 +37,7 @@ install_packages() {
     local arch pkgs missing=() p
     arch="$(dpkg --print-architecture)"
     pkgs=(python3-bpfcc libbpfcc bpfcc-tools "linux-headers-$arch" iproute2 iptables tcpdump curl
-          iperf3 bpftool python3-venv nftables)
+          iperf3 bpftool python3-venv nftables gcc libc6-dev)
     for p in "${pkgs[@]}"; do
         if [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" != "ii " ]; then
             missing+=("$p")

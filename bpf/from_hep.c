@@ -487,15 +487,24 @@ static __always_inline int hep_handle(struct __sk_buff *skb, const struct node_c
 	    p.dport == bpf_htons(conf->tunnel_port))
 		return hep_tunnel(skb, conf, &p, st);
 
-	if (is_local_pod(p.saddr))
-		return verdict(st, REASON_DROP_SPOOFED, TC_ACT_SHOT);
-	if (p.proto == IPPROTO_ICMP)
-		return hep_icmp(skb, conf, &p, st);
-	if (!p.has_ports)
+	if (p.proto == IPPROTO_ICMP || !p.has_ports) {
+		if (is_local_pod(p.saddr))
+			return verdict(st, REASON_DROP_SPOOFED, TC_ACT_SHOT);
+		if (p.proto == IPPROTO_ICMP)
+			return hep_icmp(skb, conf, &p, st);
 		return verdict(st, REASON_PASS, TC_ACT_OK);
+	}
 
 	ct_key_make(&k, p.saddr, p.sport, p.daddr, p.dport, p.proto, &from_a);
-	v = ct_lookup(&k, &p);
+	v = ct.lookup(&k);
+	/* A local pod's address arriving from outside is spoofed. The check is
+	 * an LPM lookup; an established external connection's request skips it,
+	 * its entry proving the source passed it at creation (ct_src_checked).
+	 * Any other packet is checked before an entry is acted on, expiry
+	 * included: a spoofed packet must not use, nor delete, an entry. */
+	if (!(v && ct_src_checked(v, from_a)) && is_local_pod(p.saddr))
+		return verdict(st, REASON_DROP_SPOOFED, TC_ACT_SHOT);
+	v = ct_validate(&k, v, &p);
 	if (v) {
 		rc = host_client_reply(skb, conf, &p, st, v, from_a);
 		if (rc >= 0)

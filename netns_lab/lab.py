@@ -371,7 +371,7 @@ def _bring_up(st: LabState, progress: Progress, failure: Progress) -> None:
         lab_state.save(lab, st)
 
         t = time.monotonic()
-        started = [launch.start(lab, topo, pod) for pod in topo.pods]
+        started = launch.start_all(lab, topo, topo.pods)
         for s in started:
             st.pods[s.pod].pid = s.pid
         lab_state.save(lab, st)

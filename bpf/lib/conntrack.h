@@ -118,14 +118,16 @@ static __always_inline int ct_expired(const struct ct_value *v, __u8 proto, __u6
 	return now > v->last_seen_ns && now - v->last_seen_ns > ct_timeout(v, proto);
 }
 
-/* Look an entry up; expired (or reopened) entries are deleted and reported
- * absent. A NAT_FWD entry is returned as is: it lives and dies with its
- * NAT_REV entry, which the caller looks up next (the reply direction only
- * ever refreshes the NAT_REV entry, so the FWD timestamp alone would lie). */
-static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct pkt *p)
+/* v, the entry found under k, as a lookup reports it: expired (or reopened)
+ * entries are deleted and reported absent. A NAT_FWD entry is returned as
+ * is: it lives and dies with its NAT_REV entry, which the caller looks up
+ * next (the reply direction only ever refreshes the NAT_REV entry, so the
+ * FWD timestamp alone would lie). Apart from ct_lookup() so a caller can
+ * look at the raw entry before it acts on it (hep_handle: is the source
+ * already checked?) without a second map lookup. */
+static __always_inline struct ct_value *ct_validate(struct ct_key *k, struct ct_value *v,
+						    struct pkt *p)
 {
-	struct ct_value *v = ct.lookup(k);
-
 	if (!v || v->type == CT_NAT_FWD)
 		return v;
 	if (ct_expired(v, k->proto, pkt_now(p)) || ct_reopened(v, p)) {
@@ -133,6 +135,27 @@ static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct pkt *
 		return NULL;
 	}
 	return v;
+}
+
+/* Look an entry up (see ct_validate). */
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct pkt *p)
+{
+	return ct_validate(k, ct.lookup(k), p);
+}
+
+/* Does this hit prove that the packet's source passed from_hep's spoofing
+ * check (not a local pod's address) when the connection was created? Only a
+ * NAT_FWD entry of a client that is not a local pod and came in over eth0
+ * or is the node itself does: from_hep creates those for a source that
+ * passed the check, to_hep for the node's own address, and the packet comes
+ * from that client. As Calico records the check in its entry; a packet with
+ * a local pod's address as source can only match such an entry as its
+ * client if that address passed the check at creation. Every other hit
+ * (a reply, a pod's own connection, a tunnelled flow) proves nothing. */
+static __always_inline int ct_src_checked(const struct ct_value *v, int from_a)
+{
+	return v->type == CT_NAT_FWD && !(v->flags & (CT_F_POD_CLIENT | CT_F_FROM_TUNNEL)) &&
+	       ct_from_client(v, from_a);
 }
 
 /* Packets a (possibly GSO) skb stands for on the wire. */

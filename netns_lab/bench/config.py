@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from netns_lab.bench.topo import MAX_EXTRA
-from netns_lab.felix import MODES
+
+# every service dataplane the lab has: kube-proxy's two backends (iptables, nftables) and both eBPF modes
+MODES = ("kube-proxy", "kube-proxy-nft", "tunnel", "dsr")
 
 BACKENDS = ("local", "remote")
 DEFAULT_SERVICES = (1, 1000, 10000)
@@ -27,6 +29,11 @@ class BenchConfig:
     scaling_count: int = 2000       # connections per latency sample with N extra services
     bpf_runs: int = 5000            # test runs per BPF path
     ab_pairs: int = 10              # dsr/tunnel back-to-back pairs on the path DSR changes (0: none)
+    # per-packet workloads: UDP packet rate (iperf3 -u) as (backend, datagram bytes, flows), TCP_RR and TCP_CRR
+    udp: tuple[tuple[str, int, int], ...] = (("local", 64, 1), ("local", 64, 16), ("local", 512, 1),
+                                             ("local", 512, 16), ("remote", 64, 16))
+    udp_seconds: float = 2.0
+    rr_seconds: float = 2.0         # per TCP_RR / TCP_CRR sample (both backends)
     modes: tuple[str, ...] = field(default=MODES)
 
     def to_dict(self) -> dict:
@@ -46,6 +53,7 @@ class BenchConfig:
         """Progress-bar units: one per measurement or programming action, plus set-up and BPF paths."""
         per_visit = (len(BACKENDS) * len(self.flows()) * 2       # throughput, paired with direct
                      + len(BACKENDS) * 2                         # sequential + concurrent (each paired)
+                     + len(self.udp) + len(BACKENDS) * 2         # UDP rate, TCP_RR + TCP_CRR (each paired)
                      + len(self.services) * 3 + 1)               # program+measure, change, remove; switch
         from netns_lab.bench.bpfcost import N_STEPS
 
@@ -58,12 +66,15 @@ class BenchConfig:
 
 
 def preset(quick: bool, services: tuple[int, ...] = DEFAULT_SERVICES, rounds: int | None = None) -> BenchConfig:
-    """The --quick (under 5 minutes here) or full (under 20) configuration."""
+    """The --quick (under 5 minutes here) or full (under 20) configuration. The full run visits every mode
+    twice (modes interleaved, rotated): four modes and the per-packet workloads fit 20 minutes on 2 cores."""
     if quick:
-        cfg = BenchConfig(quick=True, services=services, rounds=1, iperf_seconds=2.0, latency_count=1000,
-                          rate_seconds=1.5, scaling_count=1000, bpf_runs=2000, ab_pairs=6)
+        cfg = BenchConfig(quick=True, services=services, rounds=1, iperf_seconds=1.0, streams=(4,), latency_count=600,
+                          rate_seconds=1.0, scaling_count=600, bpf_runs=2000, ab_pairs=3, udp_seconds=1.0,
+                          rr_seconds=1.0)
     else:
-        cfg = BenchConfig(quick=False, services=services)
+        cfg = BenchConfig(quick=False, services=services, rounds=2, iperf_seconds=3.0, rate_seconds=2.0,
+                          scaling_count=1500, ab_pairs=8)
     return cfg if rounds is None else replace(cfg, rounds=rounds)
 
 

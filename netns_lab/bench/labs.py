@@ -89,11 +89,15 @@ class BenchLabs:
             raise LabError(f"direct lab: cannot route the pod pool via {ingress}: {proc.stderr.strip()}")
 
     def _start_servers(self, lab: str, pod: str) -> None:
-        """iperf3 -s and the HTTP server, detached, in the pod's namespace (clean-up kills them with the lab)."""
+        """iperf3 -s, the HTTP server and the request/response echo server, detached, in the pod's namespace
+        (clean-up kills them with the lab)."""
+        from netns_lab.bench import rrtool
+
         ns = naming.netns(lab, pod)
         log = open(os.devnull, "wb")
         for argv in (["iperf3", "-s", "-p", str(btopo.IPERF_PORT)],
-                     [sys.executable, "-m", "netns_lab.bench.conn", "server", "--port", str(btopo.HTTP_PORT)]):
+                     [sys.executable, "-m", "netns_lab.bench.conn", "server", "--port", str(btopo.HTTP_PORT)],
+                     [str(rrtool.binary()), "server", str(btopo.RR_PORT)]):
             self.servers.append(subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
                                                  stdout=log, stderr=log, start_new_session=True, close_fds=True))
         log.close()
@@ -111,7 +115,7 @@ class BenchLabs:
         for lab, ips in ((self.lab, self.pod_ips), (self.direct, self.direct_ips)):
             for pod in (btopo.LOCAL_POD, btopo.REMOTE_POD):
                 node = self.topo.pod(pod).node
-                for port in (btopo.HTTP_PORT, btopo.IPERF_PORT):
+                for port in (btopo.HTTP_PORT, btopo.IPERF_PORT, btopo.RR_PORT):
                     while not in_netns(naming.netns(lab, node), accepts, ips[pod], port):
                         dead = [p for p in self.servers if p.poll() is not None]
                         if dead or time.monotonic() > deadline:
@@ -152,5 +156,5 @@ class BenchLabs:
 
     def direct_target(self, backend: str, what: str) -> tuple[str, int]:
         """(pod address, port) in the direct lab."""
-        port = btopo.HTTP_PORT if what == "http" else btopo.IPERF_PORT
+        port = {"http": btopo.HTTP_PORT, "rr": btopo.RR_PORT}.get(what, btopo.IPERF_PORT)
         return self.direct_ips[btopo.BACKEND_POD[backend]], port

@@ -98,17 +98,22 @@ def parse_iperf(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def throughput(ns: str, addr: str, port: int, streams: int, seconds: float, download: bool = False) -> dict[str, Any]:
-    """iperf3 TCP between `ns` and addr:port (download: the server sends, -R): Gbit/s and CPU s per Gbit."""
-    argv = in_ns(ns, ["iperf3", "-c", addr, "-p", str(port), "-t", f"{seconds:g}", "-P", str(streams), "-J",
-                      "--connect-timeout", "3000", *(["-R"] if download else [])])
+def _run_json(argv: list[str], seconds: float, what: str) -> tuple[dict[str, Any], CpuTimes]:
+    """Run a load tool printing one JSON document: (that document, the machine's CPU times over the run)."""
     before = cpu_times()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     spent = cpu_times() - before
     try:
-        doc = json.loads(proc.stdout)
+        return json.loads(proc.stdout), spent
     except ValueError:
-        raise LabError(f"iperf3 to {addr}:{port} failed: {(proc.stderr or proc.stdout).strip()[:200]}") from None
+        raise LabError(f"{what} failed: {(proc.stderr or proc.stdout).strip()[:200]}") from None
+
+
+def throughput(ns: str, addr: str, port: int, streams: int, seconds: float, download: bool = False) -> dict[str, Any]:
+    """iperf3 TCP between `ns` and addr:port (download: the server sends, -R): Gbit/s and CPU s per Gbit."""
+    argv = in_ns(ns, ["iperf3", "-c", addr, "-p", str(port), "-t", f"{seconds:g}", "-P", str(streams), "-J",
+                      "--connect-timeout", "3000", *(["-R"] if download else [])])
+    doc, spent = _run_json(argv, seconds, f"iperf3 to {addr}:{port}")
     r = parse_iperf(doc)
     procs_s = ((r["client_cpu_pct"] or 0.0) + (r["server_cpu_pct"] or 0.0)) / 100.0 * r["seconds"]
     r["cpu_s"] = procs_s + spent.interrupts
@@ -145,4 +150,42 @@ def connections(ns: str, addr: str, port: int, *, count: int = 0, duration: floa
     for d, (a, p) in ((doc, (addr, port)), (doc.get("alt"), alt[1:] if alt else (None, None))):
         if d is not None and d["completed"] == 0:
             raise LabError(f"no connection to {a}:{p} completed: errors {d['errors']}")
+    return doc
+
+
+# --------------------------------------------------------------------------- per-packet workloads
+
+
+def udp_rate(ns: str, addr: str, port: int, size: int, flows: int, seconds: float) -> dict[str, Any]:
+    """iperf3 UDP at full speed (-b 0) with `size`-byte datagrams over `flows` sockets: packets delivered per second
+    and softirq/irq CPU ns per delivered packet (/proc/stat over the run)."""
+    argv = in_ns(ns, ["iperf3", "-c", addr, "-p", str(port), "-u", "-b", "0", "-l", str(size), "-P", str(flows),
+                      "-t", f"{seconds:g}", "-J", "--connect-timeout", "3000"])
+    doc, spent = _run_json(argv, seconds, f"iperf3 -u to {addr}:{port}")
+    if doc.get("error"):
+        raise LabError(f"iperf3 -u to {addr}:{port}: {doc['error']}")
+    recv = doc["end"].get("sum_received") or doc["end"]["sum"]
+    sent = recv.get("packets") or 0
+    delivered = sent - (recv.get("lost_packets") or 0)
+    secs = recv.get("seconds") or seconds
+    if delivered <= 0:
+        raise LabError(f"iperf3 -u to {addr}:{port}: no datagram delivered")
+    return {"size": size, "flows": flows, "seconds": secs, "sent": sent, "delivered": delivered,
+            "pps": delivered / secs, "sent_pps": sent / secs, "loss": 1 - delivered / sent if sent else None,
+            "softirq_irq_s": spent.interrupts, "machine_busy_s": spent.busy,
+            "softirq_ns_per_pkt": spent.interrupts * 1e9 / delivered, "busy_ns_per_pkt": spent.busy * 1e9 / delivered}
+
+
+def request_response(ns: str, addr: str, port: int, kind: str, seconds: float, size: int = 1) -> dict[str, Any]:
+    """The bench's C tool (rrtool) in `ns`: kind "rr" (one open connection) or "crr" (a new connection per
+    transaction); transactions per second, latency p50/p99, and softirq/irq and machine CPU us per transaction."""
+    from netns_lab.bench import rrtool
+
+    argv = in_ns(ns, [str(rrtool.binary()), kind, addr, str(port), f"{seconds:g}", str(size)])
+    doc, spent = _run_json(argv, seconds, f"{kind} to {addr}:{port}")
+    n = doc["transactions"]
+    if n == 0:
+        raise LabError(f"{kind} to {addr}:{port}: no transaction completed ({doc['errors']} errors)")
+    doc.update({"kind": kind, "size": size, "softirq_irq_s": spent.interrupts, "machine_busy_s": spent.busy,
+                "softirq_us_per_tx": spent.interrupts * 1e6 / n, "busy_us_per_tx": spent.busy * 1e6 / n})
     return doc

@@ -33,6 +33,10 @@ TARGET_SCALING = 1.1
 TARGET_NS = 100.0
 TARGET_PROGRAM_S = 1.0
 TARGET_N = 10000
+TARGET_RUN_S = {True: 300.0, False: 1200.0}   # --quick under 5 minutes, the full run under 20
+KUBE_PROXY = ("kube-proxy", "kube-proxy-nft")
+UDP_KEYS = ("pps", "softirq_ns_per_pkt", "busy_ns_per_pkt", "loss")
+RR_KEYS = ("rate_per_s", "p50_us", "p99_us", "softirq_us_per_tx", "busy_us_per_tx")
 
 
 def _get(d: dict[str, Any] | None, *path: str) -> Any:
@@ -127,6 +131,25 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         out["scaling"][m] = scal
         out["programming"][m] = prog
 
+    out["udp"] = {}
+    for key, by_mode in (res.get("udp") or {}).items():
+        all_direct = [x["direct"] for m in modes for x in by_mode.get(m, [])]
+        row = {"direct": {k: median([d.get(k) for d in all_direct]) for k in UDP_KEYS}}
+        for m in modes:
+            row[m] = {k: _figure(by_mode.get(m, []), all_direct, k) for k in UDP_KEYS}
+        out["udp"][key] = row
+    out["rr"] = {}
+    for backend, kinds in (res.get("rr") or {}).items():
+        for kind, by_mode in kinds.items():
+            all_direct = [x["direct"] for m in modes for x in by_mode.get(m, [])]
+            if not all_direct:
+                continue
+            row = {"direct": {k: median([d.get(k) for d in all_direct]) for k in RR_KEYS}}
+            for m in modes:
+                row[m] = {k: _figure(by_mode.get(m, []), all_direct, k) for k in RR_KEYS}
+            out["rr"][f"{backend}/{kind}"] = row
+    out["claims"] = _claims(out, modes)
+
     live: dict[str, Any] = {}
     for m, by_b in (res.get("live_cost") or {}).items():
         for b, samples in by_b.items():
@@ -146,6 +169,26 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     out["mode_switch_s"] = {k: median(v) for k, v in switches.items()}
     out["dsr_vs_tunnel"] = _dsr_vs_tunnel(res.get("dsr_vs_tunnel"))
     return out
+
+
+def _claims(s: dict[str, Any], modes: list[str]) -> list[dict[str, Any]]:
+    """eBPF against kube-proxy on the per-packet workloads: per workload and figure, each eBPF mode's
+    direct-normalised figure over each kube-proxy backend's (ratios of ratios: both sides were measured
+    against their own direct partners, so load drift between the visits divides out)."""
+    rows = []
+    figures = [("udp", k, "pps", "packets/s", True) for k in s.get("udp", {})]
+    figures += [("udp", k, "softirq_ns_per_pkt", "softirq ns/packet", False) for k in s.get("udp", {})]
+    figures += [("rr", k, "rate_per_s", "transactions/s", True) for k in s.get("rr", {})]
+    figures += [("rr", k, "softirq_us_per_tx", "softirq us/transaction", False) for k in s.get("rr", {})]
+    for section, key, fig, label, higher_better in figures:
+        row: dict[str, Any] = {"section": section, "key": key, "figure": fig, "label": label,
+                               "higher_is_better": higher_better, "ratios": {}}
+        for e in (m for m in EBPF if m in modes):
+            for k in (m for m in KUBE_PROXY if m in modes):
+                row["ratios"][f"{e}/{k}"] = ratio(_get(s, section, key, e, fig, "x_direct"),
+                                                  _get(s, section, key, k, fig, "x_direct"))
+        rows.append(row)
+    return rows
 
 
 def _dsr_vs_tunnel(ab: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -232,6 +275,13 @@ def targets(summary: dict[str, Any], res: dict[str, Any]) -> list[dict[str, Any]
         out.append({"target": f"{prog}: established-flow cost < {TARGET_NS:.0f} ns/packet",
                     "measured": f"{min(vals):.0f}-{max(vals):.0f} ns/packet over {len(vals)} paths",
                     "verdict": _verdict(max(vals) < TARGET_NS)})
+    elapsed, quick = res.get("elapsed_s"), res["config"].get("quick", False)
+    if elapsed is not None:
+        limit = TARGET_RUN_S[bool(quick)]
+        out.append({"target": f"bench {'--quick' if quick else 'full run'} under {limit / 60:.0f} minutes",
+                    "measured": f"{elapsed:.0f} s (load average {res['machine']['loadavg_start'][0]:.1f} at start, "
+                                f"{(res['machine'].get('loadavg_end') or [0])[0]:.1f} at the end)",
+                    "verdict": _verdict(elapsed < limit)})
     for m in (x for x in EBPF if x in modes):
         s = _get(summary, "programming", m, str(big), "program_s") if big else None
         out.append({"target": f"{m}: programming {big} services < {TARGET_PROGRAM_S:.0f} s (per node)"
@@ -289,7 +339,7 @@ class Markdown:
         if isinstance(obj, Table):
             cols = [_plain(str(c.header)) for c in obj.columns]
             rows = zip(*(c._cells for c in obj.columns)) if obj.columns else []   # rich keeps cells per column
-            lines = [f"**{_plain(str(obj.title or ''))}**", "", "| " + " | ".join(cols) + " |",
+            lines = [f"### {_plain(str(obj.title or ''))}", "", "| " + " | ".join(cols) + " |",
                      "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(_plain(str(cell)).replace("|", "\\|") for cell in row) + " |"
                       for row in rows]
@@ -313,6 +363,47 @@ def _table(title: str, columns: list[str]) -> Table:
     for i, c in enumerate(columns):
         t.add_column(c, justify="left" if i == 0 else "right")
     return t
+
+
+def _udp_label(key: str) -> str:
+    """'local/64/16' -> 'local, 64 B, 16 flows'."""
+    b, size, flows = key.split("/")
+    return f"{b}, {size} B, {flows} flow{'s' if flows != '1' else ''}"
+
+
+def _render_packets(out: Console | Markdown, s: dict[str, Any], modes: list[str]) -> None:
+    """The per-packet workloads: UDP packet rate and its softirq cost, TCP_RR and TCP_CRR, and eBPF vs kube-proxy."""
+    if s.get("udp"):
+        for fig, title, fmt in (
+                ("pps", "UDP packet rate, packets/s delivered (iperf3 -u -b 0 from host1 to the NodePort; higher is better)", "{:.0f}"),
+                ("softirq_ns_per_pkt", "UDP: softirq + irq CPU ns per delivered packet (/proc/stat; lower is better)", "{:.0f}"),
+                ("loss", "UDP: share of datagrams sent but not delivered", "{:.2f}")):
+            t = _table(title, ["backend, datagram, flows", "direct"] + modes)
+            for key, row in s["udp"].items():
+                t.add_row(_udp_label(key), _num(row["direct"][fig], fmt), *(_cell(row[m][fig], fmt) for m in modes))
+            out.print(t)
+    if s.get("rr"):
+        t = _table("TCP request/response, 1-byte request and reply (TCP_RR: one open connection; TCP_CRR: a new "
+                   "connection per transaction, client closes)", ["backend: figure", "direct"] + modes)
+        for key, row in s["rr"].items():
+            backend, kind = key.split("/")
+            for fig, label, fmt in (("rate_per_s", "transactions/s", "{:.0f}"), ("p50_us", "p50 us", "{:.1f}"),
+                                    ("p99_us", "p99 us", "{:.0f}"),
+                                    ("softirq_us_per_tx", "softirq+irq us/transaction", "{:.1f}"),
+                                    ("busy_us_per_tx", "machine CPU us/transaction", "{:.1f}")):
+                t.add_row(f"{backend}: TCP_{kind.upper()} {label}", _num(row["direct"][fig], fmt),
+                          *(_cell(row[m][fig], fmt) for m in modes))
+        out.print(t)
+    claims = s.get("claims") or []
+    if claims:
+        cols = list(claims[0]["ratios"])
+        t = _table("eBPF vs kube-proxy on the per-packet workloads: ratio of the direct-normalised figures "
+                   "(packets/s, transactions/s: above 1 = eBPF faster; CPU: below 1 = eBPF cheaper)",
+                   ["workload: figure"] + cols)
+        for c in claims:
+            where = _udp_label(c["key"]) if c["section"] == "udp" else f"{c['key'].split('/')[0]}, TCP_{c['key'].split('/')[1].upper()}"
+            t.add_row(f"{where}: {c['label']}", *(_x(c["ratios"][k]) for k in cols))
+        out.print(t)
 
 
 def render(out: Console | Markdown, doc: dict[str, Any]) -> None:
@@ -353,6 +444,8 @@ def render(out: Console | Markdown, doc: dict[str, Any]) -> None:
             t.add_row(f"{b}: {label}", _num(row["direct"][key], fmt), *(_cell(row[m][key], fmt) for m in modes))
     out.print(t)
 
+    _render_packets(out, s, modes)
+
     ns = sorted({n for m in modes for n in s["scaling"].get(m, {})}, key=int)
     t = _table("first-packet RTT (us) with N extra services programmed (x: vs the smallest N, direct-normalised)",
                ["N services"] + [f"{m} {b}" for m in modes for b in BACKENDS])
@@ -374,7 +467,7 @@ def render(out: Console | Markdown, doc: dict[str, Any]) -> None:
                            for m in ebpf_modes for b in BACKENDS))
         out.print(t)
 
-    t = _table("programming time per node, seconds (kube-proxy: iptables-restore; eBPF: NodeDatapath.sync)",
+    t = _table("programming time per node, seconds (kube-proxy: iptables-restore; kube-proxy-nft: nft -f; eBPF: NodeDatapath.sync)",
                ["N services"] + [f"{m} {k}" for m in modes for k in ("program", "change 1", "remove")])
     for n in ns:
         cells = []

@@ -87,7 +87,14 @@ class Run:
 
     def __init__(self, cfg: BenchConfig, step: Step, base: str | None = None):
         self.cfg = cfg
-        self.step = step
+        self._t0 = time.monotonic()
+        self.timeline: list[tuple[float, str]] = []   # (seconds since start, step done): where the run's time goes
+
+        def timed_step(msg: str) -> None:
+            self.timeline.append((round(time.monotonic() - self._t0, 2), msg))
+            step(msg)
+
+        self.step = timed_step
         self.base = base or f"bn{secrets.token_hex(3)}"
         self.labs = BenchLabs(self.base)
         self.client_ns = {"direct": f"nl-{self.labs.direct}-{btopo.CLIENT}", "lab": f"nl-{self.labs.lab}-{btopo.CLIENT}"}
@@ -101,6 +108,8 @@ class Run:
             "newconn": {b: {k: {m: [] for m in cfg.modes} for k in ("sequential", "concurrent")} for b in BACKENDS},
             "scaling": {m: {str(n): {"latency": {b: [] for b in BACKENDS}, "program_s": [], "change_one": [],
                                      "remove_s": []} for n in cfg.services} for m in cfg.modes},
+            "udp": {f"{b}/{size}/{flows}": {m: [] for m in cfg.modes} for b, size, flows in cfg.udp},
+            "rr": {b: {k: {m: [] for m in cfg.modes} for k in ("rr", "crr")} for b in BACKENDS},
             "bpf_cost": None,
             "live_cost": {m: {b: [] for b in BACKENDS} for m in cfg.modes if m in EBPF_MODES},
         }
@@ -135,6 +144,7 @@ class Run:
                     signal.signal(signal.SIGINT, signal.default_int_handler)
         self.res["machine"]["loadavg_end"] = os.getloadavg()
         self.res["elapsed_s"] = time.monotonic() - t0
+        self.res["timeline"] = self.timeline
         return self.res
 
     def _bpf_cost(self) -> None:
@@ -159,6 +169,11 @@ class Run:
                 self._throughput(mode, backend, direction, streams)
         for backend in BACKENDS:
             self._newconn(mode, backend)
+        for backend, size, flows in self.cfg.udp:
+            self._udp(mode, backend, size, flows)
+        for backend in BACKENDS:
+            for kind in ("rr", "crr"):
+                self._rr(mode, backend, kind)
         for n in self.cfg.services:
             self._scaling(mode, n)
 
@@ -201,6 +216,26 @@ class Run:
         svc = measure.throughput(self.client_ns["lab"], s_addr, s_port, streams, secs, down)
         self.step(f"{mode}: {what}")
         self.res["throughput"][backend][f"{direction}/{streams}"][mode].append({"direct": direct, "mode": svc})
+
+    def _udp(self, mode: str, backend: str, size: int, flows: int) -> None:
+        """UDP packet rate, one direct and one service sample back to back (the order alternating by visit)."""
+        d_addr, d_port = self.labs.direct_target(backend, "iperf")
+        s_addr, s_port = self.labs.nodeport(backend, "iperf")
+        secs = self.cfg.udp_seconds
+        direct = measure.udp_rate(self.client_ns["direct"], d_addr, d_port, size, flows, secs)
+        svc = measure.udp_rate(self.client_ns["lab"], s_addr, s_port, size, flows, secs)
+        self.res["udp"][f"{backend}/{size}/{flows}"][mode].append({"direct": direct, "mode": svc})
+        self.step(f"{mode}: UDP {size} B x{flows} {backend}")
+
+    def _rr(self, mode: str, backend: str, kind: str) -> None:
+        """TCP_RR or TCP_CRR, one direct and one service sample back to back."""
+        d = self.labs.direct_target(backend, "rr")
+        s = self.labs.nodeport(backend, "rr")
+        secs = self.cfg.rr_seconds
+        direct = measure.request_response(self.client_ns["direct"], *d, kind, secs)
+        svc = measure.request_response(self.client_ns["lab"], *s, kind, secs)
+        self.res["rr"][backend][kind][mode].append({"direct": direct, "mode": svc})
+        self.step(f"{mode}: TCP_{kind.upper()} {backend}")
 
     def _newconn(self, mode: str, backend: str) -> None:
         """New-connection samples paired with direct routing: sequential (latency; the client alternates

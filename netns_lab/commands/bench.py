@@ -54,17 +54,21 @@ def _preflight(plot_file: Path | None, save: Path | None) -> None:
     if shutil.which("iperf3") is None:
         raise LabError("bench needs iperf3: apt-get install iperf3 (./setup.sh does)")
     check_ebpf_prereqs("tunnel")
+    from netns_lab.bench import rrtool
+
+    rrtool.binary()  # compiled now (cached): a missing compiler is one line before anything is built
 
 
 @click.command(
     "bench",
     epilog="""\b
 Examples:
-  netns-lab bench --quick                          # about 3.5 minutes on 2 cores (full: 15)
+  netns-lab bench --quick                          # about 5 minutes on 2 cores (full: 17)
   netns-lab bench --plot bench.png --save bench.json
   netns-lab bench --quick --services 1,100 -o json | jq .targets
   netns-lab bench --from-json bench.json --plot bench.png   # render a saved run again
   netns-lab bench --from-json bench.json -o markdown        # its tables as Markdown (docs)
+  netns-lab bench --scale --save scale.json        # lab scale: 20 nodes / 500 pods, 100,000 services
 \b
 Brings up its own two labs (names bn<hex> and bn<hex>d) and always removes them, also on
 failure or Ctrl-C. See docs/bench.md for what each figure means.""",
@@ -73,42 +77,58 @@ failure or Ctrl-C. See docs/bench.md for what each figure means.""",
 @click.option("--services", "services", default="1,1000,10000", show_default=True, callback=_services,
               metavar="N,N,...", help="Extra service counts for the scaling runs.")
 @click.option("--rounds", type=click.IntRange(1, 20), default=None,
-              help="Visits of every mode (default: 1 with --quick, else 3).")
+              help="Visits of every mode (default: 1 with --quick, else 2).")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True,
               help="Output format (json: every raw sample, the figures and the targets; markdown: the tables).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the PNG plot (latency vs services, throughput per mode).")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON document to this file.")
+@click.option("--scale", is_flag=True,
+              help="Measure lab scale instead: up / mode tunnel / mode kube-proxy / down of the default lab and a "
+                   "20-node, 500-pod lab, and 100,000 services programmed per dataplane (about 9 minutes).")
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Render a saved JSON document instead of measuring.")
 def bench(quick: bool, services: tuple[int, ...], rounds: int | None, output: str, plot_file: Path | None,
-          save: Path | None, from_json: Path | None) -> int:
-    """Measure throughput, CPU per Gbit, new-connection latency, scaling with services, programming time
-    and per-packet BPF cost for direct routing, kube-proxy, tunnel and dsr, and check the targets."""
+          save: Path | None, scale: bool, from_json: Path | None) -> int:
+    """Measure throughput, CPU per Gbit, small-packet UDP rate, TCP_RR/TCP_CRR, new-connection latency, scaling
+    with services, programming time and per-packet BPF cost for direct routing, kube-proxy (iptables and
+    nftables), tunnel and dsr, and check the targets (--scale: the lab itself at size)."""
     from netns_lab.bench import config, report
 
+    if scale and (quick or plot_file is not None):
+        raise LabError("--scale is a section of its own: it takes neither --quick nor --plot")
     if from_json is not None:
         doc = _load(from_json)
+    elif scale:
+        _preflight(None, save)
+        doc = _measure_scale()
     else:
         _preflight(plot_file, save)
         cfg = config.preset(quick, services, rounds)
         doc = report.document(_measure(cfg))
     if save is not None:
         save.write_text(json.dumps(doc, indent=1) + "\n")
-    if plot_file is not None:
+    scale_doc = doc.get("kind") == "scale"
+    if plot_file is not None and not scale_doc:
         from netns_lab.bench import plot
 
         plot.plot(doc, plot_file)
+    if scale_doc:
+        from netns_lab.bench import scale as scale_mod
+
+        render = scale_mod.render
+    else:
+        render = report.render
     if output == "json":
         click.echo(json.dumps(doc, indent=1))
     elif output == "markdown":
         md = report.Markdown()
-        report.render(md, doc)
+        render(md, doc)
         click.echo(md.text(), nl=False)
     else:
-        report.render(console(), doc)
-        if plot_file is not None:
+        render(console(), doc)
+        if plot_file is not None and not scale_doc:
             console().print(f"plot written to {plot_file}", highlight=False)
     return 0
 
@@ -119,9 +139,21 @@ def _load(path: Path) -> dict[str, Any]:
 
     try:
         raw = json.loads(path.read_text())
+        if raw.get("kind") == "scale":
+            return raw
         return report.document({k: v for k, v in raw.items() if k not in ("summary", "targets")})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LabError(f"--from-json {str(path)!r} is not a bench document: {exc}") from None
+
+
+def _measure_scale() -> dict[str, Any]:
+    """The scale section, one line per step on stderr; its labs are removed also on failure."""
+    import secrets
+
+    from netns_lab.bench import scale as scale_mod
+
+    err = Console(stderr=True)
+    return scale_mod.run(f"bs{secrets.token_hex(3)}", lambda msg: err.print(msg, highlight=False))
 
 
 def _measure(cfg: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ One kube-proxy-nft lab is shared by the module; tests that switch modes put it b
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -124,3 +125,42 @@ def test_switch_nft_to_tunnel_and_back(nftlab: Lab) -> None:
     finally:
         nftlab.run("mode", "kube-proxy-nft")
     assert backends(nftlab) == {n: ["nftables"] for n in NODES}
+
+
+def icmp_unreachables(lab: Lab, member: str) -> int:
+    """ICMP destination-unreachable messages `member` has received (Icmp InDestUnreachs of /proc/net/snmp)."""
+    lines = [ln.split() for ln in lab.exec(member, "cat", "/proc/net/snmp").stdout.splitlines() if ln.startswith("Icmp:")]
+    return int(dict(zip(lines[0], lines[1]))["InDestUnreachs"])
+
+
+def timed_curl(lab: Lab, member: str, url: str) -> tuple[int, float, str]:
+    """curl from `member` (5 s limit): (curl's exit code, seconds it took, its error line)."""
+    t = time.monotonic()
+    proc = lab.exec(member, "curl", "-sS", "--max-time", "5", url, check=False)
+    return proc.returncode, time.monotonic() - t, proc.stderr.strip()
+
+
+def test_service_without_endpoints_is_rejected_fast(nftlab: Lab) -> None:
+    """customer scaled to 0: its NodePort (from host1) and ClusterIP (from a pod) are refused at once through the
+    table's reject-chain (ICMP port unreachable: curl cannot connect, exit 7), not left to time out;
+    scaled back to 1, both are served again."""
+    st = nftlab.api().state()
+    customer = next(s for s in st.services if s.name == "yaobank/customer")
+    cluster_url = f"{customer.cluster_ip}:{customer.ports[0].port}"
+    summary = nftlab.pod("summary-1")
+    nftlab.run("scale", "deployment/customer", "-n", "yaobank", "--replicas", "0")
+    try:
+        listing = kubeproxy_nft.listing(nftlab.netns("control"))
+        assert "goto reject-chain" in listing and "yaobank/customer:http" in listing
+        before = icmp_unreachables(nftlab, "host1")
+        code, secs, err = timed_curl(nftlab, "host1", "198.19.0.1:30180")
+        assert code == 7, err  # couldn't connect (refused), not 28 (timed out)
+        assert secs < 2.0, secs
+        assert icmp_unreachables(nftlab, "host1") > before  # the reject's ICMP, not a TCP RST from the node
+        code, secs, err = timed_curl(nftlab, summary, cluster_url)
+        assert code == 7, err  # couldn't connect (refused), not 28 (timed out)
+        assert secs < 2.0, secs
+    finally:
+        nftlab.run("scale", "deployment/customer", "-n", "yaobank", "--replicas", "1")
+    entries = new_entries(nftlab, "customer", lambda: nftlab.curl("198.19.0.1:30180"))
+    assert [e["client"] for e in entries] == ["198.19.0.1"]

@@ -3,6 +3,7 @@ kube-proxy rule merging, packet patching, the connection client on loopback, arg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -74,10 +75,13 @@ def test_parse_services() -> None:
 
 def test_presets_and_rotation() -> None:
     quick, full = config.preset(True), config.preset(False)
-    assert quick.rounds == 1 and full.rounds == 3
+    assert quick.rounds == 1 and full.rounds == 2
     assert quick.iperf_seconds < full.iperf_seconds and quick.latency_count < full.latency_count
+    assert quick.udp_seconds < full.udp_seconds and quick.rr_seconds < full.rr_seconds
     assert config.preset(True, (1, 5), rounds=2).rounds == 2
-    assert [config.preset(False).visit_order(r)[0] for r in range(3)] == ["kube-proxy", "tunnel", "dsr"]
+    assert [config.preset(False).visit_order(r)[0] for r in range(4)] == ["kube-proxy", "kube-proxy-nft", "tunnel", "dsr"]
+    # UDP at 64 and 512 bytes with 1 and 16 flows through the local backend, and the tunnel's per-packet cost
+    assert {(s, f) for b, s, f in full.udp if b == "local"} == {(64, 1), (64, 16), (512, 1), (512, 16)}
     assert quick.steps() < full.steps()
 
 
@@ -133,8 +137,9 @@ def test_merged_ruleset_keeps_kube_proxy_order() -> None:
     assert "--dst-type LOCAL" in services[-1], "the NodePort jump must stay the last rule of KUBE-SERVICES"
     assert sum("bench/extra-" in r for r in services) == 5
     assert set(base.chains) <= set(rs.chains)
-    # per extra service: KUBE-SVC + KUBE-SEP; per bench service port (4): KUBE-SVC, KUBE-EXT, KUBE-SEP
-    assert len(rs.chains) == len(base.chains) + 5 * 2 + 4 * 3
+    # per extra service: KUBE-SVC + KUBE-SEP; per bench service port (8: HTTP, iperf3 TCP and UDP,
+    # request/response, to each of the two pods): KUBE-SVC, KUBE-EXT, KUBE-SEP
+    assert len(rs.chains) == len(base.chains) + 5 * 2 + 8 * 3
     assert rs.filter_chains == base.filter_chains, "kube-proxy's filter table part is kept"
     text = kubeproxy.install_text(rs)
     assert text.count("--to-destination 198.19.16.1:8080") == 5 + 1  # extras + bench/local:http
@@ -149,6 +154,36 @@ def test_minimal_sync_moves_one_endpoint_and_back() -> None:
 
 
 # --------------------------------------------------------------------------- packet patching for new flows
+
+
+def test_nft_partial_sync_moves_one_endpoint_and_back() -> None:
+    spec = btopo.extra_services(3)[2]
+    do, undo = btopo.nft_update_text(btopo.lab_topology(), spec, btopo.REMOTE_POD)
+    ips = plan(btopo.lab_topology()).pod_ips
+    local, remote = f"{ips[btopo.LOCAL_POD]}:{btopo.HTTP_PORT}", f"{ips[btopo.REMOTE_POD]}:{btopo.HTTP_PORT}"
+    assert f"dnat to {remote}" in do and f"dnat to {local}" not in do
+    assert f"dnat to {local}" in undo and f"dnat to {remote}" not in undo
+    # the old endpoint chain is flushed and deleted, after the service chain stopped pointing at it
+    old_chain = do.split("flush chain ip kube-proxy ")[2].split("\n")[0]
+    assert do.index("numgen random mod 1") < do.index(f"delete chain ip kube-proxy {old_chain}")
+
+
+def test_nft_ruleset_has_lab_bench_and_extra_services() -> None:
+    rs = btopo.nft_ruleset(btopo.lab_topology(), "control", btopo.extra_services(5))
+    elements = "\n".join(rs.elements)
+    assert "udp . 30201" in elements and "tcp . 30201" in elements and "tcp . 30282" in elements
+    assert sum("198.19.128." in e for e in rs.elements if e.startswith("service-ips")) == 5
+    assert "198.19.32.10" in elements  # the lab's own customer service
+
+
+def test_scale_topology_plans_20_nodes_500_pods() -> None:
+    from netns_lab.bench import scale
+
+    topo = scale.scale_topology()
+    p = plan(topo)
+    assert len(topo.nodes) == 20 and len(topo.pods) == 500 and len(set(p.pod_ips.values())) == 500
+    assert all(len(p.backends(s, s.ports[0])) == 10 for s in topo.services)
+    assert not any(pod.node == "control" for pod in topo.pods)
 
 
 def test_with_sport_keeps_the_tcp_checksum_valid() -> None:
@@ -221,13 +256,22 @@ def _conn(rtt: float, connect: float = 50.0, rate: float = 5000.0) -> dict:
             "rate_per_s": rate, "completed": 10, "errors": {}}
 
 
+def _udp(pps: float, ns: float) -> dict:
+    return {"pps": pps, "softirq_ns_per_pkt": ns, "busy_ns_per_pkt": ns * 2, "loss": 0.0}
+
+
+def _rr(rate: float, us: float) -> dict:
+    return {"rate_per_s": rate, "p50_us": 1e6 / rate, "p99_us": 2e6 / rate, "softirq_us_per_tx": us, "busy_us_per_tx": us * 3}
+
+
 def result(tunnel_local: float = 9.5, dsr_remote: float = 7.5, tunnel_remote: float = 8.0, ebpf_big_rtt: float = 12.0,
            est_ns: float = 80.0, program_s: float = 0.5, dsr_download: float = 1.0) -> dict:
     """A bench result document as runner.Run builds it, with chosen numbers (one round)."""
-    cfg = config.preset(True, (1, 10000))
+    cfg = dataclasses.replace(config.preset(True, (1, 10000)), streams=(1, 4))
     modes = cfg.modes
     gbit = {("local", "kube-proxy"): 7.0, ("local", "tunnel"): tunnel_local, ("local", "dsr"): tunnel_local,
-            ("remote", "kube-proxy"): 7.0, ("remote", "tunnel"): tunnel_remote, ("remote", "dsr"): dsr_remote}
+            ("remote", "kube-proxy"): 7.0, ("remote", "tunnel"): tunnel_remote, ("remote", "dsr"): dsr_remote,
+            ("local", "kube-proxy-nft"): 7.5, ("remote", "kube-proxy-nft"): 7.5}
     res: dict = {"version": 1, "config": cfg.to_dict(), "elapsed_s": 100.0,
                  "machine": {"cpus": 2, "cpu": "test cpu", "kernel": "6.x", "virtualization": None,
                              "loadavg_start": [0.5, 0.5, 0.5]},
@@ -243,10 +287,14 @@ def result(tunnel_local: float = 9.5, dsr_remote: float = 7.5, tunnel_remote: fl
         big = 50.0 if m == "kube-proxy" else ebpf_big_rtt
         res["scaling"][m] = {
             str(n): {"latency": {b: [{"direct": _conn(10.0), "mode": _conn(12.0 if n == 1 else big)}] for b in ("local", "remote")},
-                     "program_s": [[0.01 if n == 1 else (20.0 if m == "kube-proxy" else program_s)] * 3],
+                     "program_s": [[0.01 if n == 1 else (20.0 if m.startswith("kube-proxy") else program_s)] * 3],
                      "change_one": [{"method": "x", "s": 0.01, "per_node_s": [0.01]}],
                      "remove_s": [[0.01]]}
             for n in (1, 10000)}
+    pps = {"kube-proxy": 60e3, "kube-proxy-nft": 70e3, "tunnel": 80e3, "dsr": 90e3}
+    res["udp"] = {"local/64/16": {m: [{"direct": _udp(100e3, 1000.0), "mode": _udp(pps[m], 1500.0)}] for m in modes}}
+    res["rr"] = {b: {k: {m: [{"direct": _rr(20e3, 5.0), "mode": _rr(pps[m] / 5, 8.0 if m.startswith("kube") else 6.0)}]
+                         for m in modes} for k in ("rr", "crr")} for b in ("local", "remote")}
     res["bpf_cost"] = {"calibration": {"harness_overhead_ns": 100.0, "runs_per_path": 10, "repeat": 20000},
                        "paths": [{"program": p, "node": "control", "path": f"{p} path", "flow": "established",
                                   "reason": "NAT_EST", "ns_per_packet": est_ns} for p in ("from_hep", "from_wep", "to_wep")]
@@ -270,7 +318,26 @@ def test_summary_ratios_to_direct() -> None:
     sc = doc["summary"]["scaling"]["kube-proxy"]["10000"]["local"]
     assert sc["x_smallest"] == pytest.approx(50 / 12)
     assert doc["summary"]["programming"]["tunnel"]["10000"]["program_s"] == 0.5
+    udp = doc["summary"]["udp"]["local/64/16"]
+    assert udp["direct"]["pps"] == 100e3 and udp["tunnel"]["pps"]["x_direct"] == pytest.approx(0.8)
+    assert doc["summary"]["rr"]["remote/crr"]["kube-proxy"]["softirq_us_per_tx"]["x_direct"] == pytest.approx(1.6)
     json.dumps(doc)  # all of it is JSON
+
+
+def test_claims_compare_ebpf_with_both_kube_proxy_backends() -> None:
+    """eBPF's direct-normalised figure over kube-proxy's: packets/s 0.8/0.6, softirq cost 1.5/1.5 (same)."""
+    claims = {(c["key"], c["figure"]): c["ratios"] for c in report.document(result())["summary"]["claims"]}
+    r = claims[("local/64/16", "pps")]
+    assert r["tunnel/kube-proxy"] == pytest.approx(0.8 / 0.6) and r["dsr/kube-proxy-nft"] == pytest.approx(0.9 / 0.7)
+    assert claims[("local/64/16", "softirq_ns_per_pkt")]["tunnel/kube-proxy"] == pytest.approx(1.0)
+    assert claims[("local/crr", "softirq_us_per_tx")]["dsr/kube-proxy-nft"] == pytest.approx(6.0 / 8.0)
+
+
+def test_run_time_target() -> None:
+    res = result()
+    assert _verdicts(report.document(res))["bench --quick under 5 minutes"] == "met"
+    res["elapsed_s"] = 301.0
+    assert _verdicts(report.document(res))["bench --quick under 5 minutes"] == "missed"
 
 
 DSR_TARGET = "dsr >= tunnel throughput, remote backend (judged on downloads: DSR changes the reply path)"
@@ -339,7 +406,9 @@ def test_render_markdown_has_every_table_and_no_markup() -> None:
     report.render(md, report.document(result()))
     text = md.text()
     assert "| target | measured | verdict |" in text and "| met |" in text
-    assert text.count("\n|---|") == 7   # throughput, CPU, new connections, scaling, programming, BPF, targets
+    # throughput, CPU, new connections, UDP rate / cost / loss, TCP_RR+CRR, eBPF vs kube-proxy, scaling, programming,
+    # BPF, targets
+    assert text.count("\n|---|") == 12
     assert "[green]" not in text and "[bold]" not in text
     assert "0.95x" in text
     assert "kube-proxy -> tunnel: 8.00 s" in text
@@ -372,6 +441,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     (["bench", "--plot", "out.svg"], 1, "must end in .png"),
     (["bench", "--plot", "/nonexistent-dir/b.png"], 1, "does not exist"),
     (["bench", "--save", "out.txt"], 1, "must end in .json"),
+    (["bench", "--scale", "--quick"], 1, "--scale is a section of its own"),
 ])
 def test_bad_arguments_one_line(capsys, argv: list[str], code: int, message: str) -> None:
     rc, out, err = run(capsys, *argv)
@@ -389,3 +459,25 @@ def test_from_json_renders_and_rejects(capsys, tmp_path: Path) -> None:
     bad.write_text('{"version": 1}')
     rc, out, err = run(capsys, "bench", "--from-json", str(bad))
     assert rc == 1 and "is not a bench document" in err and len(err.strip().splitlines()) == 1
+
+
+def _scale_doc(up_s: float) -> dict:
+    steps = {k: {"s": v, "rc": 0, "peak_rss_mb": 60.0, "mem_used_mb": 5000.0}
+             for k, v in (("up", up_s), ("mode tunnel", 9.0), ("mode kube-proxy", 5.0), ("down", 2.0))}
+    return {"kind": "scale", "elapsed_s": 200.0, "loadavg_start": [1.0, 1, 1], "loadavg_end": [2.0, 2, 2],
+            "labs": [{"lab": "20 nodes, 500 pods", "nodes": 20, "pods": 500, "mem_before_mb": 4000.0, "steps": steps}],
+            "services": {"services": 100000, "iptables_rules": 500000,
+                         "kube-proxy": {"s": 250.0, "rc": 0, "peak_rss_mb": 900.0},
+                         "kube-proxy-nft": {"s": 8.0, "rc": None, "error": "not done after 600 s"},
+                         "tunnel": {"s": 3.0, "rc": 0, "rss_growth_mb": 120.0, "max_services": 131072}}}
+
+
+@pytest.mark.parametrize("up_s,verdict", [(12.0, "met"), (31.0, "missed")])
+def test_scale_tables_and_up_target(capsys, tmp_path: Path, up_s: float, verdict: str) -> None:
+    f = tmp_path / "scale.json"
+    f.write_text(json.dumps(_scale_doc(up_s)))
+    rc, out, _ = run(capsys, "bench", "--from-json", str(f), "-o", "markdown")
+    assert rc == 0
+    assert f"| 20 nodes, 500 pods | {up_s:.1f} (60) | 9.0 (60) | 5.0 (60) | 2.0 (60) | +1000 |" in out
+    assert "| kube-proxy-nft | nft -f, one transaction | failed: not done after 600 s |" in out
+    assert f"| {verdict} |" in out.split("scale targets")[1]
