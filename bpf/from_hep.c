@@ -21,6 +21,7 @@
 #include "lib/icmp.h"
 #include "lib/events.h"
 #include "lib/hostnat.h"
+#include "lib/policy.h"
 #include "lib/lb.h"
 
 /* Too big to encapsulate: tell a DF sender the MTU that fits, else drop. */
@@ -79,7 +80,8 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	int rev_from_a;
 
 	if (!be)
-		return verdict(st, reason, TC_ACT_SHOT);
+		return reason == REASON_DROP_NO_BACKEND ? reject_no_backend(skb, p, st, conf->host_ifindex)
+							 : verdict(st, reason, TC_ACT_SHOT);
 	reason = REASON_NAT_NEW;
 	be_addr = be->addr;
 	be_port = be->port;

@@ -22,6 +22,7 @@
 #include "lib/hostnat.h"
 #include "lib/hairpin.h"
 #include "lib/fwd.h"
+#include "lib/policy.h"
 
 /* Source rewritten to the frontend (and the destination port to the
  * client's own, cl_port, when we replaced it), forwarded out of eth0 to
@@ -101,11 +102,11 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, const struct node
 					struct pkt *p, struct run_state *st, const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
-	struct be_value *be = be_pick(fe, hash);
+	struct be_value *be = be_pick_policy(fe, hash, TRAFFIC_POD);
 	__u8 flags = ct_flags_of_fe(fe) | CT_F_POD_CLIENT;
 
-	if (!be)
-		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+	if (!be)   /* refused back to the pod, out of the veth it came in by */
+		return reject_no_backend(skb, p, st, skb->ifindex);
 	if (hairpin_is(p, be->addr))
 		return hairpin_new(skb, conf, p, st, be->addr, be->port, flags);
 	if (fwd_new(skb, p, st, be->addr, be->port, flags) < 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from . import maglev
-from .abi import (FE_F_CLUSTERIP, FE_F_EXTERNAL, FE_F_LB_IP, FE_F_LB_OPTS, LB_F_AFFINITY, LB_F_MAGLEV,
+from .abi import (FE_F_CLUSTERIP, FE_F_ETP_LOCAL, FE_F_EXTERNAL, FE_F_LB_IP, FE_F_LB_OPTS, LB_F_AFFINITY, LB_F_MAGLEV,
                   LB_F_SRC_RANGES, U32, AffinityKey, AffinityValue, BeValue, LbSrcKey, LbSvc, MaglevKey,
                   SvcMeta, ip2int)
 from .maps import NodeMaps
@@ -38,6 +38,8 @@ def frontends(svc: Any, fes: list[tuple[bytes, bytes]], sid: int, count: int, lo
                for k, v in ((k, FeValue.from_bytes(v)) for k, v in fes)]
     for addr in external(svc):
         flags = FE_F_CLUSTERIP | FE_F_EXTERNAL | opts | (FE_F_LB_IP if addr == svc.lb_ip else 0)
+        if svc.external_local:  # externalTrafficPolicy Local covers LoadBalancer ingress and external IPs too
+            flags |= FE_F_ETP_LOCAL
         fes.append((pack_fe_key(ip2int(addr), svc.port, proto), pack_fe(sid, count, local, flags)))
     return fes
 

@@ -13,7 +13,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
-from .abi import (CFG_F_DSR, CFG_F_ENABLED, CT_NAT_FWD, EBPF_MODES, FE_F_CLUSTERIP, FE_F_NODEPORT, RT_F_LOCAL,
+from .abi import (CFG_F_DSR, CFG_F_ENABLED, CT_NAT_FWD, EBPF_MODES, FE_F_CLUSTERIP, FE_F_ETP_LOCAL,
+                  FE_F_ITP_LOCAL, FE_F_NODEPORT, RT_F_LOCAL,
                   U32, Addr, BeKey, BeValue, FeKey, FeValue, NodeCfg, NodeInfo, RouteInfo, RouteKey, SvcMeta,
                   ct_rev_key_of_fwd, int2ip, ip2int, proto_num)
 from . import lbsync
@@ -29,6 +30,7 @@ class Backend:
     """One endpoint of a service: pod address and target port."""
     addr: str
     port: int
+    terminating: bool = False   # serving but going: used only when no other backend is ready
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Service:
     source_ranges: list[str] = field(default_factory=list)
     affinity_timeout: int | None = None
     maglev: bool = False
+    external_local: bool = False          # externalTrafficPolicy Local (FE_F_ETP_LOCAL on the NodePort)
+    internal_local: bool = False          # internalTrafficPolicy Local (FE_F_ITP_LOCAL on the ClusterIP)
 
     @property
     def meta_name(self) -> str:
@@ -168,7 +172,8 @@ def _claim(fes: dict[bytes, bytes], key: bytes, value: bytes, name: str) -> None
 def _fingerprint(svc: Service) -> tuple:
     """Everything of a service its map entries are made from (with the node's pod blocks)."""
     return (svc.proto, svc.cluster_ip, svc.port, svc.node_port, tuple(svc.backends),
-            svc.lb_ip, tuple(svc.external_ips), tuple(svc.source_ranges), svc.affinity_timeout, svc.maglev)
+            svc.lb_ip, tuple(svc.external_ips), tuple(svc.source_ranges), svc.affinity_timeout, svc.maglev,
+            svc.external_local, svc.internal_local)
 
 
 @dataclass
@@ -470,7 +475,9 @@ class _Desired:
         if sid is None:       # new service: the lowest free id
             sid = self.ids[meta_value] = self.used.take()
         local, remote = [], []
-        for b in svc.backends:
+        # Ready backends; only when none is ready, the terminating ones (kube-proxy's fallback).
+        ready = [b for b in svc.backends if not b.terminating]
+        for b in ready or svc.backends:
             ip, is_local = self.addresses[b.addr]
             (local if is_local else remote).append(pack_be(ip, b.port))
         bes = [(pack_be_key(sid, i), value) for i, value in enumerate(local + remote)]
@@ -479,10 +486,10 @@ class _Desired:
         fes = []
         if svc.cluster_ip:
             fes.append((pack_fe_key(ip2int(svc.cluster_ip), svc.port, proto),
-                        pack_fe(sid, count, len(local), FE_F_CLUSTERIP)))
+                        pack_fe(sid, count, len(local), FE_F_CLUSTERIP | (FE_F_ITP_LOCAL if svc.internal_local else 0))))
         if svc.node_port:
             fes.append((pack_fe_key(0, svc.node_port, proto),
-                        pack_fe(sid, count, len(local), FE_F_NODEPORT)))
+                        pack_fe(sid, count, len(local), FE_F_NODEPORT | (FE_F_ETP_LOCAL if svc.external_local else 0))))
         fes = lbsync.frontends(svc, fes, sid, count, len(local), proto, pack_fe_key, pack_fe)
         return _SvcEntries(_fingerprint(svc), (pack_id(sid), meta_value), bes, fes)
 

@@ -88,7 +88,9 @@ def cluster_view(st: LabState, felix: FelixConfig) -> ClusterView:
             cluster_ip=s.cluster_ip,
             port=sp.port,
             node_port=sp.node_port,
-            backends=[Backend(b.ip, b.port) for b in sp.backends],
+            backends=[Backend(b.ip, b.port, b.terminating) for b in sp.backends],
+            external_local=s.external_local,
+            internal_local=s.internal_local,
             **external_fields(spec.get(s.name)),
         )
         for s in st.services
@@ -492,7 +494,11 @@ def _stats_text(stats: Any) -> str:
 
 
 def reprogram(st: LabState) -> None:
-    """Program the services' current endpoints into whatever dataplane runs (kube-proxy rules, BPF maps, or both)."""
+    """Program the services' current endpoints into whatever dataplane runs (kube-proxy rules, BPF maps, or both),
+    and the health check ports' tables."""
+    from netns_lab import healthcheck
+
+    healthcheck.sync(st)
     if st.kubeproxy.installed:
         kube_proxy_install(st)
     loaded = loaded_nodes(st)

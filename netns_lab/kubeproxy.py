@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from netns_lab import kubeproxy_lb
 from netns_lab.errors import LabError
+from netns_lab.policy import categorize
 from netns_lab.topology import AddressPlan, Topology
 
 MASQ_MARK = "0x4000"
@@ -29,10 +30,11 @@ KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_POSTROUTING = "KUBE-POSTROUTING"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
 BASE_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 # per-service chains kube-proxy creates and deletes as services and endpoints come and go
-SERVICE_CHAIN_RE = re.compile(r"^KUBE-(SVC|SEP|EXT|FW)-[A-Z2-7]{16}$")
+SERVICE_CHAIN_RE = re.compile(r"^KUBE-(SVC|SVL|SEP|EXT|FW)-[A-Z2-7]{16}$")
 
 
 def _hash16(text: str) -> str:
@@ -53,6 +55,11 @@ def svc_chain(service_port_name: str, protocol: str) -> str:
 def ext_chain(service_port_name: str, protocol: str) -> str:
     """KUBE-EXT-<hash>: the external (NodePort) entry of a service port; same hash as KUBE-SVC."""
     return "KUBE-EXT-" + _hash16(service_port_name + protocol)
+
+
+def svl_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-SVL-<hash>: a service port's node-local endpoints (Local traffic policy); same hash as KUBE-SVC."""
+    return "KUBE-SVL-" + _hash16(service_port_name + protocol)
 
 
 def sep_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
@@ -81,10 +88,12 @@ def _probability(n: int) -> str:
 
 
 def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
-    """The nat rules kube-proxy would program on `node` for the topology's services.
+    """The nat and filter rules kube-proxy would program on `node` for the topology's services.
 
-    Every node gets the same rules here (externalTrafficPolicy Cluster everywhere); the node
-    argument keeps the per-node shape of the real thing.
+    Traffic policies make the rules per node: with externalTrafficPolicy (or internalTrafficPolicy)
+    Local the external (internal) traffic goes to KUBE-SVL-<hash>, which holds only this node's
+    endpoints; a port with no endpoint for its traffic gets a filter rule instead: REJECT when the
+    service has no endpoint at all, DROP when it only has none on this node (kube-proxy's own split).
     """
     topo.node(node)  # KeyError for an unknown node
     cluster_cidr = topo.pod_pool
@@ -92,48 +101,73 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
     services: list[str] = []
     nodeports: list[str] = []
     per_port: list[str] = []
+    f_services: list[str] = []
+    f_external: list[str] = []
+    f_nodeports: list[str] = []
     firewall: list[str] = []  # KUBE-PROXY-FIREWALL (filter table): loadBalancerSourceRanges' drops
     for svc in topo.services:
         if svc.headless:
             continue  # no cluster IP: kube-proxy programs nothing for it
+        if svc.health_check_node_port:
+            f_nodeports.append(f'-A {KUBE_NODEPORTS} -m comment --comment "{svc.full_name} health check node port" '
+                               f"-m tcp -p tcp --dport {svc.health_check_node_port} -j ACCEPT")
         for sp in svc.ports:
             name = service_port_name(svc.full_name, sp.name)
             proto = sp.protocol.lower()
-            backends = plan.backends(svc, sp)
-            if not backends:
-                continue  # kube-proxy sends these to a REJECT in the filter table; we leave them unrouted
-            svc_c = svc_chain(name, proto)
             match = f"-m {proto} -p {proto}"
-            services.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {match} '
-                f"-d {svc.cluster_ip}/32 --dport {sp.port} -j {svc_c}"
-            )
-            rs.chains.append(svc_c)
-            if sp.node_port is not None or kubeproxy_lb.has_external(svc):
-                ext_c = ext_chain(name, proto)
-                rs.chains.append(ext_c)
-                kubeproxy_lb.external_rules(svc, name, proto, sp.port, ext_c, services, per_port, rs.chains, firewall)
-                if sp.node_port is not None:
-                    nodeports.append(f'-A {KUBE_NODEPORTS} -m comment --comment "{name}" {match} --dport {sp.node_port} -j {ext_c}')
-                per_port.append(
-                    f'-A {ext_c} -m comment --comment "masquerade traffic for {name} external destinations" -j {KUBE_MARK_MASQ}'
+            eps = categorize(plan.backends(svc, sp), node)
+            svc_c, svl_c = svc_chain(name, proto), svl_chain(name, proto)
+            external = sp.node_port is not None or kubeproxy_lb.has_external(svc)
+            uses_cluster = bool(eps.cluster) and (not svc.internal_local or (external and not svc.external_local))
+            uses_local = bool(eps.local) and (svc.internal_local or svc.external_local)
+            internal_c = svl_c if svc.internal_local else svc_c
+            external_c = svl_c if svc.external_local else svc_c
+            has_internal = bool(eps.local if svc.internal_local else eps.cluster)
+            has_external = bool(eps.local if svc.external_local else eps.cluster)
+            if has_internal:
+                services.append(
+                    f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {match} '
+                    f"-d {svc.cluster_ip}/32 --dport {sp.port} -j {internal_c}"
                 )
-                per_port.append(f"-A {ext_c} -j {svc_c}")
-            per_port.append(
-                f'-A {svc_c} -m comment --comment "{name} cluster IP" {match} -d {svc.cluster_ip}/32 '
-                f"--dport {sp.port} ! -s {cluster_cidr} -j {KUBE_MARK_MASQ}"
-            )
-            seps: list[tuple[str, str]] = []
-            for be in backends:
-                per_port += kubeproxy_lb.affinity_check(svc, name, svc_c, sep_chain(name, proto, f"{be.ip}:{be.port}"))
-            for i, be in enumerate(backends):
-                endpoint = f"{be.ip}:{be.port}"
-                sep_c = sep_chain(name, proto, endpoint)
-                seps.append((sep_c, endpoint))
-                remaining = len(backends) - i
-                stat = f"-m statistic --mode random --probability {_probability(remaining)} " if remaining > 1 else ""
-                per_port.append(f'-A {svc_c} -m comment --comment "{name} -> {endpoint}" {stat}-j {sep_c}')
-            for sep_c, endpoint in seps:
+            else:
+                comment, target = _no_endpoints(name, eps.any)
+                f_services.append(f'-A {KUBE_SERVICES} -m comment --comment "{comment}" {match} '
+                                  f"-d {svc.cluster_ip}/32 --dport {sp.port} -j {target}")
+            rs.chains += [c for c, used in ((svc_c, uses_cluster), (svl_c, uses_local)) if used]
+            if external:
+                ext_c = ext_chain(name, proto)
+                if eps.any:
+                    rs.chains.append(ext_c)
+                    kubeproxy_lb.external_rules(svc, name, proto, sp.port, ext_c, services, per_port, rs.chains, firewall)
+                    if sp.node_port is not None:
+                        nodeports.append(f'-A {KUBE_NODEPORTS} -m comment --comment "{name}" {match} --dport {sp.node_port} -j {ext_c}')
+                    per_port += _ext_rules(ext_c, name, svc.external_local, svc_c if uses_cluster else None, cluster_cidr)
+                    if has_external:
+                        per_port.append(f"-A {ext_c} -j {external_c}")
+                if not has_external and sp.node_port is not None:
+                    comment, target = _no_endpoints(name, eps.any)
+                    f_external.append(f'-A {KUBE_EXTERNAL_SERVICES} -m comment --comment "{comment}" '
+                                      f"-m addrtype --dst-type LOCAL {match} --dport {sp.node_port} -j {target}")
+            if has_internal:
+                per_port.append(
+                    f'-A {internal_c} -m comment --comment "{name} cluster IP" {match} -d {svc.cluster_ip}/32 '
+                    f"--dport {sp.port} ! -s {cluster_cidr} -j {KUBE_MARK_MASQ}"
+                )
+            seps: dict[str, str] = {}
+            for chain, members, used in ((svc_c, eps.cluster, uses_cluster), (svl_c, eps.local, uses_local)):
+                if not used:
+                    continue
+                for be in members:  # ClientIP affinity: a client seen lately goes back to its endpoint
+                    endpoint = f"{be.ip}:{be.port}"
+                    sep_c = seps.setdefault(endpoint, sep_chain(name, proto, endpoint))
+                    per_port += kubeproxy_lb.affinity_check(svc, name, chain, sep_c)
+                for i, be in enumerate(members):
+                    endpoint = f"{be.ip}:{be.port}"
+                    sep_c = seps.setdefault(endpoint, sep_chain(name, proto, endpoint))
+                    remaining = len(members) - i
+                    stat = f"-m statistic --mode random --probability {_probability(remaining)} " if remaining > 1 else ""
+                    per_port.append(f'-A {chain} -m comment --comment "{name} -> {endpoint}" {stat}-j {sep_c}')
+            for endpoint, sep_c in seps.items():
                 ip = endpoint.split(":")[0]
                 rs.chains.append(sep_c)
                 per_port.append(f'-A {sep_c} -m comment --comment "{name}" -s {ip}/32 -j {KUBE_MARK_MASQ}')
@@ -159,15 +193,53 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
         f'-A OUTPUT -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
         f'-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j {KUBE_POSTROUTING}',
     ]
-    rs.filter_chains = [KUBE_FORWARD, kubeproxy_lb.KUBE_PROXY_FIREWALL]
-    rs.filter_rules = firewall + [
+    rs.filter_chains = [KUBE_FORWARD, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_NODEPORTS, kubeproxy_lb.KUBE_PROXY_FIREWALL]
+    rs.filter_rules = [
+        *firewall,
+        *f_services,
+        *f_external,
+        *f_nodeports,
         f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP",
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
     ]
-    rs.filter_hooks = [f'-A FORWARD -m comment --comment "kubernetes forwarding rules" -j {KUBE_FORWARD}',
-                       *kubeproxy_lb.FIREWALL_HOOKS]
+    rs.filter_hooks = [
+        f'-A INPUT -m comment --comment "kubernetes health check service ports" -j {KUBE_NODEPORTS}',
+        f'-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" '
+        f"-j {KUBE_EXTERNAL_SERVICES}",
+        f'-A FORWARD -m comment --comment "kubernetes forwarding rules" -j {KUBE_FORWARD}',
+        f'-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
+        f'-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" '
+        f"-j {KUBE_EXTERNAL_SERVICES}",
+        f'-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j {KUBE_SERVICES}',
+        *kubeproxy_lb.FIREWALL_HOOKS,
+    ]
     return rs
+
+
+def _no_endpoints(name: str, has_endpoints: bool) -> tuple[str, str]:
+    """kube-proxy's filter rule for traffic with no endpoint: (comment, target). No endpoint at all:
+    REJECT (ICMP port unreachable); endpoints, but none on this node for a Local policy: DROP."""
+    if has_endpoints:
+        return f"{name} has no local endpoints", "DROP"
+    return f"{name} has no endpoints", "REJECT"
+
+
+def _ext_rules(ext_c: str, name: str, local: bool, cluster_c: str | None, cluster_cidr: str) -> list[str]:
+    """The head of KUBE-EXT-<hash>: Cluster policy masquerades everything; Local keeps the client's
+    address, sending only pods and the node itself (masqueraded) to the cluster-wide chain."""
+    if not local:
+        return [f'-A {ext_c} -m comment --comment "masquerade traffic for {name} external destinations" -j {KUBE_MARK_MASQ}']
+    rules = []
+    if cluster_c:
+        rules.append(f'-A {ext_c} -m comment --comment "pod traffic for {name} external destinations" '
+                     f"-s {cluster_cidr} -j {cluster_c}")
+    rules.append(f'-A {ext_c} -m comment --comment "masquerade LOCAL traffic for {name} external destinations" '
+                 f"-m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}")
+    if cluster_c:
+        rules.append(f'-A {ext_c} -m comment --comment "route LOCAL traffic for {name} external destinations" '
+                     f"-m addrtype --src-type LOCAL -j {cluster_c}")
+    return rules
 
 
 # --------------------------------------------------------------------------- restore text (pure)

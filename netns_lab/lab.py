@@ -225,6 +225,24 @@ class Lab:
             raise LabError(str(exc)) from None
         return self.set_felix(lambda cfg: felix_model.apply_patch(cfg, patch_text))
 
+    def patch_service(self, name: str, namespace: str, patch_text: str) -> list[str]:
+        """`kubectl patch service NAME -n NS -p PATCH` (JSON merge patch), live; kubectl's line. Nothing is
+        touched when the patch is bad or the result is not a valid service."""
+        from netns_lab.k8s import patch as k8s_patch
+        from netns_lab.k8s import views
+
+        doc = k8s_patch.parse(patch_text)
+        lines: list[str] = []
+
+        def change(st: LabState, topo: Topology) -> Topology:
+            st.check_namespace(namespace)
+            result = k8s_patch.patch_service(topo, name, namespace, doc, views.View(st, pid_running).service)
+            lines.extend(result.lines)
+            return result.topology
+
+        self.change(change)
+        return lines
+
     def switch_mode(self, mode: str) -> Any:
         """Move to kube-proxy, kube-proxy-nft, tunnel or dsr (the short form of a felix patch, plus kube-proxy's mode)."""
         if mode not in lab_state.MODES:
@@ -323,7 +341,7 @@ def _already_up(lab: str, topo: Topology | None, mode: str | None) -> str | None
 
 def _bring_up(st: LabState, progress: Progress, failure: Progress) -> None:
     """Build, program services, start apps, wait for them; on any failure remove what was made."""
-    from netns_lab import builder, dataplane
+    from netns_lab import builder, dataplane, healthcheck
     from netns_lab.apps import launch
 
     lab = st.lab
@@ -360,6 +378,7 @@ def _bring_up(st: LabState, progress: Progress, failure: Progress) -> None:
         launch.wait_ready(lab, topo, addr_plan, started)
         progress(f"{len(started)} apps answering ({time.monotonic() - t:.2f}s)")
 
+        healthcheck.sync(st)
         st.status = "ready"
         lab_state.save(lab, st)
     except BaseException as exc:

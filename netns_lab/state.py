@@ -100,6 +100,7 @@ class BackendRecord:
     pod: str
     ip: str
     port: int
+    terminating: bool = False  # the pod is being deleted gracefully: serving, not ready
 
 
 @dataclass
@@ -121,17 +122,23 @@ class ServiceRecord:
     name: str
     cluster_ip: str
     ports: list[ServicePortRecord] = field(default_factory=list)
+    external_local: bool = False  # externalTrafficPolicy Local
+    internal_local: bool = False  # internalTrafficPolicy Local
+    health_check_node_port: int | None = None
 
 
-def service_records(topo: Topology, addr_plan: AddressPlan, ready: set[str] | None = None) -> list[ServiceRecord]:
-    """The services of `topo`, each port with its backends (only pods in `ready`, if given)."""
+def service_records(topo: Topology, addr_plan: AddressPlan, ready: set[str] | None = None,
+                    terminating: set[str] | None = None) -> list[ServiceRecord]:
+    """The services of `topo`, each port with its backends (only pods in `ready`, if given; those in
+    `terminating` marked so), and their traffic policies."""
+    going = terminating or set()
     return [
         ServiceRecord(s.full_name, s.cluster_ip, [
             ServicePortRecord(sp.name, sp.protocol, sp.port, sp.target, sp.node_port,
-                              [BackendRecord(b.pod, b.ip, b.port) for b in addr_plan.backends(s, sp)
+                              [BackendRecord(b.pod, b.ip, b.port, b.pod in going) for b in addr_plan.backends(s, sp)
                                if ready is None or b.pod in ready])
             for sp in s.ports
-        ])
+        ], s.external_local, s.internal_local, s.health_check_node_port)
         for s in topo.services
     ]
 
@@ -253,7 +260,8 @@ class LabState:
         for key in p.endpoints:
             sp = ports.get(key)
             if sp is not None:
-                p.endpoints[key] = [PlanBackend(b.pod, self.pods[b.pod].node, b.ip, b.port) for b in sp.backends]
+                p.endpoints[key] = [PlanBackend(b.pod, self.pods[b.pod].node, b.ip, b.port, b.terminating)
+                                    for b in sp.backends]
         return topo, p
 
     def pod_of(self, ip: str) -> str | None:
@@ -343,7 +351,8 @@ class LabState:
                 pods={k: PodRecord(**v) for k, v in doc["pods"].items()},
                 services=[ServiceRecord(s["name"], s["cluster_ip"], [
                     ServicePortRecord(**{**sp, "backends": [BackendRecord(**b) for b in sp["backends"]]})
-                    for sp in s["ports"]]) for s in doc["services"]],
+                    for sp in s["ports"]], s.get("external_local", False), s.get("internal_local", False),
+                    s.get("health_check_node_port")) for s in doc["services"]],
                 felix=FelixConfig.from_spec(doc.get("felix")),
                 status=doc.get("status", "building"),
                 created=doc.get("created", ""),

@@ -133,6 +133,19 @@ class Service:
     source_ranges: list[str] = field(default_factory=list)
     affinity_timeout: int | None = None
     maglev: bool = False
+    external_traffic_policy: str | None = None  # Local: NodePorts only to the ingress node's endpoints (None: Cluster)
+    internal_traffic_policy: str | None = None  # Local: ClusterIP only to the client's node's endpoints (None: Cluster)
+    health_check_node_port: int | None = None  # eTP Local: the port kube-proxy's health server answers on
+
+    @property
+    def external_local(self) -> bool:
+        """spec.externalTrafficPolicy Local."""
+        return self.external_traffic_policy == "Local"
+
+    @property
+    def internal_local(self) -> bool:
+        """spec.internalTrafficPolicy Local."""
+        return self.internal_traffic_policy == "Local"
 
     @property
     def full_name(self) -> str:
@@ -383,6 +396,9 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("loadBalancerSourceRanges", "source_ranges", "strs", False),
         ("sessionAffinityTimeout", "affinity_timeout", int, False),
         ("maglev", "maglev", bool, False),
+        ("externalTrafficPolicy", "external_traffic_policy", str, False),
+        ("internalTrafficPolicy", "internal_traffic_policy", str, False),
+        ("healthCheckNodePort", "health_check_node_port", int, False),
     ],
     ServicePort: [
         ("name", "name", str, False),
@@ -609,6 +625,7 @@ class Backend:
     node: str
     ip: str
     port: int
+    terminating: bool = False  # the pod is going (graceful deletion): used only when no other endpoint serves
 
 
 @dataclass
@@ -843,6 +860,8 @@ def plan(topo: Topology) -> AddressPlan:
                 Backend(p.name, p.node, str(pod_ips[p.name]), sp.target_on(p) or 0) for p in selected
             ]
 
+    _check_policies(topo, nodeports)
+
     from netns_lab import loadbalancer  # it types with topology's classes: imported here, no cycle
 
     loadbalancer.check(topo, TopologyError)
@@ -861,6 +880,35 @@ def plan(topo: Topology) -> AddressPlan:
         pod_ips=pod_ips,
         endpoints=endpoints,
     )
+
+
+TRAFFIC_POLICIES = ("Cluster", "Local")
+
+
+def _check_policies(topo: Topology, nodeports: dict[tuple[str, int], Path_]) -> None:
+    """Traffic policies are Cluster or Local; a healthCheckNodePort only with externalTrafficPolicy Local,
+    in the NodePort range and held by no other port (it is a TCP node port of its own)."""
+    held: dict[int, Path_] = {port: path for (_, port), path in nodeports.items()}
+    for i, s in enumerate(topo.services):
+        spath = ("services", i)
+        for key, value in (("externalTrafficPolicy", s.external_traffic_policy),
+                           ("internalTrafficPolicy", s.internal_traffic_policy)):
+            if value is not None and value not in TRAFFIC_POLICIES:
+                raise TopologyError(spath + (key,), f"{value!r} is not a traffic policy (use Cluster or Local)")
+        if s.external_local and s.type not in ("NodePort", "LoadBalancer"):
+            raise TopologyError(spath + ("externalTrafficPolicy",), "externalTrafficPolicy applies to NodePort and LoadBalancer services only")
+        hc = s.health_check_node_port
+        if hc is None:
+            continue
+        hpath = spath + ("healthCheckNodePort",)
+        if not s.external_local:
+            raise TopologyError(hpath, "a healthCheckNodePort needs externalTrafficPolicy: Local")
+        lo, hi = NODEPORT_RANGE
+        if not lo <= hc <= hi:
+            raise TopologyError(hpath, f"health check node port {hc} outside {lo}-{hi}")
+        if hc in held:
+            raise TopologyError(hpath, f"node port {hc} already used at {format_path(held[hc])}")
+        held[hc] = hpath
 
 
 def upstream_url(topo: Topology, app: str, namespace: str | None = None) -> str | None:

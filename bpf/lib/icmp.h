@@ -24,11 +24,12 @@ struct icmp_frag_msg {
 #define ICMP_FRAG_FRAME_LEN (ETH_HLEN + sizeof(struct icmp_frag_msg))
 
 /* Rewrite p (as the client sent it, before any NAT) into an ICMP
- * frag-needed from the address it was sent to, back to the L2 neighbour it
+ * destination unreachable (code; mtu for frag-needed) from the address it was sent to, back to the L2 neighbour it
  * came from. Returns 0 when the caller should bpf_redirect() it out of the
  * interface it arrived on. Only option-less IP headers are quoted; with
  * options the caller just drops (counted the same). */
-static __always_inline int icmp_frag_needed(struct __sk_buff *skb, const struct pkt *p, __u16 mtu)
+static __always_inline int icmp_dest_unreach(struct __sk_buff *skb, const struct pkt *p, __u8 code,
+					     __u16 mtu)
 {
 	struct icmp_frag_msg m;
 	struct ethhdr eth;
@@ -50,8 +51,8 @@ static __always_inline int icmp_frag_needed(struct __sk_buff *skb, const struct 
 	__builtin_memcpy(eth.h_source, mac, ETH_ALEN);
 
 	m.icmp.type = ICMP_DEST_UNREACH;
-	m.icmp.code = ICMP_FRAG_NEEDED;
-	m.icmp.un.frag.mtu = bpf_htons(mtu);
+	m.icmp.code = code;
+	m.icmp.un.frag.mtu = bpf_htons(mtu);   /* 0 for every code but frag-needed */
 	sum = bpf_csum_diff(0, 0, (__be32 *)&m.icmp,
 			    sizeof(m.icmp) + sizeof(m.q), 0);
 	m.icmp.checksum = csum_fold32((__u32)sum);
@@ -69,6 +70,18 @@ static __always_inline int icmp_frag_needed(struct __sk_buff *skb, const struct 
 	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
 		return -1;
 	return bpf_skb_store_bytes(skb, ETH_HLEN, &m, sizeof(m), 0);
+}
+
+static __always_inline int icmp_frag_needed(struct __sk_buff *skb, const struct pkt *p, __u16 mtu)
+{
+	return icmp_dest_unreach(skb, p, ICMP_FRAG_NEEDED, mtu);
+}
+
+/* Port unreachable from the frontend: a service with no backend for this
+ * client is refused as kube-proxy's REJECT refuses it (Calico does the same). */
+static __always_inline int icmp_port_unreach(struct __sk_buff *skb, const struct pkt *p)
+{
+	return icmp_dest_unreach(skb, p, ICMP_PORT_UNREACH, 0);
 }
 
 /* ---- ICMP errors about NATed flows ------------------------------------------

@@ -26,6 +26,7 @@
 #include "lib/maps.h"
 #include "lib/parse.h"
 #include "lib/nat.h"
+#include "lib/policy.h"
 #include "lib/tunnel.h"
 #include "lib/counters.h"
 
@@ -111,8 +112,10 @@ static __always_inline int lb_src_allowed(__u32 svc_id, __be32 client)
 	return lb_src.lookup(&k) != NULL;
 }
 
-/* Backend for a new (to this node) flow to frontend fe; NULL with *reason
- * set when it must be dropped. Plain frontends go straight to be_pick. */
+/* Backend for a new (to this node) flow from outside to frontend fe; NULL
+ * with *reason set when it must be dropped (REASON_DROP_NO_BACKEND: refused
+ * with ICMP by the caller). Plain frontends go straight to the traffic
+ * policy's pick (lib/policy.h). */
 static __always_inline struct be_value *lb_pick(const struct fe_value *fe, struct pkt *p,
 						__u32 hash, __u8 *reason)
 {
@@ -125,7 +128,7 @@ static __always_inline struct be_value *lb_pick(const struct fe_value *fe, struc
 
 	*reason = REASON_DROP_NO_BACKEND;
 	if (!(fe->flags & (FE_F_LB_OPTS | FE_F_EXTERNAL)))
-		return be_pick(fe, hash);
+		return be_pick_policy(fe, hash, TRAFFIC_EXTERNAL);
 	if (fe->flags & FE_F_LB_OPTS)
 		svc = lb_svc.lookup(&fe->svc_id);
 	if (svc && (svc->flags & LB_F_SRC_RANGES) && (fe->flags & FE_F_LB_IP) &&
@@ -154,7 +157,7 @@ static __always_inline struct be_value *lb_pick(const struct fe_value *fe, struc
 		*reason = REASON_DROP_MID_FLOW;
 		return NULL;
 	} else {
-		be = be_pick(fe, hash);
+		be = be_pick_policy(fe, hash, TRAFFIC_EXTERNAL);
 	}
 	if (be && svc && (svc->flags & LB_F_AFFINITY)) {
 		av.last_ns = now;

@@ -71,6 +71,8 @@ BPF_TABLE_PINNED("lpm_trie", struct route_key, __u32, dsr_optout, MAX_DSR_OPTOUT
 
 #define FE_F_NODEPORT  1
 #define FE_F_CLUSTERIP 2
+#define FE_F_ETP_LOCAL 4      /* externalTrafficPolicy Local: clients from outside get local backends only */
+#define FE_F_ITP_LOCAL 8      /* internalTrafficPolicy Local: pods get backends on their own node only */
 #define FE_F_EXTERNAL  0x100  /* a LoadBalancer ingress or external IP (lib/lb.h) */
 #define FE_F_LB_IP     0x200  /* ... the LoadBalancer ingress: loadBalancerSourceRanges apply */
 #define FE_F_LB_OPTS   0x400  /* the service has an lb_svc entry (ranges, affinity, maglev) */

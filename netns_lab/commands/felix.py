@@ -9,9 +9,11 @@ import click
 from rich.console import Console
 
 from netns_lab import felix as felix_model
-from netns_lab.commands.common import console, lab_handle, lab_option, output_option, require_root
+from netns_lab.commands.common import console, lab_handle, lab_option, namespace_option, output_option, require_root
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig, FelixConfigError
+from netns_lab.k8s import patch as k8s_patch
+from netns_lab.k8s.patch import SERVICE_KINDS
 from netns_lab.lab import PROG
 from netns_lab.state import MODES
 
@@ -21,7 +23,8 @@ FELIX_KINDS = ("felixconfiguration", "felixconfigurations", "felixconfig", "feli
 def felix_target(kind: str, name: str) -> None:
     """LabError unless KIND NAME is felixconfiguration default (the only resource of its kind here)."""
     if kind.lower() not in FELIX_KINDS:
-        raise LabError(f"unknown resource kind {kind!r}: this lab has felixconfiguration only (e.g. {PROG} get felixconfiguration default)")
+        raise LabError(f"unknown resource kind {kind!r}: this lab has felixconfiguration and services "
+                       f"(e.g. {PROG} get felixconfiguration default)")
     if name != "default":
         raise LabError(f"felixconfiguration {name!r} not found: this lab has only 'default'")
 
@@ -44,6 +47,8 @@ Examples (the lesson's calicoctl commands):
   netns-lab patch felixconfiguration default --patch='{"spec": {"bpfExternalServiceMode": "DSR"}}'
   netns-lab patch felixconfiguration default -p '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/24"]}}'
   netns-lab patch felixconfiguration default -p '{"spec": {"bpfConnectTimeLoadBalancing": "Disabled"}}'
+  netns-lab patch service customer -n yaobank -p '{"spec": {"externalTrafficPolicy": "Local"}}'
+  netns-lab patch svc summary -n yaobank -p '{"spec": {"internalTrafficPolicy": "Local"}}'
 \b
 Fields: bpfEnabled (true: eBPF dataplane), bpfExternalServiceMode (Tunnel | DSR),
 bpfKubeProxyIptablesCleanupEnabled (false: kube-proxy's rules stay, bypassed by BPF),
@@ -53,11 +58,18 @@ backend at connect(); the rest is NATed per packet).
 """
 )
 @lab_option
-@click.argument("kind", metavar="felixconfiguration")
-@click.argument("name", metavar="default")
+@namespace_option
+@click.argument("kind", metavar="felixconfiguration|service")
+@click.argument("name", metavar="default|NAME")
 @click.option("-p", "--patch", "patch_text", required=True, metavar="JSON", help='A JSON merge patch: {"spec": {...}}.')
-def patch(lab: str | None, kind: str, name: str, patch_text: str) -> int:
-    """Patch FelixConfiguration "default" as calicoctl does; the lab moves to what it selects, live."""
+def patch(lab: str | None, namespace: str | None, kind: str, name: str, patch_text: str) -> int:
+    """Patch FelixConfiguration "default" as calicoctl does, or a Service as kubectl does; live."""
+    if kind.lower() in SERVICE_KINDS:
+        k8s_patch.parse(patch_text)  # refuse bad JSON before the root check
+        require_root()
+        for line in lab_handle(lab).patch_service(name, namespace or "default", patch_text):
+            console().print(line, highlight=False)
+        return 0
     felix_target(kind, name)
     try:
         felix_model.apply_patch(FelixConfig(), patch_text)  # refuse bad input before the root check

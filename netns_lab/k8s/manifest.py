@@ -43,6 +43,7 @@ from netns_lab.topology import (
     Service,
     ServicePort,
     Topology,
+    TRAFFIC_POLICIES,
     TopologyError,
     Workload,
     compose_documents,
@@ -302,9 +303,16 @@ def _service(doc: Doc) -> tuple[Service, str, dict[Path_, Path_]]:
     typ = doc.get(spec + ("type",), str, "ClusterIP")
     if typ not in SERVICE_TYPES:
         raise doc.error(spec + ("type",), f"service type {typ!r} is not supported (use {' or '.join(SERVICE_TYPES)})")
-    policy = doc.get(spec + ("externalTrafficPolicy",), str, "Cluster")
-    if policy != "Cluster":
-        raise doc.error(spec + ("externalTrafficPolicy",), f"{policy!r} is not supported: the lab's proxies do Cluster")
+    policies = {}
+    for key in ("externalTrafficPolicy", "internalTrafficPolicy"):
+        policies[key] = doc.get(spec + (key,), str)
+        if policies[key] not in (None, *TRAFFIC_POLICIES):
+            raise doc.error(spec + (key,), f"{policies[key]!r} is not a traffic policy (use Cluster or Local)")
+    if policies["externalTrafficPolicy"] == "Local" and typ not in NODEPORT_TYPES:
+        raise doc.error(spec + ("externalTrafficPolicy",), f"a {typ} service has no external traffic (set type: NodePort or LoadBalancer)")
+    hc_port = doc.get(spec + ("healthCheckNodePort",), int)
+    if hc_port is not None and policies["externalTrafficPolicy"] != "Local":
+        raise doc.error(spec + ("healthCheckNodePort",), "a healthCheckNodePort needs externalTrafficPolicy: Local")
     cluster_ip = doc.get(spec + ("clusterIP",), str, "") or None
     if cluster_ip == HEADLESS and typ in NODEPORT_TYPES:
         raise doc.error(spec + ("clusterIP",), f"a {typ} service cannot be headless (clusterIP None)")
@@ -331,9 +339,19 @@ def _service(doc: Doc) -> tuple[Service, str, dict[Path_, Path_]]:
     selector = _labels(doc, spec + ("selector",))
     if not selector:
         raise doc.error(spec + ("selector",), "a service without a selector is not supported (its endpoints would be hand-made)")
-    svc = Service(doc.name, cluster_ip or "", ports, namespace=doc.namespace, selector=selector)
+    for key in ("externalTrafficPolicy", "internalTrafficPolicy", "healthCheckNodePort"):
+        fields[(key,)] = spec + (key,)
+    svc = Service(doc.name, cluster_ip or "", ports, namespace=doc.namespace, selector=selector,
+                  external_traffic_policy=_policy(policies["externalTrafficPolicy"]),
+                  internal_traffic_policy=_policy(policies["internalTrafficPolicy"]),
+                  health_check_node_port=hc_port)
     k8s_loadbalancer.read(doc, typ, svc)
     return svc, typ, fields
+
+
+def _policy(value: str | None) -> str | None:
+    """A traffic policy as the topology keeps it: Cluster (the default) as None, so old labs compare equal."""
+    return None if value in (None, "Cluster") else value
 
 
 def _workload(doc: Doc, nodes: list[str]) -> tuple[Workload, dict[Path_, Path_]]:
@@ -430,12 +448,16 @@ class _Applier:
                 was = next((o for o in old.ports if (o.protocol, o.port) == (sp.protocol, sp.port)), None)
                 if sp.node_port is None and was is not None and typ in NODEPORT_TYPES:
                     sp.node_port = was.node_port
+            if svc.health_check_node_port is None and svc.external_local:
+                svc.health_check_node_port = old.health_check_node_port
         self._check_clashes(doc, svc, old)
         if not svc.cluster_ip:
             svc.cluster_ip = self._free_cluster_ip(doc)
         for j, sp in enumerate(svc.ports):
             if sp.node_port is None and typ in NODEPORT_TYPES:  # NodePort ports without a nodePort get one allocated
-                sp.node_port = self._free_node_port(doc, j)
+                sp.node_port = self._free_node_port(doc, j, svc)
+        if svc.external_local and svc.health_check_node_port is None:  # kube-proxy's health port, allocated
+            svc.health_check_node_port = self._free_node_port(doc, None, svc)
         k8s_loadbalancer.allocate(doc, self.topo, svc, typ, old)
         unchanged = old == svc
         if old is not None:
@@ -469,13 +491,16 @@ class _Applier:
                 return str(ip)
         raise doc.error(("spec", "clusterIP"), f"the service CIDR {cidr} is full")
 
-    def _free_node_port(self, doc: Doc, j: int) -> int:
-        """The lowest node port nobody holds."""
-        used = {sp.node_port for s in self.topo.services for sp in s.ports}
+    def _free_node_port(self, doc: Doc, j: int | None, svc: Service) -> int:
+        """The lowest node port nobody holds, `svc` (being applied) included (j: the port it is for; None: the
+        health check node port)."""
+        services = [*self.topo.services, svc]
+        used = {sp.node_port for s in services for sp in s.ports} | {s.health_check_node_port for s in services}
         lo, hi = NODEPORT_RANGE
         port = next((p for p in range(lo, hi + 1) if p not in used), None)
         if port is None:
-            raise doc.error(("spec", "ports", j, "nodePort"), f"no free node port left in {lo}-{hi}")
+            where = ("spec", "ports", j, "nodePort") if j is not None else ("spec", "healthCheckNodePort")
+            raise doc.error(where, f"no free node port left in {lo}-{hi}")
         return port
 
     def _apply_pod(self, doc: Doc) -> None:

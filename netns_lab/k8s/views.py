@@ -106,7 +106,10 @@ class View:
         if svc.selector:
             spec["selector"] = dict(svc.selector)
         if svc.type in ("NodePort", "LoadBalancer"):
-            spec["externalTrafficPolicy"] = "Cluster"
+            spec["externalTrafficPolicy"] = svc.external_traffic_policy or "Cluster"
+        if svc.health_check_node_port:
+            spec["healthCheckNodePort"] = svc.health_check_node_port
+        spec["internalTrafficPolicy"] = svc.internal_traffic_policy or "Cluster"
         metadata: dict[str, Any] = {"name": svc.name, "namespace": svc.namespace, "creationTimestamp": self.created}
         status: dict[str, Any] = {"loadBalancer": {}}
         loadbalancer_view(svc, metadata, spec, status)
