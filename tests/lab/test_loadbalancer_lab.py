@@ -66,6 +66,8 @@ def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
     url = f"{_ip(lb_lab, 'sticky')}/hostname"
     seen = {_get(lb_lab, url) for _ in range(30)}
     assert len(seen) == 1 and None not in seen, seen
+    if mode != "kube-proxy":
+        _check_dump_affinity(lb_lab, _ip(lb_lab, "sticky"), lb_lab.pod_ip(next(iter(seen)).strip()))
     spread = set(seen)
     for _ in range(8):  # each request after timeoutSeconds (4) is a fresh pick: 3 backends spread again
         time.sleep(4.5)
@@ -73,6 +75,19 @@ def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
         if len(spread) > 1:
             break
     assert len(spread) > 1 and None not in spread, spread
+
+
+def _check_dump_affinity(lab: Lab, addr: str, backend_ip: str) -> None:
+    """`dump affinity` on the ingress node (text and -o json) shows host1 -> the backend it stuck to, with time left."""
+    doc = json.loads(lab.run("dump", "affinity", "--node", "control", "-o", "json").stdout)
+    assert doc["dump"] == "affinity" and [n["node"] for n in doc["nodes"]] == ["control"], doc
+    rows = [r for r in doc["nodes"][0]["affinity"] if r["frontend"] == f"{addr}:80"]
+    assert len(rows) == 1, doc
+    r = rows[0]
+    assert (r["client"], r["backend"], r["timeout_s"]) == (lab.node_address("host1"), f"{backend_ip}:8080", 4), r
+    assert 0 < r["expires_in_s"] <= 4, r
+    text = lab.run("dump", "affinity", "--node", "control").stdout
+    assert f"{addr}:80 client {lab.node_address('host1')} -> {backend_ip}:8080" in text, text
 
 
 def _move(lab: Lab, addr: str) -> dict:
