@@ -51,11 +51,13 @@ def test_loadbalancer_and_external_ip(lb_lab: Lab, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_source_ranges_drop_and_count(lb_lab: Lab, mode: str) -> None:
     _mode(lb_lab, mode)
+    # host1 (198.19.15.254) is inside admitted's second range and outside ranged's only one
+    assert (_get(lb_lab, f"{_ip(lb_lab, 'admitted')}/hostname") or "").startswith("web-")
     assert _get(lb_lab, f"{_ip(lb_lab, 'ranged')}/hostname") is None
     if mode == "kube-proxy":
         rules = lb_lab.exec("control", "iptables-save", "-c", "-t", "filter").stdout
-        line = next(r for r in rules.splitlines() if "lb/ranged" in r and "-j DROP" in r)
-        assert not line.startswith("[0:"), line
+        lines = [r for r in rules.splitlines() if "lb/ranged" in r and "-j DROP" in r]
+        assert len(lines) == 1 and not lines[0].startswith("[0:"), f"KUBE-PROXY-FIREWALL drop for lb/ranged: {lines}"
     else:
         assert counter(lb_lab, "control", "from_hep", "DROP_SRC_RANGE") > 0
 
