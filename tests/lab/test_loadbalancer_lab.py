@@ -15,7 +15,7 @@ from .conftest import Lab, counter, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 HERE = Path(__file__).resolve().parent
-MODES = ["kube-proxy", "tunnel", "dsr"]
+MODES = ["kube-proxy", "kube-proxy-nft", "tunnel", "dsr"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,11 @@ def test_source_ranges_drop_and_count(lb_lab: Lab, mode: str) -> None:
     # host1 (198.19.15.254) is inside admitted's second range and outside ranged's only one
     assert (_get(lb_lab, f"{_ip(lb_lab, 'admitted')}/hostname") or "").startswith("web-")
     assert _get(lb_lab, f"{_ip(lb_lab, 'ranged')}/hostname") is None
-    if mode == "kube-proxy":
+    if mode == "kube-proxy-nft":  # the firewall chain's `counter drop` (kube-proxy's nftables backend)
+        table = lb_lab.exec("control", "nft", "list", "table", "ip", "kube-proxy").stdout
+        drops = [ln for ln in table.splitlines() if "counter packets" in ln and "drop" in ln and "198.19.15" not in ln]
+        assert drops and all(" packets 0 " not in d for d in drops), table
+    elif mode == "kube-proxy":
         rules = lb_lab.exec("control", "iptables-save", "-c", "-t", "filter").stdout
         lines = [r for r in rules.splitlines() if "lb/ranged" in r and "-j DROP" in r]
         assert len(lines) == 1 and not lines[0].startswith("[0:"), f"KUBE-PROXY-FIREWALL drop for lb/ranged: {lines}"
@@ -68,7 +72,7 @@ def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
     url = f"{_ip(lb_lab, 'sticky')}/hostname"
     seen = {_get(lb_lab, url) for _ in range(30)}
     assert len(seen) == 1 and None not in seen, seen
-    if mode != "kube-proxy":
+    if not mode.startswith("kube-proxy"):
         _check_dump_affinity(lb_lab, _ip(lb_lab, "sticky"), lb_lab.pod_ip(next(iter(seen)).strip()))
     spread = set(seen)
     for _ in range(8):  # each request after timeoutSeconds (4) is a fresh pick: 3 backends spread again
