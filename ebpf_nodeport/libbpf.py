@@ -438,6 +438,13 @@ def map_create_like(template_fd: int) -> int:
             os.close(btf_fd)
 
 
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:
+    """A new map without BTF (a probe's scratch map); returns its fd."""
+    opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts))
+    return _check(_lib.bpf_map_create(map_type, name.encode(), key_size, value_size, max_entries,
+                                      ct.byref(opts)), f"bpf_map_create({name})")
+
+
 def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL",
               expected_attach_type: int = 0) -> int:
     """Load raw instructions; returns the program fd. A refusal carries the verifier log's end.
