@@ -13,7 +13,6 @@ removes these pins with the node's others.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import struct
@@ -247,12 +246,31 @@ def detach(pin_dir: loader.PinDir, cgroup: str) -> list[str]:
     return _each(pin_dir, cgroup, libbpf.prog_detach)
 
 
+# bpftool's names of the hooks connect.c uses (abi.CTLB_PROGRAMS' attach types)
+HOOK_NAMES = {10: "cgroup_inet4_connect", 14: "cgroup_udp4_sendmsg", 19: "cgroup_udp4_recvmsg",
+              29: "cgroup_inet4_getpeername"}
+
+
 def attached(cgroup: str) -> list[dict[str, str]]:
-    """Programs attached to the cgroup itself ({"hook", "program"}), from bpftool."""
+    """Programs attached to the cgroup itself at connect.c's hooks ({"hook", "program"}).
+
+    Asked with BPF_PROG_QUERY, not bpftool: Debian 12's bpftool cannot read program info
+    from 5.10 (E2BIG on fields 5.10 lacks) and lists nothing there."""
     if not os.path.isdir(cgroup):
         return []
-    proc = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return []
-    return [{"hook": e.get("attach_type", ""), "program": e.get("name", "")}
-            for e in json.loads(proc.stdout)]
+    out = []
+    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for attach_type, hook in HOOK_NAMES.items():
+            for prog_id in libbpf.prog_query(cg, attach_type):
+                try:
+                    fd = libbpf.prog_get_fd_by_id(prog_id)
+                except OSError:
+                    continue  # unloaded meanwhile
+                try:
+                    out.append({"hook": hook, "program": libbpf.prog_info(fd).name})
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(cg)
+    return out

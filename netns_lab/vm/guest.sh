@@ -75,7 +75,7 @@ mapfile -t words < <(python3 -c 'import base64, json, sys
 for a in json.loads(base64.b64decode(sys.argv[1] or "W10=")): print(a)' "$(arg pytest)")
 [ ${#words[@]} -gt 0 ] || words=(tests --ignore=tests/unit)
 say "pytest -ra ${words[*]}"
-/opt/netns-lab/venv/bin/python -m pytest -ra -p no:cacheprovider --junitxml="$OUT/junit.xml" \
+/opt/netns-lab/venv/bin/python -m pytest -ra --durations=25 -p no:cacheprovider --junitxml="$OUT/junit.xml" \
     "${words[@]}" >"$OUT/pytest.log" 2>&1
 rc=$?
 status pytest_rc "$rc"
