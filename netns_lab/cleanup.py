@@ -153,6 +153,19 @@ def teardown(lab: str) -> Removed:
     return out
 
 
+def remove_sim_pins() -> bool:
+    """Remove the BPF test harness' leftover pins (a test run killed before its teardown).
+
+    They live outside any lab (ebpf_nodeport.testrun.SIM_PIN_ROOT), so only `down --all` sweeps them.
+    """
+    from ebpf_nodeport.testrun import SIM_PIN_ROOT
+
+    if not os.path.isdir(SIM_PIN_ROOT):
+        return False
+    shutil.rmtree(SIM_PIN_ROOT, ignore_errors=True)
+    return True
+
+
 def remove_empty_roots() -> None:
     """Drop /run/netns-lab and /sys/fs/bpf/netns-lab when no lab uses them (rmdir: only if empty)."""
     for root in (naming.RUN_ROOT, naming.BPF_ROOT):

@@ -101,6 +101,8 @@ def down(lab: str | None, all_labs: bool) -> int:
             highlight=False,
         )
     if all_labs:
+        if cleanup.remove_sim_pins():
+            out.print("removed the BPF test harness' leftover pins")
         cleanup.remove_empty_roots()
     return 0
 

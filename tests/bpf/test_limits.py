@@ -43,7 +43,7 @@ def test_conntrack_full_lru_still_works(cluster):
         slack = 128 * libbpf.num_possible_cpus()
         assert len(node.maps.ct) >= cap - slack, f"{name}: could not fill conntrack"
     p = cport()
-    fe, be = (CONTROL, NP_CUSTOMER), (CUSTOMER, 80)
+    be = (CUSTOMER, 80)
     syn = bytes(tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "S"))
     r = cluster["control"].run("from_hep", syn, track_ct=False)
     check_result(r, "REDIRECT", "NAT_NEW", Encap(CONTROL, NODE1, Nat(dst=be, ttl_dec=1), fe_port=NP_CUSTOMER))

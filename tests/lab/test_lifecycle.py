@@ -29,15 +29,26 @@ from .conftest import (
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-def make_pin(prefix: list[str], lab: str, node: str = "control") -> None:
+def make_pin(prefix: list[str], lab: str, node: str = "control", pin_dir: Path | None = None) -> None:
     """Pin a real BPF map where the eBPF dataplane pins its objects, as a stand-in for a loaded datapath."""
-    pin_dir = naming.bpf_dir(lab) / node
+    pin_dir = pin_dir or naming.bpf_dir(lab) / node
     subprocess.run([*prefix, "mkdir", "-p", str(pin_dir)], check=True)
     subprocess.run(
         [*prefix, "bpftool", "map", "create", str(pin_dir / "t1pin"), "type", "array", "key", "4", "value", "4",
          "entries", "1", "name", "t1pin"],
         check=True,
     )
+
+
+def test_down_all_sweeps_test_harness_pins(sandbox) -> None:
+    """A BPF test run killed before its teardown leaves pins under SIM_PIN_ROOT: `down --all` removes them."""
+    from ebpf_nodeport.testrun import SIM_PIN_ROOT
+
+    make_pin(sandbox.prefix, "", pin_dir=Path(SIM_PIN_ROOT) / "utkilled")
+    assert sandbox.path(Path(SIM_PIN_ROOT) / "utkilled" / "t1pin").exists()
+    down = sandbox.cli("down", "--all")
+    assert "test harness' leftover pins" in down.stdout
+    assert not sandbox.path(SIM_PIN_ROOT).exists()
 
 
 def test_down_leaves_nothing_and_root_namespace_untouched(lab_factory) -> None:
