@@ -8,7 +8,8 @@
 #                        (extra arguments go to pytest, e.g. ./setup.sh test -k kubeproxy)
 #   ./setup.sh vm-test [KERNEL...] [-- PYTEST ARGS]
 #                        tests/bpf, tests/lab and the lesson in a qemu VM per Debian kernel
-#                        (5.10 6.1 6.12, default all); images cached in /var/cache/netns-lab/vm
+#                        (5.10 6.1 6.12, default all); images cached in /var/cache/netns-lab/vm;
+#                        test paths after -- replace tests/bpf tests/lab
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,7 +21,7 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 cmd="${1:-install}"

@@ -438,6 +438,13 @@ def map_create_like(template_fd: int) -> int:
             os.close(btf_fd)
 
 
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:
+    """A new map without BTF (a probe's scratch map); returns its fd."""
+    opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts))
+    return _check(_lib.bpf_map_create(map_type, name.encode(), key_size, value_size, max_entries,
+                                      ct.byref(opts)), f"bpf_map_create({name})")
+
+
 def prog_load(prog_type: int, name: str, insns: bytes, license: str = "GPL",
               expected_attach_type: int = 0) -> int:
     """Load raw instructions; returns the program fd. A refusal carries the verifier log's end.
@@ -474,3 +481,22 @@ def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> bool:
     """Detach that program from the target's hook; False when it was not attached there."""
     rc = _lib.bpf_prog_detach2(prog_fd, target_fd, attach_type)
     return not (rc < 0 and _missing(rc, "bpf_prog_detach2"))
+
+
+_lib.bpf_prog_query.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(ct.c_uint32),
+                                ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)]
+_lib.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
+
+
+def prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """Ids of the programs attached to a target (cgroup fd) at one hook (BPF_PROG_QUERY)."""
+    ids = (ct.c_uint32 * max_progs)()
+    count, flags = ct.c_uint32(max_progs), ct.c_uint32(0)
+    _check(_lib.bpf_prog_query(target_fd, attach_type, 0, ct.byref(flags), ids, ct.byref(count)),
+           "bpf_prog_query")
+    return list(ids[:count.value])
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """An fd of the loaded program with that id."""
+    return _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")

@@ -413,7 +413,7 @@ def _settle_ctlb(st: LabState, felix: FelixConfig, say: Progress) -> None:
         for node in st.nodes():
             dp = datapath(st, node)
             path = str(cgroups.ensure(st.lab, node))
-            cookie = ctlb.netns_cookie(dp.netns)
+            cookie = ctlb.netns_cookie(dp.netns, os.path.dirname(path))
             was = ctlb.read_cfg(dp.pin_dir)
             on = bool(ctlb.attached(path))
             if flags:

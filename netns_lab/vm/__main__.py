@@ -110,8 +110,8 @@ def run_kernel(paths: image.Paths, k: matrix.Kernel, accel: str, out_root: Path,
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     args = ["netns_lab.mode=test"] + ([] if lesson else ["netns_lab.lesson=0"])
-    if pytest_args:
-        args.append("netns_lab.pytest=" + base64.b64encode(json.dumps(pytest_args).encode()).decode())
+    words = matrix.pytest_argv(pytest_args, lambda p: (REPO / p).exists())
+    args.append("netns_lab.pytest=" + base64.b64encode(json.dumps(words).encode()).decode())
     spec = qemu.VmSpec(paths.vmlinuz(k), paths.initrd(k), paths.disk(k), REPO, out, args=args, accel=accel)
     say(f"kernel {k.name}: booting ({accel}, {spec.cpus} vCPUs, {spec.mem_mib} MiB); console: {out}/console.log")
     t0 = time.monotonic()

@@ -2,8 +2,9 @@
 # guest.sh: runs as PID 1's successor inside a netns-lab test VM (exec'd by the image's init).
 #
 # Reads its job from the kernel command line (netns_lab.mode=provision|test, netns_lab.pytest=
-# extra pytest words, comma-separated), works on a copy of the read-only shared checkout, writes
-# logs, JUnit XML and status.env to the shared out directory, then powers the VM off.
+# base64(JSON) pytest words, test paths included), works on a copy of the read-only shared
+# checkout, writes logs, JUnit XML and status.env to the shared out directory, then powers
+# the VM off.
 # Never returns: whatever happens, the last step is the power-off.
 set -uo pipefail
 
@@ -68,12 +69,14 @@ if [ "$rc" -ne 0 ] || [ "$mode" = provision ]; then
 fi
 
 stage pytest
-# pytest words travel base64(JSON) on the kernel command line, which splits on spaces.
-mapfile -t extra < <(python3 -c 'import base64, json, sys
+# pytest words (test paths included: the host chose them, matrix.pytest_argv) travel
+# base64(JSON) on the kernel command line, which splits on spaces.
+mapfile -t words < <(python3 -c 'import base64, json, sys
 for a in json.loads(base64.b64decode(sys.argv[1] or "W10=")): print(a)' "$(arg pytest)")
-say "pytest -ra tests/bpf tests/lab ${extra[*]}"
-/opt/netns-lab/venv/bin/python -m pytest -ra -p no:cacheprovider tests/bpf tests/lab \
-    --junitxml="$OUT/junit.xml" "${extra[@]}" >"$OUT/pytest.log" 2>&1
+[ ${#words[@]} -gt 0 ] || words=(tests --ignore=tests/unit)
+say "pytest -ra ${words[*]}"
+/opt/netns-lab/venv/bin/python -m pytest -ra --durations=25 -p no:cacheprovider --junitxml="$OUT/junit.xml" \
+    "${words[@]}" >"$OUT/pytest.log" 2>&1
 rc=$?
 status pytest_rc "$rc"
 tail -n 40 "$OUT/pytest.log" >/dev/console

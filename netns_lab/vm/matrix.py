@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,16 @@ def debian_mirror(sources: list[str]) -> str:
             if m and re.search(r"/debian/?$", m.group(1)):
                 return m.group(1).rstrip("/")
     raise ValueError("no Debian archive found in apt's sources")
+
+
+# What the VM runs when the pytest words name no test path: tests/bpf and tests/lab, found by
+# recursion from tests/ so that `--ignore=tests/lab` works (pytest never ignores a path given
+# on its command line).
+DEFAULT_PYTEST = ["tests", "--ignore=tests/unit"]
+
+
+def pytest_argv(words: list[str], exists: Callable[[str], bool]) -> list[str]:
+    """The guest's pytest arguments: the user's words, after the default paths unless a word
+    is a test path (a file, directory or node id whose path exists in the checkout)."""
+    names_a_path = any(not w.startswith("-") and exists(w.split("::", 1)[0]) for w in words)
+    return list(words) if names_a_path else [*DEFAULT_PYTEST, *words]

@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, IPOption_NOP, IPOption_RR, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from .expect import CtEntry, Decap, Encap, Expect, Nat, Same
+from .expect import CtEntry, Decap, Encap, Expect, IcmpPortUnreach, Nat, Same
 from .topo import (CLIENT, CLIENT2, CONTROL, CUSTOMER, CUSTOMER_CIP, DATABASE, DATABASE_CIP,
                    EMPTY_CIP, MAC_CALI, MAC_CLIENT, MAC_NODE, MAC_POD, NODE1, NODE2, NP_CUSTOMER, NP_ECHO, NP_EMPTY,
                    NP_WEB, SUMMARY1, SUMMARY2, WEB, arp, cport, icmp_echo, ipv6,
@@ -141,9 +141,10 @@ def _np_rows() -> list[Case]:
         Case("np_dst_zero_address", "packet to 0.0.0.0:30180 (not this node's address, a martian): untouched",
              "control", "from_hep", lambda: tcp(CLIENT, cport(), "0.0.0.0", NP_CUSTOMER), "OK", "PASS", Same(),
              no_ct=True),
-        Case("np_zero_backends", "NodePort of a service with zero backends: dropped, counted, no state",
-             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY), "SHOT", "DROP_NO_BACKEND",
-             no_ct=True),
+        Case("np_zero_backends", "NodePort of a service with zero backends: refused with ICMP port unreachable "
+             "back out of eth0, counted, no state", "control", "from_hep",
+             lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY), "REDIRECT", "DROP_NO_BACKEND",
+             IcmpPortUnreach(CONTROL, CLIENT), no_ct=True),
         Case("np_zero_backends_udp_port_tcp", "the UDP NodePort number over TCP is no service: untouched",
              "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_ECHO), "OK", "PASS", Same(),
              no_ct=True),
@@ -335,8 +336,10 @@ def _cip_rows() -> list[Case]:
         ct=(CtEntry("NAT_REV", (CUSTOMER, p), (WEB, 8080), nat=(CONTROL, NP_WEB), has=("NODEPORT",),
                     not_=("TUNNEL", "DSR")),), view={"mode": "dsr"}))
     rows += [
-        Case("cip_zero_backends", "pod -> ClusterIP of a service with zero backends", "node1", "from_wep",
-             lambda: pod_tcp(CUSTOMER, cport(), EMPTY_CIP, 80), "SHOT", "DROP_NO_BACKEND", no_ct=True),
+        Case("cip_zero_backends", "pod -> ClusterIP of a service with zero backends: ICMP port unreachable "
+             "back to the pod, counted", "node1", "from_wep",
+             lambda: pod_tcp(CUSTOMER, cport(), EMPTY_CIP, 80), "REDIRECT", "DROP_NO_BACKEND",
+             IcmpPortUnreach(EMPTY_CIP, CUSTOMER), no_ct=True),
         Case("cip_unknown_port", "pod -> ClusterIP on a port that is not a service port: untouched",
              "node1", "from_wep", lambda: pod_tcp(CUSTOMER, cport(), CUSTOMER_CIP, 81), "OK", "PASS", Same(),
              no_ct=True),

@@ -198,6 +198,27 @@ class IcmpFragNeeded(Expect):
 
 
 @dataclass
+class IcmpPortUnreach(Expect):
+    """Output = ICMP dest-unreachable/port-unreachable from the frontend `src` back to the client `dst`,
+    quoting the original IP header + 8 bytes: the refusal of a connection no backend may take
+    (kube-proxy's REJECT, Calico's answer for a service without endpoints)."""
+    src: str
+    dst: str
+
+    def check(self, res: RunResult, frame: bytes | None = None) -> None:
+        frame = res.input if frame is None else frame
+        p = res.pkt
+        assert IP in p and ICMP in p, f"want ICMP port unreachable, got {p.summary()}"
+        ip, ic = p[IP], p[ICMP]
+        assert (ip.src, ip.dst) == (self.src, self.dst), f"ICMP {ip.src}->{ip.dst}, want {self.src}->{self.dst}"
+        assert (ic.type, ic.code) == (3, 3), f"ICMP type/code {ic.type}/{ic.code}, want 3/3"
+        orig = parse_ip4(frame)
+        quote = bytes(ic.payload)
+        assert quote[:orig.ihl * 4 + 8] == frame[ETH_HLEN:ETH_HLEN + orig.ihl * 4 + 8], \
+            "ICMP does not quote the original IP header + 8 bytes"
+
+
+@dataclass
 class Fields(Expect):
     """Key fields of the output (scapy attribute paths like 'IP.dst', 'TCP.dport')."""
     want: dict[str, Any]

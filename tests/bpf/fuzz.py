@@ -5,7 +5,8 @@ the input": an output the program forwards (OK/REDIRECT) must be identical to th
 or the input with addresses/ports rewritten and TTL decremented by at most one (nothing
 else changed, checksums updated incrementally: whatever error the input checksum had, the
 output has the same), or the input encapsulated in our VXLAN toward a node, or a VXLAN
-input decapsulated (and maybe rewritten), or the ICMP frag-needed answer to the input.
+input decapsulated (and maybe rewritten), or an ICMP answer to the input: frag-needed, or port
+unreachable (a service without a backend for it).
 Pure Python over bytes: it runs on every output, scapy would be 50x slower.
 """
 from __future__ import annotations
@@ -160,8 +161,8 @@ class Judge:
             return "not an ICMP answer"
         if (b.saddr, b.daddr) != (a.daddr, a.saddr) or not ip_hdr_csum_ok(b.hdr):
             return "ICMP addresses/IP checksum"
-        if b.seg[:2] != b"\x03\x04" or csum16(b.seg) != 0xFFFF:
-            return "not a valid frag-needed"
+        if b.seg[:2] not in (b"\x03\x04", b"\x03\x03") or csum16(b.seg) != 0xFFFF:
+            return "not a valid frag-needed or port unreachable"
         if b.seg[8:8 + a.ihl * 4 + 8] != inp[a.off:a.off + a.ihl * 4 + 8]:
             return "does not quote the input"
         return None

@@ -67,7 +67,14 @@ def test_ctlb_mirror_matches_compiled_btf(ctlb_pin_dir, name):
 def _bpftool_struct(btf_id: int, type_id: int) -> list[tuple[str, int]]:
     out = subprocess.run(["bpftool", "-j", "btf", "dump", "id", str(btf_id)], capture_output=True,
                          text=True, check=True)
-    types = {t["id"]: t for t in json.loads(out.stdout)["types"]}
+    # Debian 12's bpftool on 5.10 prints an error object before the dump (it asks the kernel
+    # for BTF info fields 5.10 lacks: E2BIG); the dump is the document with "types".
+    docs, text, pos = [], out.stdout.strip(), 0
+    while pos < len(text):
+        doc, pos = json.JSONDecoder().raw_decode(text, pos)
+        docs.append(doc)
+        pos += len(text[pos:]) - len(text[pos:].lstrip(", \n"))
+    types = {t["id"]: t for t in next(d for d in docs if "types" in d)["types"]}
     t = types[type_id]
     while "members" not in t and t["kind"] in ("TYPEDEF", "CONST", "VOLATILE"):
         t = types[t["type_id"]]

@@ -44,3 +44,48 @@ def test_checksum_complete_probe_agrees_with_the_flag_being_accepted() -> None:
     finally:
         os.close(fd)
     assert kernel.test_run_checksum_complete() is accepted
+
+
+@pytest.fixture
+def two_netns():
+    """Two named network namespaces (paths under /run/netns) and a scratch cgroup parent."""
+    import subprocess
+
+    from ebpf_nodeport.testrun import unique_name
+    from netns_lab import cgroups
+
+    names = [unique_name() + s for s in ("a", "b")]
+    parent = cgroups.cgroup2_root() / cgroups.TOP
+    parent.mkdir(exist_ok=True)
+    try:
+        for n in names:
+            subprocess.run(["ip", "netns", "add", n], check=True)
+        yield [f"/run/netns/{n}" for n in names], str(parent)
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def test_netns_cookie_without_the_socket_option_is_the_kernels(two_netns) -> None:
+    """The cookie connect.c compares (bpf_get_netns_cookie) as read without SO_NETNS_COOKIE
+    (5.14; 5.10 lacks it): one per namespace, stable, and where the socket option exists,
+    the value it gives."""
+    import socket
+    import struct
+
+    from ebpf_nodeport import ctlb
+    from ebpf_nodeport.netns import Netns
+
+    paths, parent = two_netns
+    got = [ctlb._cookie_by_program(Netns(p), parent) for p in paths]
+    assert all(got) and got[0] != got[1]
+    assert ctlb._cookie_by_program(Netns(paths[0]), parent) == got[0]
+    assert [ctlb.netns_cookie(Netns(p), parent) for p in paths] == got
+    try:
+        with Netns(paths[0]).socket() as s:
+            sockopt = struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, ctlb.SO_NETNS_COOKIE, 8))[0]
+    except OSError as exc:
+        assert exc.errno == errno.ENOPROTOOPT, exc  # 5.10: the program's reading is the only one
+        return
+    assert sockopt == got[0]
+    assert not [d for d in os.listdir(parent) if d.startswith("netns-cookie-")]

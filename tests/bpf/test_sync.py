@@ -93,7 +93,7 @@ def _fresh(cluster, node: str = "control") -> NodeDatapath:
 
 
 def _counts(**nonzero: int) -> dict[str, int]:
-    out = dict.fromkeys(("nodes", "routes", "dsr_optout", "svc_meta", "nat_be", "nat_fe"), 0)
+    out = dict.fromkeys(("nodes", "routes", "dsr_optout", "svc_meta", "nat_be", "nat_fe", "lb_svc", "lb_src", "maglev"), 0)
     out.update(nonzero)
     return out
 

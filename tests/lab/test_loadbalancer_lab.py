@@ -15,7 +15,7 @@ from .conftest import Lab, counter, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 HERE = Path(__file__).resolve().parent
-MODES = ["kube-proxy", "tunnel", "dsr"]
+MODES = ["kube-proxy", "kube-proxy-nft", "tunnel", "dsr"]
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,17 @@ def test_loadbalancer_and_external_ip(lb_lab: Lab, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_source_ranges_drop_and_count(lb_lab: Lab, mode: str) -> None:
     _mode(lb_lab, mode)
+    # host1 (198.19.15.254) is inside admitted's second range and outside ranged's only one
+    assert (_get(lb_lab, f"{_ip(lb_lab, 'admitted')}/hostname") or "").startswith("web-")
     assert _get(lb_lab, f"{_ip(lb_lab, 'ranged')}/hostname") is None
-    if mode == "kube-proxy":
+    if mode == "kube-proxy-nft":  # the firewall chain's `counter drop` (kube-proxy's nftables backend)
+        table = lb_lab.exec("control", "nft", "list", "table", "ip", "kube-proxy").stdout
+        drops = [ln for ln in table.splitlines() if "counter packets" in ln and "drop" in ln and "198.19.15" not in ln]
+        assert drops and all(" packets 0 " not in d for d in drops), table
+    elif mode == "kube-proxy":
         rules = lb_lab.exec("control", "iptables-save", "-c", "-t", "filter").stdout
-        line = next(r for r in rules.splitlines() if "lb/ranged" in r and "-j DROP" in r)
-        assert not line.startswith("[0:"), line
+        lines = [r for r in rules.splitlines() if "lb/ranged" in r and "-j DROP" in r]
+        assert len(lines) == 1 and not lines[0].startswith("[0:"), f"KUBE-PROXY-FIREWALL drop for lb/ranged: {lines}"
     else:
         assert counter(lb_lab, "control", "from_hep", "DROP_SRC_RANGE") > 0
 
@@ -66,6 +72,8 @@ def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
     url = f"{_ip(lb_lab, 'sticky')}/hostname"
     seen = {_get(lb_lab, url) for _ in range(30)}
     assert len(seen) == 1 and None not in seen, seen
+    if not mode.startswith("kube-proxy"):
+        _check_dump_affinity(lb_lab, _ip(lb_lab, "sticky"), lb_lab.pod_ip(next(iter(seen)).strip()))
     spread = set(seen)
     for _ in range(8):  # each request after timeoutSeconds (4) is a fresh pick: 3 backends spread again
         time.sleep(4.5)
@@ -73,6 +81,19 @@ def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
         if len(spread) > 1:
             break
     assert len(spread) > 1 and None not in spread, spread
+
+
+def _check_dump_affinity(lab: Lab, addr: str, backend_ip: str) -> None:
+    """`dump affinity` on the ingress node (text and -o json) shows host1 -> the backend it stuck to, with time left."""
+    doc = json.loads(lab.run("dump", "affinity", "--node", "control", "-o", "json").stdout)
+    assert doc["dump"] == "affinity" and [n["node"] for n in doc["nodes"]] == ["control"], doc
+    rows = [r for r in doc["nodes"][0]["affinity"] if r["frontend"] == f"{addr}:80"]
+    assert len(rows) == 1, doc
+    r = rows[0]
+    assert (r["client"], r["backend"], r["timeout_s"]) == (lab.node_address("host1"), f"{backend_ip}:8080", 4), r
+    assert 0 < r["expires_in_s"] <= 4, r
+    text = lab.run("dump", "affinity", "--node", "control").stdout
+    assert f"{addr}:80 client {lab.node_address('host1')} -> {backend_ip}:8080" in text, text
 
 
 def _move(lab: Lab, addr: str) -> dict:

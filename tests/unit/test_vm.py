@@ -77,6 +77,18 @@ def test_overlay_boot_is_never_writable_on_the_image() -> None:
     assert qemu.cmdline(spec).endswith("a=b") and "panic=-1" in qemu.cmdline(spec)
 
 
+@pytest.mark.parametrize("words,want", [
+    ([], ["tests", "--ignore=tests/unit"]),
+    (["--ignore=tests/lab"], ["tests", "--ignore=tests/unit", "--ignore=tests/lab"]),
+    (["-k", "abi", "-x"], ["tests", "--ignore=tests/unit", "-k", "abi", "-x"]),
+    (["tests/bpf/test_abi.py", "-x"], ["tests/bpf/test_abi.py", "-x"]),
+    (["-x", "tests/lab/test_ebpf_lab.py::test_x"], ["-x", "tests/lab/test_ebpf_lab.py::test_x"]),
+    (["tests/nope.py"], ["tests", "--ignore=tests/unit", "tests/nope.py"]),  # pytest names it missing
+])
+def test_pytest_argv_default_paths_unless_given(words: list[str], want: list[str]) -> None:
+    assert matrix.pytest_argv(words, lambda p: (REPO / p).exists()) == want
+
+
 JUNIT = """<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="4">
 <testcase classname="tests.bpf.test_a" name="test_ok" time="0.1"/>
 <testcase classname="tests.bpf.test_a" name="test_skip"><skipped type="pytest.skip" message="kernel lacks X"/></testcase>
