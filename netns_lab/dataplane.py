@@ -42,7 +42,7 @@ from ebpf_nodeport.abi import EBPF_MODES, SKB_MARK_BYPASS
 from ebpf_nodeport.datapath import NodeDatapath
 from ebpf_nodeport.sync import Backend, ClusterView, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
-from netns_lab import builder, cgroups, cleanup, kubeproxy, kubeproxy_nft, naming
+from netns_lab import builder, cgroups, cleanup, ctflush, kubeproxy, kubeproxy_nft, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
@@ -159,6 +159,14 @@ def kube_proxy_install(st: LabState) -> None:
     """Install (or resync) kube-proxy's rules, of its configured mode, on every node for the services' current endpoints."""
     _install_backend(st, st.kubeproxy.mode)
     st.kubeproxy.installed, st.kubeproxy.nodes = True, list(st.nodes())
+    flush_gone_udp_endpoints(st)
+
+
+def flush_gone_udp_endpoints(st: LabState) -> int:
+    """kube-proxy's conntrack cleanup after a sync: on every node, delete the UDP entries DNATed to an endpoint
+    no service has any more, so a client's next datagram is load-balanced again instead of sent to nothing."""
+    live = {(b.ip, b.port) for s in st.services for sp in s.ports if sp.protocol.upper() == "UDP" for b in sp.backends}
+    return sum(ctflush.flush_gone_udp(str(naming.netns_path(n.netns)), live) for n in st.nodes().values())
 
 
 def kube_proxy_remove(st: LabState) -> None:
