@@ -39,7 +39,7 @@ def udp_in(lab: Lab, pod: str) -> int:
     return int(lines[1][lines[0].index("InDatagrams")])
 
 
-@pytest.mark.parametrize("mode", ["kube-proxy", "tunnel", "dsr"])
+@pytest.mark.parametrize("mode", ["kube-proxy", "kube-proxy-nft", "tunnel", "dsr"])
 def test_udp_flow_moves_when_its_backend_is_deleted(mode: str) -> None:
     with running_lab("bg", mode, manifests=[DATA / "udp-echo.yaml"]) as lab:
         pods = [p["name"] for p in lab.status()["pods"] if p["name"].startswith("udpecho")]
