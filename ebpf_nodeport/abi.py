@@ -87,7 +87,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_MALFORMED": "truncated/invalid headers",
     "DROP_TUN_UNKNOWN_SRC": "VXLAN from an address that is not a node",
     "DROP_TUN_BAD_VNI": "VXLAN with another VNI",
-    "DROP_NO_BACKEND": "no backend may take it (none, or none local for a Local policy): ICMP port unreachable sent",
+    "DROP_NO_BACKEND": "no backend may take it (none, or none local for a Local policy): ICMP port unreachable sent (to a non-SYN TCP segment: a RST)",
     "DROP_FRAG_NEEDED": "too big to encapsulate (ICMP frag-needed sent when DF)",
     "DROP_SPOOFED": "source is a local pod address arriving from outside",
     "DROP_ENCAP_FAIL": "a helper failed (adjust_room, store, csum, redirect)",
@@ -95,7 +95,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
     "DROP_PSNAT_FAIL": "4-tuple taken and no free client port found",
     "DROP_SRC_RANGE": "client outside the LoadBalancer's loadBalancerSourceRanges",
-    "DROP_MID_FLOW": "non-SYN TCP to an external frontend without Maglev and no conntrack entry",
+    "DROP_MID_FLOW": "non-SYN TCP to an external frontend without Maglev and no conntrack entry: RST sent",
 }
 
 CT_TYPES = {CT_NORMAL: "NORMAL", CT_NAT_FWD: "NAT_FWD", CT_NAT_REV: "NAT_REV"}

@@ -14,9 +14,9 @@ from scapy.layers.inet import IP, IPOption_NOP, IPOption_RR, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from .expect import CtEntry, Decap, Encap, Expect, IcmpPortUnreach, Nat, Same
+from .expect import CtEntry, Decap, Encap, Expect, IcmpPortUnreach, Nat, Same, TcpReset
 from .topo import (CLIENT, CLIENT2, CONTROL, CUSTOMER, CUSTOMER_CIP, DATABASE, DATABASE_CIP,
-                   EMPTY_CIP, MAC_CALI, MAC_CLIENT, MAC_NODE, MAC_POD, NODE1, NODE2, NP_CUSTOMER, NP_ECHO, NP_EMPTY,
+                   EMPTY_CIP, EXT_IP, MAC_CALI, MAC_CLIENT, MAC_NODE, MAC_POD, NODE1, NODE2, NP_CUSTOMER, NP_ECHO, NP_EMPTY,
                    NP_WEB, SUMMARY1, SUMMARY2, WEB, arp, cport, icmp_echo, ipv6,
                    set_bytes, set_u16, tcp, udp, vxlan)
 
@@ -145,6 +145,27 @@ def _np_rows() -> list[Case]:
              "back out of eth0, counted, no state", "control", "from_hep",
              lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY), "REDIRECT", "DROP_NO_BACKEND",
              IcmpPortUnreach(CONTROL, CLIENT), no_ct=True),
+        Case("np_zero_backends_mid_flow", "NodePort of a service with zero backends, an ACK of a connection whose "
+             "backend went (no conntrack): a RST with the segment's ack as seq, back out of eth0, no state",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY, "PA", b"more", seq=5000,
+                                                ack=777777), "REDIRECT", "DROP_NO_BACKEND", TcpReset(), no_ct=True),
+        Case("np_zero_backends_mid_flow_fin_no_ack", "same, a segment without ACK (a FIN and 4 bytes): RST|ACK "
+             "acknowledging its 5 sequence numbers", "control", "from_hep",
+             lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY, "F", b"more", seq=0xFFFFFFFE), "REDIRECT",
+             "DROP_NO_BACKEND", TcpReset(), no_ct=True),
+        Case("np_zero_backends_rst", "same, the client's own RST: never answered, dropped and counted",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY, "R", seq=5000), "SHOT",
+             "DROP_NO_BACKEND", no_ct=True),
+        Case("np_mid_flow_new_pick", "NodePort with a backend, an ACK without conntrack (its backend went and the "
+             "entry was flushed): balanced again like a SYN, so the new backend's kernel answers it (a RST)",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_WEB, "A", seq=5000, ack=9),
+             "OK", "NAT_NEW", Nat(dst=(WEB, 8080))),
+        Case("ext_mid_flow_rst", "external IP (no Maglev), an ACK without conntrack: it cannot be picked up "
+             "mid-flow here, refused with a RST (not dropped: the client would retransmit until it gives up)",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), EXT_IP, 8080, "A", seq=5000, ack=9),
+             "REDIRECT", "DROP_MID_FLOW", TcpReset(), no_ct=True),
+        Case("ext_syn_new", "external IP (no Maglev), a SYN: DNAT to its backend", "control", "from_hep",
+             lambda: tcp(CLIENT, cport(), EXT_IP, 8080), "OK", "NAT_NEW", Nat(dst=(WEB, 8080))),
         Case("np_zero_backends_udp_port_tcp", "the UDP NodePort number over TCP is no service: untouched",
              "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_ECHO), "OK", "PASS", Same(),
              no_ct=True),
@@ -340,6 +361,10 @@ def _cip_rows() -> list[Case]:
              "back to the pod, counted", "node1", "from_wep",
              lambda: pod_tcp(CUSTOMER, cport(), EMPTY_CIP, 80), "REDIRECT", "DROP_NO_BACKEND",
              IcmpPortUnreach(EMPTY_CIP, CUSTOMER), no_ct=True),
+        Case("cip_zero_backends_mid_flow", "pod -> ClusterIP with zero backends, an ACK of a connection whose "
+             "backend went: a RST back to the pod", "node1", "from_wep",
+             lambda: pod_tcp(CUSTOMER, cport(), EMPTY_CIP, 80, "A", seq=5000, ack=4242), "REDIRECT",
+             "DROP_NO_BACKEND", TcpReset(), no_ct=True),
         Case("cip_unknown_port", "pod -> ClusterIP on a port that is not a service port: untouched",
              "node1", "from_wep", lambda: pod_tcp(CUSTOMER, cport(), CUSTOMER_CIP, 81), "OK", "PASS", Same(),
              no_ct=True),

@@ -34,7 +34,8 @@ POD_NODE = {WEB: "control", CUSTOMER: "node1", SUMMARY1: "node1", SUMMARY2: "nod
             DATABASE: "node2"}
 
 CUSTOMER_CIP, SUMMARY_CIP, DATABASE_CIP = "198.19.32.10", "198.19.32.20", "198.19.32.30"
-EMPTY_CIP, WEB_CIP = "198.19.32.40", "198.19.32.50"
+EMPTY_CIP, WEB_CIP, EXT_CIP = "198.19.32.40", "198.19.32.50", "198.19.32.60"
+EXT_IP = "198.19.48.10"           # spec.externalIPs of test/ext (an external frontend without Maglev)
 NP_CUSTOMER, NP_ECHO, NP_EMPTY, NP_WEB = 30180, 30107, 30400, 30500
 
 MAC_CLIENT = "02:00:00:00:00:fe"
@@ -52,6 +53,7 @@ def services() -> list[Service]:
         Service("yaobank/database", "tcp", DATABASE_CIP, 2379, None, [Backend(DATABASE, 2379)]),
         Service("test/empty", "tcp", EMPTY_CIP, 80, NP_EMPTY, []),
         Service("test/web", "tcp", WEB_CIP, 8080, NP_WEB, [Backend(WEB, 8080)]),
+        Service("test/ext", "tcp", EXT_CIP, 8080, None, [Backend(WEB, 8080)], external_ips=[EXT_IP]),
     ]
 
 
