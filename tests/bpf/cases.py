@@ -163,9 +163,9 @@ def _np_rows() -> list[Case]:
         Case("ext_mid_flow_rst", "external IP (no Maglev), an ACK without conntrack: it cannot be picked up "
              "mid-flow here, refused with a RST (not dropped: the client would retransmit until it gives up)",
              "control", "from_hep", lambda: tcp(CLIENT, cport(), EXT_IP, 8080, "A", seq=5000, ack=9),
-             "REDIRECT", "DROP_MID_FLOW", TcpReset(), no_ct=True),
+             "REDIRECT", "DROP_MID_FLOW", TcpReset(), no_ct=True, view={"external": True}),
         Case("ext_syn_new", "external IP (no Maglev), a SYN: DNAT to its backend", "control", "from_hep",
-             lambda: tcp(CLIENT, cport(), EXT_IP, 8080), "OK", "NAT_NEW", Nat(dst=(WEB, 8080))),
+             lambda: tcp(CLIENT, cport(), EXT_IP, 8080), "OK", "NAT_NEW", Nat(dst=(WEB, 8080)), view={"external": True}),
         Case("np_zero_backends_udp_port_tcp", "the UDP NodePort number over TCP is no service: untouched",
              "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_ECHO), "OK", "PASS", Same(),
              no_ct=True),

@@ -53,8 +53,12 @@ def services() -> list[Service]:
         Service("yaobank/database", "tcp", DATABASE_CIP, 2379, None, [Backend(DATABASE, 2379)]),
         Service("test/empty", "tcp", EMPTY_CIP, 80, NP_EMPTY, []),
         Service("test/web", "tcp", WEB_CIP, 8080, NP_WEB, [Backend(WEB, 8080)]),
-        Service("test/ext", "tcp", EXT_CIP, 8080, None, [Backend(WEB, 8080)], external_ips=[EXT_IP]),
     ]
+
+
+def external_service() -> Service:
+    """An external frontend without Maglev (base_view(external=True) adds it): mid-flow misses are refused."""
+    return Service("test/ext", "tcp", EXT_CIP, 8080, None, [Backend(WEB, 8080)], external_ips=[EXT_IP])
 
 
 def pin_root() -> str:
@@ -63,8 +67,9 @@ def pin_root() -> str:
     return str(naming.bpf_dir(unique_name()))
 
 
-def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None) -> ClusterView:
-    return ClusterView(nodes=dict(NODES), pod_blocks=dict(BLOCKS), services=services(), mode=mode,
+def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None, external: bool = False) -> ClusterView:
+    return ClusterView(nodes=dict(NODES), pod_blocks=dict(BLOCKS),
+                       services=services() + ([external_service()] if external else []), mode=mode,
                        dsr_optout=list(dsr_optout or []))
 
 
