@@ -108,9 +108,19 @@ def _move(lab: Lab, addr: str) -> dict:
 @pytest.mark.parametrize("mode", ["tunnel", "dsr"])
 def test_maglev_connection_survives_route_move(lb_lab: Lab, mode: str) -> None:
     _mode(lb_lab, mode)
-    with_maglev = _move(lb_lab, _ip(lb_lab, "web"))
+    with_maglev = _move(lb_lab, _ip(lb_lab, "web"))   # web's backends are on node1: node2 tunnels to them
     assert with_maglev["moved"] and with_maglev["error"] is None and with_maglev["ok"] > 40, with_maglev
     before = counter(lb_lab, "node2", "from_hep", "DROP_MID_FLOW")
     without = _move(lb_lab, _ip(lb_lab, "plain"))
     assert without["error"] is not None, without  # no Maglev: the new ingress node drops the mid-flow packets
     assert counter(lb_lab, "node2", "from_hep", "DROP_MID_FLOW") > before
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_maglev_route_move_to_the_backends_node(lb_lab: Lab, mode: str) -> None:
+    """edge's backends are all on node2: control tunnels the connection there, then the route moves to node2,
+    whose mid-flow Maglev pick is its own pod, the one already serving the connection. node2 becomes the
+    connection's ingress node (same 4-tuple for the pod, replies reverse-NATed there) and it goes on."""
+    _mode(lb_lab, mode)
+    moved = _move(lb_lab, _ip(lb_lab, "edge"))
+    assert moved["moved"] and moved["error"] is None and moved["ok"] > 40, moved
