@@ -147,3 +147,25 @@ def test_maglev_route_moves_onto_the_backends_node(cluster, mode: str) -> None:
         Nat(src=fe, ttl_dec=1), "reply via node2")
     hop(cluster, "node2", "from_hep", late.data, "OK", "DECAP", Decap(Nat()), "late tunnelled ACK")
     hop(cluster, "node2", "from_hep", data, "OK", "NAT_EST", Nat(dst=be), "the segment retransmitted via node2")
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_maglev_route_moves_off_the_backends_node(cluster, mode: str) -> None:
+    """The other way: a connection opened through node2 to its own pod, then the route moves to control. control's
+    mid-flow Maglev pick is that pod, tunnelled to node2, which delivers it to the same socket (its local entry
+    is that connection) and keeps reverse-NATing the replies itself, straight to the client."""
+    cluster.sync(base_view(lb=True, mode=mode))
+    fe, p = (LB_EDGE, 80), cport()
+    r = cluster.run("node2", "from_hep", tcp(CLIENT, p, LB_EDGE, 80, mac_dst=MAC_NODE["node2"]))
+    be = _backend(r)
+    check_result(r, "OK", "NAT_NEW", Nat(dst=be), where="SYN via node2")
+    at_pod = hop(cluster, "node2", "to_wep", routed(r), "OK", "CT_EST", Same(), "SYN to pod").data
+    to_client = hop(cluster, "node2", "from_wep", reply(at_pod), "REDIRECT", "REV_NAT", Nat(src=fe, ttl_dec=1),
+                    "SYN-ACK").data
+    moved = cluster.run("control", "from_hep", reply(to_client, "PA", b"GET / HTTP/1.1\r\n\r\n"))
+    check_result(moved, "REDIRECT", "NAT_NEW", Encap(CONTROL, NODE2, Nat(dst=be, ttl_dec=1), dsr=mode == "dsr",
+                                                     fe_port=80, fe_addr=LB_EDGE), where="segment via control")
+    d = hop(cluster, "node2", "from_hep", moved.data, "OK", "DECAP", Decap(Nat()), "decap on node2")
+    at_pod = hop(cluster, "node2", "to_wep", routed(d), "OK", "CT_EST", Same(), "segment to pod").data
+    hop(cluster, "node2", "from_wep", reply(at_pod, "A", b"HTTP/1.1 200 OK\r\n"), "REDIRECT", "REV_NAT",
+        Nat(src=fe, ttl_dec=1), "reply from node2")
