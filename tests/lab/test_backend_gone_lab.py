@@ -11,11 +11,12 @@ from __future__ import annotations
 import subprocess
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, Lab, running_lab
+from .conftest import CLI, Lab, counter, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -115,20 +116,45 @@ TCP_CLIENT = textwrap.dedent("""\
 def test_tcp_flow_is_reset_when_its_backend_is_deleted(mode: str) -> None:
     """An open connection through a NodePort whose backend is deleted gets a RST, not silence."""
     with running_lab("bt", mode, manifests=[DATA / "tcp-hold.yaml"]) as lab:
-        client = subprocess.Popen(
-            [*CLI, "exec", "--name", lab.name, "host1", "--", "python3", "-c", TCP_CLIENT, *map(str, TCP_NODEPORT), "15"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert client.stdout is not None and client.stdin is not None
-            pod = client.stdout.readline().strip()
-            assert pod.startswith("tcphold-"), ("the connection was answered by a tcphold pod", pod)
-            lab.run("delete", "pod", pod)
-            client.stdin.write("deleted\n")
-            client.stdin.flush()
-            out, _ = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
+        out = _hold_then(lab, lambda pod: lab.run("delete", "pod", pod))
         verdict = out.split()
         assert verdict and verdict[0] == "reset", (mode, "the open connection to the deleted pod was not reset", out)
         assert float(verdict[1]) < 5.0, (mode, f"reset only {verdict[1]} s after the delete")
+
+
+def _hold_then(lab: Lab, remove: Callable[[str], object]) -> str:
+    """Open TCP_CLIENT's connection to the NodePort, call remove(pod that answered), let the client go on;
+    its output (`reset <s>` or `hang`)."""
+    client = subprocess.Popen(
+        [*CLI, "exec", "--name", lab.name, "host1", "--", "python3", "-c", TCP_CLIENT, *map(str, TCP_NODEPORT), "15"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        pod = client.stdout.readline().strip()
+        assert pod.startswith("tcphold-"), ("the connection was answered by a tcphold pod", pod)
+        remove(pod)
+        client.stdin.write("deleted\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_tcp_flow_is_reset_by_the_datapath_when_no_backend_is_left(mode: str, tmp_path: Path) -> None:
+    """The Deployment goes (`delete -f`), the service stays without endpoints: the open connection's next
+    segment is answered with a RST by the ingress node's from_hep itself (DROP_NO_BACKEND, counted). ICMP
+    port unreachable (a new flow's refusal) would be a soft error the client ignores. kube-proxy modes:
+    not tested; they leave the client retransmitting (docs/traffic-policies.md)."""
+    with running_lab("bn", mode, manifests=[DATA / "tcp-hold.yaml"]) as lab:
+        text = (DATA / "tcp-hold.yaml").read_text()
+        deployment = tmp_path / "deployment.yaml"
+        deployment.write_text(text[text.index("apiVersion: apps/v1"):])
+        before = counter(lab, "control", "from_hep", "DROP_NO_BACKEND")
+        out = _hold_then(lab, lambda pod: lab.run("delete", "-f", str(deployment)))
+        verdict = out.split()
+        assert verdict and verdict[0] == "reset", (mode, "the open connection was not reset", out)
+        assert float(verdict[1]) < 5.0, (mode, f"reset only {verdict[1]} s after the delete")
+        assert counter(lab, "control", "from_hep", "DROP_NO_BACKEND") > before
