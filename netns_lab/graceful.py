@@ -71,10 +71,9 @@ def terminate(st: LabState, name: str, grace: int, progress: Progress = _quiet) 
     new = manifest.terminate_pod(topo, name, stamp, grace)
     live.reconcile(st, topo, progress)
     rec = st.pods[name]
-    ch = dataplane.PodChange(name, rec.node, rec.ip, rec.ip, rec.pid or 0, time.monotonic() - t0,
+    made = st.pods[new.name] if new is not None else rec  # the replacement's node and address, if any
+    ch = dataplane.PodChange(name, made.node, rec.ip, made.ip, rec.pid or 0, time.monotonic() - t0,
                              new.name if new else None, terminating_until=stamp)
-    if new is not None:
-        ch.new_ip = st.pods[new.name].ip
     progress(f"pod {name} terminating until {stamp}: serving open connections, no new ones")
     return ch
 
