@@ -167,6 +167,14 @@ def test_pod_goes_after_its_grace_period_and_nothing_is_left(glab: Lab) -> None:
     assert victim not in endpoints(glab, "web")
     assert wait_for(lambda: not reapers(glab), timeout=30, interval=0.2), "the reaper outlived the last terminating pod"
     assert len(web_pods(glab)) == 2 and set(new_connections(glab, WEB, 5)) <= set(web_pods(glab))
+    # a pod already terminating, deleted with --force --grace-period 0, goes at once
+    going = web_pods(glab)[0]
+    going_ns = glab.netns(going)
+    glab.run("delete", "pod", going, "--grace-period", "300")
+    assert "Terminating" in glab.run("get", "pods", going).stdout
+    glab.run("delete", "pod", going, "--force", "--grace-period", "0")
+    assert going not in pods(glab) and going_ns not in lab_namespaces(glab.name)
+    assert wait_for(lambda: not reapers(glab), timeout=30, interval=0.2), "the reaper outlived the last terminating pod"
     # a lab taken down while a pod terminates leaves no process (its reaper included)
     glab.run("delete", "pod", web_pods(glab)[0], "--grace-period", "300")
     assert reapers(glab), "no grace reaper runs during a grace period"
