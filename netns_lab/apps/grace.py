@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 
 POLL_S = 1.0
+RETRY_S = 5.0  # after a failed finish (e.g. the lab's lock held by a long command)
+MAX_FAILURES = 3  # then the reaper exits; the next graceful delete starts a new one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     from netns_lab.lab import Lab
 
     lab = Lab(args.lab, progress=lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True))
+    failures = 0
     while True:
-        done, nxt = lab.finish_terminating()
+        try:
+            done, nxt = lab.finish_terminating()
+            failures = 0
+        except Exception:  # logged; retried a few times (the lab may be busy), then left to the next delete
+            traceback.print_exc()
+            failures += 1
+            if failures >= MAX_FAILURES:
+                return 1
+            time.sleep(RETRY_S)
+            continue
         if nxt is None:
             return 0
         time.sleep(max(0.05, min(POLL_S, nxt - time.time())))
