@@ -207,6 +207,9 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
         for sp in svc.ports:
             proto = sp.protocol.lower()
             what = f"{svc.full_name}:{sp.name}"
+            # usable endpoints, cluster-wide and on this node: ready ones, else the terminating ones (kube-proxy's
+            # fallback); a terminating endpoint gets no chain, so no new connection, while its conntrack
+            # entries keep open ones going
             eps = categorize(plan.backends(svc, sp), node)
             external = sp.node_port is not None or bool(external_addrs(svc))
             if not eps.any:  # kube-proxy rejects these (a REJECT, i.e. ICMP port unreachable or TCP RST)
