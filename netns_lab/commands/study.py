@@ -108,6 +108,7 @@ Examples:
   netns-lab dump conntrack --client 198.19.15.254 --state established -o json
   netns-lab dump counters --reset           # show, then zero the per-reason counters
   netns-lab dump routes ; netns-lab dump config
+  netns-lab dump affinity -o json           # ClientIP session affinity: client -> backend
 """,
 )
 @lab_option
@@ -115,7 +116,7 @@ Examples:
 @_output
 @click.pass_context
 def dump_group(ctx: click.Context, lab: str | None, node: str | None, output: str | None) -> None:
-    """Decode one kind of BPF map of a lab's nodes (eBPF modes): nat, backends, conntrack, counters, routes, config."""
+    """Decode one kind of BPF map of a lab's nodes (eBPF modes): nat, backends, conntrack, counters, routes, config, affinity."""
     ctx.obj = {"lab": lab, "node": node, "output": output}
 
 
@@ -149,8 +150,29 @@ def _run_dump(kind: str, lab: str | None, node: str | None, output: str, reset: 
     return 0
 
 
+def _examples(*lines: str) -> str:
+    """A subcommand's --help epilog: its example lines, kept as typed."""
+    return "\b\nExamples:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+_EXAMPLES = {
+    "nat": _examples("netns-lab dump nat                       # every node's frontends and backends",
+                     "netns-lab dump nat --node control -o json"),
+    "backends": _examples("netns-lab dump backends --node node1"),
+    "routes": _examples("netns-lab dump routes --node control     # pod blocks, node addresses, DSR opt-outs"),
+    "config": _examples("netns-lab dump config -o json            # mode flags, VNI, MTU, timeouts per node"),
+    "conntrack": _examples("netns-lab dump conntrack --node control",
+                           "netns-lab dump conntrack --client 198.19.15.254 --state established -o json",
+                           "netns-lab dump conntrack --service yaobank/customer"),
+    "counters": _examples("netns-lab dump counters                  # per node, program and reason",
+                          "netns-lab dump counters --node node1 --reset"),
+    "affinity": _examples("netns-lab dump affinity                  # ClientIP affinity: client -> backend, seconds left",
+                          "netns-lab dump affinity --node control -o json"),
+}
+
+
 def _dump_command(kind: str, doc: str):
-    @dump_group.command(kind, help=doc)
+    @dump_group.command(kind, help=doc, epilog=_EXAMPLES[kind])
     @lab_option
     @_node
     @_output
@@ -166,7 +188,7 @@ _dump_command("routes", "Pod blocks (routes), node addresses (nodes) and DSR opt
 _dump_command("config", "The cfg map: node address, tunnel VNI/port, fabric MTU, mode flags (DSR, TRACE); map usage.")
 
 
-@dump_group.command("conntrack")
+@dump_group.command("conntrack", epilog=_EXAMPLES["conntrack"])
 @lab_option
 @_node
 @_output
@@ -184,7 +206,7 @@ def dump_conntrack(ctx: click.Context, lab: str | None, node: str | None, output
     return _run_dump("conntrack", *_merged(ctx, lab, node, output), client=client, service=service, state=state)
 
 
-@dump_group.command("counters")
+@dump_group.command("counters", epilog=_EXAMPLES["counters"])
 @lab_option
 @_node
 @_output
@@ -553,7 +575,7 @@ def _render_story(doc: dict[str, Any], tgt: NodePortTarget) -> None:
 COMMANDS = (dump_group, trace_cmd, explain_cmd)
 
 
-@dump_group.command("affinity")
+@dump_group.command("affinity", epilog=_EXAMPLES["affinity"])
 @lab_option
 @_node
 @_output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 
 import pytest
@@ -100,11 +101,23 @@ def test_read_commands_on_missing_lab(capsys, lab: str) -> None:
         assert f"no lab named '{lab}'" in one_error_line(err)
 
 
-def test_help_has_examples(capsys) -> None:
-    for command in ("up", "down", "status", "exec", "logs", "topology"):
-        code, out, _ = run(capsys, command, "--help")
-        assert code == 0
-        assert "Examples:" in out, command
+def _command_paths(group, prefix=()):
+    """Every command and subcommand of the CLI, as the argv that names it."""
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("argv", list(_command_paths(cli.cli)), ids=" ".join)
+def test_help_has_a_summary_and_examples(capsys, argv) -> None:
+    code, out, _ = run(capsys, *argv, "--help")
+    assert code == 0
+    summary = out.split("\n\n")[1].strip()
+    assert summary and not summary.startswith(("Options:", "Examples")), out
+    examples = re.search(r"\n  Examples[^:\n]*:\n(.*)", out, re.S)
+    assert examples, out
+    assert "netns-lab " + " ".join(argv) in examples[1], out
 
 
 def test_topology_command_prints_loadable_default(capsys, tmp_path) -> None:
