@@ -174,3 +174,20 @@ def test_parse_access_line_reads_the_lessons_lines() -> None:
         "path": "/logout",
     }
     assert members.parse_access_line(" * customer (pod customer) serving on TCP 80") is None
+
+
+def test_diags_all_ignores_the_environment_lab(capsys, monkeypatch, tmp_path) -> None:
+    """-A means every lab also when $NETNS_LAB names one (kubectl's -A beside a current context)."""
+    from netns_lab import diags as collector
+    from netns_lab.commands import diags
+
+    monkeypatch.setattr(diags, "require_root", lambda: None)
+    monkeypatch.setattr(diags.lab_state, "list_labs", lambda: ["one", "two"])
+    monkeypatch.setattr(collector, "collect", lambda labs, out: {"labs": labs, "files": [], "errors": []})
+    monkeypatch.setenv("NETNS_LAB", "one")
+    code, out, _ = run(capsys, "diags", "-A", "--out", str(tmp_path / "d"), "-o", "json")
+    assert code == 0
+    assert '"one",\n    "two"' in out
+    code, _, err = run(capsys, "diags", "-A", "--name", "one", "--out", str(tmp_path / "e"))
+    assert code == 2
+    assert "give --name or -A, not both" in one_error_line(err)
