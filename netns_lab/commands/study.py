@@ -31,6 +31,7 @@ from netns_lab.commands.common import console, lab_option, load_lab, require_roo
 from netns_lab.errors import LabError
 from netns_lab.lab import PROG
 from netns_lab.state import LabState, NodePortTarget
+from netns_lab.topology import Topology
 
 _output = click.option("-o", "--output", type=click.Choice(["table", "json"]), default=None,
                        help="Output format [default: table].")
@@ -575,6 +576,24 @@ def _render_story(doc: dict[str, Any], tgt: NodePortTarget) -> None:
 COMMANDS = (dump_group, trace_cmd, explain_cmd)
 
 
+def affinity_timeouts(topo: Topology) -> dict[tuple[int, int, int], int]:
+    """(frontend address, port, proto) -> the service's ClientIP timeout, for every frontend an affinity entry
+    can name: the ClusterIP and external addresses at the port, every node's address at the node port."""
+    from ebpf_nodeport.abi import ip2int, proto_num
+    from netns_lab.loadbalancer import external_addrs
+
+    timeouts = {}
+    for s in topo.services:
+        if s.affinity_timeout:
+            for sp in s.ports:
+                proto = proto_num(sp.protocol.lower())
+                for a in [s.cluster_ip, *external_addrs(s)]:
+                    timeouts[(ip2int(a), sp.port, proto)] = s.affinity_timeout
+                for n in topo.nodes if sp.node_port else ():
+                    timeouts[(ip2int(n.address), sp.node_port, proto)] = s.affinity_timeout
+    return timeouts
+
+
 @dump_group.command("affinity", epilog=_EXAMPLES["affinity"])
 @lab_option
 @_node
@@ -585,17 +604,10 @@ def dump_affinity(ctx: click.Context, lab: str | None, node: str | None, output:
     import time as _time
 
     from ebpf_nodeport import lbsync
-    from ebpf_nodeport.abi import ip2int, proto_num
-    from netns_lab.loadbalancer import external_addrs
 
     lab, st, nodes = _context(*_merged(ctx, lab, node, output)[:2])
     output = _merged(ctx, lab, node, output)[2]
-    timeouts = {}
-    for s in st.spec().services:
-        if s.affinity_timeout:
-            for sp in s.ports:
-                for a in [s.cluster_ip, *external_addrs(s)]:
-                    timeouts[(ip2int(a), sp.port, proto_num(sp.protocol.lower()))] = s.affinity_timeout
+    timeouts = affinity_timeouts(st.spec())
     now = _time.clock_gettime_ns(_time.CLOCK_MONOTONIC)
     docs = []
     for name, ip in nodes.items():
