@@ -249,3 +249,17 @@ def test_pod_name_taken_in_another_namespace() -> None:
 def test_cluster_ips_follow_the_allocation_rule() -> None:
     topo = load_text(NGINX).topology
     assert IPv4Address(topo.service("nginx").cluster_ip) == IPv4Address("198.19.32.0") + manifest.CLUSTER_IP_OFFSET
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"spec": {"externalTrafficPolicyy": "Local"}}, "spec.externalTrafficPolicyy"),
+    ({"spce": {"type": "NodePort"}}, "spce"),
+])
+def test_service_patch_with_an_unknown_field_is_refused(patch: dict, field: str) -> None:
+    """A typo in `patch service -p` is one clear line (kubectl's strict field validation), not "patched (no change)"."""
+    from netns_lab.k8s import patch as k8s_patch
+
+    topo = load_text(NGINX).topology
+    with pytest.raises(LabError, match=f'unknown field "{field}"'):
+        k8s_patch.patch_service(topo, "nginx", "default", patch, lambda svc: {})
+    k8s_patch.check_fields({"spec": {"externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP"}, "metadata": {}})
