@@ -204,7 +204,25 @@ def dump_conntrack(ctx: click.Context, lab: str | None, node: str | None, output
     """Conntrack entries decoded: client -> frontend -> backend, entry type, state, tunnel peer, DSR, age, expiry."""
     if client:
         _check_endpoint(client, "--client")
-    return _run_dump("conntrack", *_merged(ctx, lab, node, output), client=client, service=service, state=state)
+    lab, node, output = _merged(ctx, lab, node, output)
+    if service:
+        check_service_query(service, _context(lab, node)[1].spec())
+    return _run_dump("conntrack", lab, node, output, client=client, service=service, state=state)
+
+
+def check_service_query(query: str, topo: Topology) -> None:
+    """--service names a service of the lab (ns/name, name, ns/name:port/proto) or is a frontend IP[:PORT];
+    LabError otherwise, so that a typo is not an empty table."""
+    try:
+        _check_endpoint(query, "--service")
+        return
+    except click.BadParameter:
+        pass
+    name = query.split(":", 1)[0]
+    known = {f"{s.namespace}/{s.name}" for s in topo.services} | {s.name for s in topo.services}
+    if name not in known:
+        raise LabError(f"--service {query!r}: no such service in the lab "
+                       f"(services: {', '.join(sorted(f'{s.namespace}/{s.name}' for s in topo.services))})")
 
 
 @dump_group.command("counters", epilog=_EXAMPLES["counters"])

@@ -591,3 +591,21 @@ def test_affinity_timeouts_cover_every_frontend() -> None:
     want = {(ip2int(svc.cluster_ip), 80, 6), (ip2int(svc.load_balancer_ip), 80, 6)}
     want |= {(ip2int(n.address), 30080, 6) for n in topo.nodes}
     assert affinity_timeouts(topo) == dict.fromkeys(want, 7)
+
+
+@pytest.mark.parametrize("query,ok", [
+    ("yaobank/customer", True), ("customer", True), ("yaobank/customer:80/tcp", True),
+    ("198.19.0.1:30180", True), ("198.19.32.10", True), ("nosuch", False), ("yaobank/nosuch", False),
+])
+def test_conntrack_service_filter_names_a_service(query: str, ok: bool) -> None:
+    """`dump conntrack --service` with a name the lab does not have is one error line, not an empty table."""
+    from netns_lab.commands.study import check_service_query
+    from netns_lab.errors import LabError
+    from netns_lab.k8s import manifest
+
+    topo = manifest.default_lab()
+    if ok:
+        check_service_query(query, topo)
+    else:
+        with pytest.raises(LabError, match="no such service in the lab"):
+            check_service_query(query, topo)
