@@ -191,3 +191,9 @@ def test_diags_all_ignores_the_environment_lab(capsys, monkeypatch, tmp_path) ->
     code, _, err = run(capsys, "diags", "-A", "--name", "one", "--out", str(tmp_path / "e"))
     assert code == 2
     assert "give --name or -A, not both" in one_error_line(err)
+
+
+def test_exec_of_a_missing_command_is_one_line(capsys, lab: str) -> None:
+    code, _, err = run(capsys, "exec", "--name", lab, "host1", "--", "no-such-command-here", "-x")
+    assert code == 1
+    assert "no-such-command-here: command not found" in one_error_line(err)
