@@ -226,8 +226,10 @@ def _backend_fields(snap: Snapshot, ordinal: int, b: BeValue, local: bool) -> di
 def backend_records(snap: Snapshot) -> list[dict[str, Any]]:
     """One record per nat_be entry: (service id, ordinal) -> backend, with service and node."""
     local_counts: dict[int, int] = {}
+    counts: dict[int, int] = {}
     for _, v in snap.nat_fe:
         local_counts[v.svc_id] = v.local_count
+        counts[v.svc_id] = v.count
     out = []
     for k, v in snap.nat_be:
         meta = snap.svc_meta.get(k.svc_id)
@@ -236,6 +238,8 @@ def backend_records(snap: Snapshot) -> list[dict[str, Any]]:
         rec.update(_backend_fields(snap, k.ordinal, v, k.ordinal < local_counts.get(k.svc_id, 0)))
         rec.pop("missing")
         rec["in_use"] = k.svc_id in local_counts
+        # past the frontend's count: a terminating backend, kept for its open connections, never picked
+        rec["terminating"] = k.svc_id in counts and k.ordinal >= counts[k.svc_id]
         out.append(rec)
     out.sort(key=lambda r: (r["service_key"] or "", r["svc_id"], r["ordinal"]))
     return out
@@ -487,11 +491,11 @@ def _render_nat(node: dict[str, Any], out: Console) -> None:
 def _render_backends(node: dict[str, Any], out: Console) -> None:
     _heading(out, node, "nat backends", len(node["backends"]))
     t = Table()
-    for col in ("svc id", "ordinal", "backend", "service", "node", "local"):
+    for col in ("svc id", "ordinal", "backend", "service", "node", "local", "terminating"):
         t.add_column(col)
     for b in node["backends"]:
         t.add_row(str(b["svc_id"]), str(b["ordinal"]), b["backend"], b["service_key"] or "-",
-                  b["node"] or "-", "yes" if b["local"] else "no")
+                  b["node"] or "-", "yes" if b["local"] else "no", "yes" if b["terminating"] else "no")
     out.print(t)
 
 

@@ -18,6 +18,13 @@ from .abi import (FE_F_CLUSTERIP, FE_F_ETP_LOCAL, FE_F_EXTERNAL, FE_F_LB_IP, FE_
 from .maps import NodeMaps
 
 
+def _selectable(svc: Any) -> list[Any]:
+    """The service's backends new connections may take (sync.selectable; imported late: sync imports this module)."""
+    from .sync import selectable
+
+    return selectable(svc.backends)
+
+
 def has_options(svc: Any) -> bool:
     """Does the service need an lb_svc entry?"""
     return bool((svc.lb_ip and svc.source_ranges) or svc.affinity_timeout or (svc.maglev and external(svc)))
@@ -63,7 +70,7 @@ def desired(services: list[Any], ids: dict[bytes, int]) -> tuple[dict[bytes, byt
             flags |= LB_F_AFFINITY
         if svc.maglev and external(svc):
             flags |= LB_F_MAGLEV
-            tbl = maglev.table([(ip2int(b.addr), b.port) for b in svc.backends])
+            tbl = maglev.table([(ip2int(b.addr), b.port) for b in _selectable(svc)])
             for slot, (addr, port) in enumerate(tbl):
                 tables[MaglevKey.pack(sid, slot)] = BeValue.pack(addr, port)
         svcs[U32.pack(sid)] = LbSvc.pack(flags, svc.affinity_timeout or 0)
@@ -78,7 +85,9 @@ def sync(m: NodeMaps, services: list[Any], ids: dict[bytes, int], stats: Any, re
     reconcile(m.lb_src, src, stats, "lb_src")
     reconcile(m.lb_svc, svcs, stats, "lb_svc")
     if any(s.affinity_timeout for s in services):
-        live = {(ip2int(b.addr), b.port) for s in services for b in s.backends}
+        # a terminating backend takes no new connection, a client's affinity to it included (kube-proxy
+        # checks the recent lists of the usable endpoints' chains only)
+        live = {(ip2int(b.addr), b.port) for s in services for b in _selectable(s)}
         stale = [k for k, v in m.affinity.raw_items().items()
                  if (AffinityValue.from_bytes(v).be_addr, AffinityValue.from_bytes(v).be_port) not in live]
         for k in stale:

@@ -22,7 +22,7 @@ from .maps import MapView, NodeMaps
 
 
 __all__ = ["Backend", "Service", "ClusterView", "ServiceSyncer", "SyncStats",
-           "services_from"]
+           "selectable", "services_from"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ class Backend:
     addr: str
     port: int
     terminating: bool = False   # serving but going: used only when no other backend is ready
+
+
+def selectable(backends: Iterable[Backend]) -> list[Backend]:
+    """The backends a new connection may take: the ready ones, else the terminating ones (kube-proxy's
+    fallback for graceful termination, KEP-1669). Calico's syncer likewise writes only ready endpoints
+    into the backend map, keeping terminating ones out of the selection."""
+    bes = list(backends)
+    ready = [b for b in bes if not b.terminating]
+    return ready if ready else bes
 
 
 @dataclass
@@ -475,12 +484,16 @@ class _Desired:
         if sid is None:       # new service: the lowest free id
             sid = self.ids[meta_value] = self.used.take()
         local, remote = [], []
-        # Ready backends; only when none is ready, the terminating ones (kube-proxy's fallback).
-        ready = [b for b in svc.backends if not b.terminating]
-        for b in ready or svc.backends:
+        chosen = selectable(svc.backends)
+        for b in chosen:
             ip, is_local = self.addresses[b.addr]
             (local if is_local else remote).append(pack_be(ip, b.port))
-        bes = [(pack_be_key(sid, i), value) for i, value in enumerate(local + remote)]
+        # Terminating backends not selectable sit past `count`, where no pick (hash % count) reaches:
+        # they still serve their open connections, and being held by an entry they are not "gone" (whose
+        # CT entries a sync flushes) until they leave for good. Calico keeps them in its syncer's memory
+        # for its conntrack cleaner; a sync here keeps no memory between runs, so the map holds them.
+        held = [pack_be(self.addresses[b.addr][0], b.port) for b in svc.backends if b not in chosen]
+        bes = [(pack_be_key(sid, i), value) for i, value in enumerate(local + remote + held)]
         proto = proto_num(svc.proto)
         count = len(local) + len(remote)
         fes = []

@@ -68,7 +68,7 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _is_lab_app(pid: int, lab: str) -> bool:
+def is_lab_app(pid: int, lab: str) -> bool:
     """True if `pid` runs one of our app modules for this lab (`-m netns_lab.apps.X ... --lab <lab>`)."""
     argv = _cmdline(pid)
     is_app = any(a.startswith("netns_lab.apps.") for a in argv)
@@ -88,11 +88,11 @@ def lab_processes(lab: str, recorded: list[int] | tuple[int, ...] = ()) -> list[
     for pid in _all_pids():
         if pid == me:
             continue
-        if netns_inode(f"/proc/{pid}/ns/net") in ids or _is_lab_app(pid, lab):
+        if netns_inode(f"/proc/{pid}/ns/net") in ids or is_lab_app(pid, lab):
             found.add(pid)
     for pid in recorded:
         # a recorded pid may have been reused by an unrelated process: only take it if it is ours
-        if isinstance(pid, int) and pid != me and _is_lab_app(pid, lab):
+        if isinstance(pid, int) and pid != me and is_lab_app(pid, lab):
             found.add(pid)
     return sorted(found)
 

@@ -530,6 +530,8 @@ class PodChange:
     pid: int
     seconds: float
     replacement: str | None = None  # a ReplicaSet's pod is replaced by a new pod of this name
+    terminating_until: str | None = None  # a graceful delete: the pod serves open connections until then
+    gone: bool = False  # the pod was removed and not recreated (a terminating Deployment pod's end)
 
 
 def pod_processes(st: LabState, name: str) -> list[int]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from netns_lab.errors import LabError
 from netns_lab.loadbalancer import external_addrs
+from netns_lab.policy import usable
 from netns_lab.topology import AddressPlan, Service, ServicePort, Topology
 
 FAMILY = "ip"
@@ -172,7 +173,9 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
         for sp in svc.ports:
             proto = sp.protocol.lower()
             what = f"{svc.full_name}:{sp.name}"
-            backends = plan.backends(svc, sp)
+            # ready endpoints, else the terminating ones (kube-proxy's fallback): a terminating endpoint gets
+            # no chain, so no new connection, while its conntrack entries keep open ones going
+            backends = usable(plan.backends(svc, sp))
             if not backends:  # kube-proxy rejects these (a REJECT, i.e. ICMP port unreachable or TCP RST)
                 rs.elements.append(f'no-endpoint-services {{ {svc.cluster_ip} . {proto} . {sp.port} comment "{what}" : goto reject-chain }}')
                 if sp.node_port is not None:

@@ -293,11 +293,13 @@ class Lab:
         return found[0]
 
     def delete_pods(self, names: tuple[str, ...] | list[str] = (), selector: str | None = None,
-                    namespace: str | None = None) -> Iterator[Any]:
+                    namespace: str | None = None, grace: int | None = None) -> Iterator[Any]:
         """`kubectl delete pod`: a ReplicaSet's pod is replaced by a new one (new name and address), a bare pod
-        recreated under its name with a new address; its services follow. Yields a dataplane.PodChange per pod
-        as it is done (the lock is held until the iteration ends)."""
-        from netns_lab import dataplane
+        recreated under its name with a new address; its services follow. With `grace` seconds (> 0) the pod
+        is marked terminating instead and goes when they have passed (netns_lab/graceful.py); a pod already
+        terminating deleted without grace goes at once. Yields a dataplane.PodChange per pod as it is done
+        (the lock is held until the iteration ends)."""
+        from netns_lab import dataplane, graceful
         from netns_lab.k8s import live, manifest
 
         self.state()  # before the lock, which would create the lab's directory
@@ -308,8 +310,12 @@ class Lab:
                 old = st.pods[name]
                 topo = st.spec()
                 try:
-                    new = manifest.replace_pod(topo, name)
-                    if new is None:
+                    if grace:
+                        ch = graceful.terminate(st, name, grace, self.progress)
+                        graceful.ensure_reaper(self.name)
+                    elif topo.pod(name).terminating:
+                        ch = graceful.finish(st, name, self.progress)
+                    elif (new := manifest.replace_pod(topo, name)) is None:
                         ch = dataplane.delete_pod(st, name, self.progress)
                     else:
                         live.reconcile(st, topo, self.progress)
@@ -319,6 +325,34 @@ class Lab:
                 finally:
                     lab_state.save(self.name, st)
                 yield ch
+
+    def finish_terminating(self) -> tuple[list[Any], float | None]:
+        """What the lab's grace reaper does: under the lock, the terminating pods whose deadline has passed go
+        (graceful.finish). Returns their PodChanges and the next deadline (None: no pod is terminating any
+        more, and the reaper's pid file is removed, so the next graceful delete starts a new reaper)."""
+        from netns_lab import graceful
+
+        peek = lab_state.load(self.name)  # without the lock (saves are atomic renames): is anything due yet?
+        if peek is None:
+            return [], None
+        due = graceful.deadlines(peek)
+        if due and min(due.values()) > time.time():
+            return [], min(due.values())
+        done = []
+        with lab_state.lock(self.name):
+            st = lab_state.load(self.name)
+            if st is None or st.status != "ready":
+                return [], None
+            try:
+                for name in graceful.expired(st):
+                    done.append(graceful.finish(st, name, self.progress))
+            finally:
+                if done:
+                    lab_state.save(self.name, st)
+            left = graceful.deadlines(st)
+            if not left:
+                graceful.forget_reaper(self.name)
+            return done, min(left.values()) if left else None
 
 
 def _already_up(lab: str, topo: Topology | None, mode: str | None) -> str | None:

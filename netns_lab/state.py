@@ -129,13 +129,13 @@ class ServiceRecord:
 
 def service_records(topo: Topology, addr_plan: AddressPlan, ready: set[str] | None = None,
                     terminating: set[str] | None = None) -> list[ServiceRecord]:
-    """The services of `topo`, each port with its backends (only pods in `ready`, if given; those in
-    `terminating` marked so), and their traffic policies."""
+    """The services of `topo`, each port with its backends (only pods in `ready`, if given; terminating pods,
+    and those in `terminating`, marked so), and their traffic policies."""
     going = terminating or set()
     return [
         ServiceRecord(s.full_name, s.cluster_ip, [
             ServicePortRecord(sp.name, sp.protocol, sp.port, sp.target, sp.node_port,
-                              [BackendRecord(b.pod, b.ip, b.port, b.pod in going) for b in addr_plan.backends(s, sp)
+                              [BackendRecord(b.pod, b.ip, b.port, b.terminating or b.pod in going) for b in addr_plan.backends(s, sp)
                                if ready is None or b.pod in ready])
             for sp in s.ports
         ], s.external_local, s.internal_local, s.health_check_node_port)

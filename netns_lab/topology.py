@@ -84,6 +84,15 @@ class Pod:
     image: str | None = None  # the container image a manifest gave (the app was chosen from it)
     container: str | None = None  # the container's name in a manifest
     owner: str | None = None  # the ReplicaSet that made the pod (None: a bare pod)
+    # graceful deletion (`delete pod --grace-period S`): the pod is terminating until this RFC 3339 UTC
+    # time (Kubernetes' metadata.deletionTimestamp), serving but not ready; None: not being deleted
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+
+    @property
+    def terminating(self) -> bool:
+        """True while the pod is being deleted gracefully (its endpoints: serving, not ready)."""
+        return self.deletion_timestamp is not None
 
     def all_labels(self) -> dict[str, str]:
         """Labels a selector matches, `app` included as Kubernetes manifests usually set it."""
@@ -364,6 +373,8 @@ _SCHEMA: dict[type, list[tuple[str, str, Any, bool]]] = {
         ("image", "image", str, False),
         ("container", "container", str, False),
         ("owner", "owner", str, False),
+        ("deletionTimestamp", "deletion_timestamp", str, False),
+        ("deletionGracePeriodSeconds", "deletion_grace_period_seconds", int, False),
     ],
     PodPort: [("name", "name", str, False), ("protocol", "protocol", str, False), ("port", "port", int, True)],
     PodTemplate: [
@@ -857,7 +868,7 @@ def plan(topo: Topology) -> AddressPlan:
                         f"backend pod {p.name} has no {sp.protocol} port {sp.target}",
                     )
             endpoints[(s.full_name, sp.name)] = [
-                Backend(p.name, p.node, str(pod_ips[p.name]), sp.target_on(p) or 0) for p in selected
+                Backend(p.name, p.node, str(pod_ips[p.name]), sp.target_on(p) or 0, p.terminating) for p in selected
             ]
 
     _check_policies(topo, nodeports)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -131,11 +132,19 @@ Examples (the lesson restarts pods after enabling eBPF):
   netns-lab delete pod -n yaobank -l app=customer     # the lesson's line, as typed
   netns-lab delete pod -n yaobank -l app=summary      # both summary pods
   netns-lab delete pod customer-648964b964-k8sk4
+  netns-lab delete pod summary-5d8b7c9f4-x2x7q -n yaobank --grace-period 30   # terminating for 30 s
   netns-lab delete -f app.yaml                        # the manifest's objects (and their pods)
 \b
 A Deployment's pod is replaced at once by a new pod with a new name and address, as its
 ReplicaSet does; a bare pod is recreated under its name with a new address. The services'
 backends follow (kube-proxy's rules, or the BPF maps in the eBPF modes).
+\b
+--grace-period S: the pod is Terminating for S seconds: it keeps running, connections open to
+it keep working, new ones go to the other endpoints (to it only when no other is ready, as
+kube-proxy falls back); then it goes, without another command. The command returns at once
+(kubectl's --wait=false). Without the flag the pod goes at once (the lab's apps stop at
+SIGTERM, so kubectl's default grace period would end at once too). As kubectl: --grace-period 0
+means 1 unless --force is given, --now is --grace-period 1, --force deletes at once.
 """,
 )
 @lab_option
@@ -144,12 +153,19 @@ backends follow (kube-proxy's rules, or the BPF maps in the eBPF modes).
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("-l", "--selector", metavar="KEY=VALUE", help="Delete the pods with these labels (e.g. app=summary).")
 @click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR|-", help="Delete the objects of this Kubernetes YAML.")
+@click.option("--grace-period", type=click.IntRange(min=-1), default=-1, show_default=True,
+              help="Seconds the pod stays Terminating, serving open connections (-1: none, it goes at once).")
+@click.option("--now", is_flag=True, help="The same as --grace-period 1.")
+@click.option("--force", is_flag=True, help="Delete at once, bypassing graceful deletion (with --grace-period 0).")
 def delete(lab: str | None, namespace: str | None, kind: str | None, names: tuple[str, ...], selector: str | None,
-           files: tuple[str, ...]) -> int:
+           files: tuple[str, ...], grace_period: int, now: bool, force: bool) -> int:
     """Delete pods (or a manifest's objects) as kubectl does; Deployments' pods are replaced, services follow."""
+    grace = grace_seconds(grace_period, now, force)
     if files:
         if kind or names or selector:
             raise click.UsageError("give -f FILE or pod NAMEs/-l, not both")
+        if grace is not None:
+            raise click.UsageError("--grace-period and --now apply to pods (delete pod NAME), not to -f FILE")
         docs, _ = manifest.parse(manifest.read_sources(list(files)))
         require_root()
         _print(_manifest_change(lab, docs, manifest.delete))
@@ -161,14 +177,36 @@ def delete(lab: str | None, namespace: str | None, kind: str | None, names: tupl
         raise click.UsageError("give pod NAMEs or -l KEY=VALUE")
     require_root()
     out = console()
-    for ch in lab_handle(lab).delete_pods(names, selector, namespace):
-        if ch.replacement:
-            out.print(f'pod "{ch.pod}" deleted; its ReplicaSet made pod "{ch.replacement}" on {ch.node} '
-                      f"as {ch.new_ip}, backends re-programmed ({ch.seconds:.2f}s)", highlight=False)
-        else:
-            out.print(f'pod "{ch.pod}" deleted; recreated on {ch.node} as {ch.new_ip} '
-                      f"(was {ch.old_ip}), backends re-programmed ({ch.seconds:.2f}s)", highlight=False)
+    for ch in lab_handle(lab).delete_pods(names, selector, namespace, grace):
+        out.print(_deleted_line(ch), highlight=False)
     return 0
+
+
+def grace_seconds(grace_period: int, now: bool, force: bool) -> int | None:
+    """kubectl's rules for the grace period asked: None to delete at once, else seconds (>= 1)."""
+    if now:
+        if grace_period != -1:
+            raise click.UsageError("--now and --grace-period cannot be specified together")
+        grace_period = 1
+    if grace_period == 0 and not force:
+        grace_period = 1  # kubectl: --grace-period=0 means 1 unless --force
+    return grace_period if grace_period > 0 else None
+
+
+def _deleted_line(ch: Any) -> str:
+    """What a deleted pod's line says: replaced, recreated, terminating or gone."""
+    if ch.terminating_until:
+        then = (f'its ReplicaSet made pod "{ch.replacement}" on {ch.node} as {ch.new_ip}' if ch.replacement
+                else "then it goes (a bare pod: recreated under its name)")
+        return (f'pod "{ch.pod}" deleted: Terminating until {ch.terminating_until} (open connections served, '
+                f"new ones go to other endpoints); {then} ({ch.seconds:.2f}s)")
+    if ch.gone:
+        return f'pod "{ch.pod}" deleted (was Terminating; its ReplicaSet\'s new pod already serves) ({ch.seconds:.2f}s)'
+    if ch.replacement:
+        return (f'pod "{ch.pod}" deleted; its ReplicaSet made pod "{ch.replacement}" on {ch.node} '
+                f"as {ch.new_ip}, backends re-programmed ({ch.seconds:.2f}s)")
+    return (f'pod "{ch.pod}" deleted; recreated on {ch.node} as {ch.new_ip} '
+            f"(was {ch.old_ip}), backends re-programmed ({ch.seconds:.2f}s)")
 
 
 @click.command(

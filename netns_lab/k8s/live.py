@@ -51,8 +51,9 @@ def _current_plan(st: LabState, topo: Topology, fresh: set[str]) -> AddressPlan:
 
 
 def _without_ip(pod: Pod) -> Pod:
-    """The pod's definition, address aside (a running pod's address is in the state, not the topology)."""
-    return Pod(**{**pod.__dict__, "ip": None})
+    """The pod's definition, address and deletion marks aside (a running pod's address is in the state, not the
+    topology; a pod marked terminating is the same running pod)."""
+    return Pod(**{**pod.__dict__, "ip": None, "deletion_timestamp": None, "deletion_grace_period_seconds": None})
 
 
 def reconcile(st: LabState, new: Topology, progress: Progress = _quiet) -> list[str]:

@@ -513,6 +513,8 @@ class _Applier:
         if old is not None:
             self.topo.pods.remove(old)
         pod = _pod_from(template, doc.name, doc.namespace, None, template.node or names.spread(self.topo))
+        if old is not None:  # applying a terminating pod does not stop its deletion
+            pod.deletion_timestamp, pod.deletion_grace_period_seconds = old.deletion_timestamp, old.deletion_grace_period_seconds
         if old is not None and _same_pod(old, pod):
             pod.node = old.node
         self.topo.pods.append(pod)
@@ -576,8 +578,9 @@ def _same_pod(a: Pod, b: Pod) -> bool:
 
 
 def owned_pods(topo: Topology, wl: Workload) -> list[Pod]:
-    """The pods of a workload's current ReplicaSet, oldest first."""
-    return [p for p in topo.pods if p.owner == wl.replicaset and p.namespace == wl.namespace]
+    """The active pods of a workload's current ReplicaSet, oldest first (a terminating pod no longer counts,
+    as a ReplicaSet counts only pods without a deletionTimestamp)."""
+    return [p for p in topo.pods if p.owner == wl.replicaset and p.namespace == wl.namespace and not p.terminating]
 
 
 def new_pod(topo: Topology, wl: Workload) -> Pod:
@@ -602,14 +605,30 @@ def scale(topo: Topology, wl: Workload, replicas: int) -> None:
         topo.pods.remove(pod)
 
 
+def workload_of(topo: Topology, pod: Pod) -> Workload | None:
+    """The workload whose ReplicaSet owns `pod` (None: a bare pod, or its workload is gone)."""
+    return next((w for w in topo.workloads if w.replicaset == pod.owner and w.namespace == pod.namespace), None)
+
+
 def replace_pod(topo: Topology, name: str) -> Pod | None:
     """What a ReplicaSet does when its pod is deleted: the pod goes, a new one (new name) comes; None for a bare pod."""
     pod = topo.pod(name)
-    wl = next((w for w in topo.workloads if w.replicaset == pod.owner and w.namespace == pod.namespace), None)
+    wl = workload_of(topo, pod)
     if wl is None:
         return None
     topo.pods.remove(pod)
-    return new_pod(topo, wl)
+    return None if pod.terminating else new_pod(topo, wl)  # a terminating pod was replaced when it was marked
+
+
+def terminate_pod(topo: Topology, name: str, deadline: str, grace: int) -> Pod | None:
+    """A graceful delete: the pod is marked terminating until `deadline` (its deletionTimestamp) and stays
+    meanwhile; its ReplicaSet makes a new pod at once, as it counts only active pods (that pod is returned;
+    None for a bare pod or one already terminating)."""
+    pod = topo.pod(name)
+    was = pod.terminating
+    pod.deletion_timestamp, pod.deletion_grace_period_seconds = deadline, grace
+    wl = workload_of(topo, pod)
+    return None if wl is None or was else new_pod(topo, wl)
 
 
 def apply(docs: list[Doc], base: Topology) -> Result:

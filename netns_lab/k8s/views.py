@@ -71,6 +71,9 @@ class View:
         up = rec is not None and self.running(rec.pid)
         meta: dict[str, Any] = {"name": pod.name, "namespace": pod.namespace, "labels": pod.all_labels() if not pod.labels else dict(pod.labels),
                                 "creationTimestamp": _timestamp(rec and rec.created) or self.created}
+        if pod.deletion_timestamp:  # a graceful delete in progress
+            meta["deletionTimestamp"] = pod.deletion_timestamp
+            meta["deletionGracePeriodSeconds"] = pod.deletion_grace_period_seconds
         if pod.owner:
             meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": pod.owner, "controller": True}]
         node_ip = next(n.address for n in self.topo.nodes if n.name == pod.node)
@@ -116,7 +119,8 @@ class View:
         return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec, "status": status}
 
     def endpointslice(self, svc: Service) -> dict[str, Any]:
-        """The EndpointSlice of a service: its ready pods and ports, from the state's current backends."""
+        """The EndpointSlice of a service: its pods (a terminating one serving, not ready) and ports, from the
+        state's current backends."""
         rec = next((s for s in self.st.services if s.name == svc.full_name), None)
         endpoints: dict[str, dict[str, Any]] = {}
         ports = []
@@ -124,7 +128,8 @@ class View:
             ports.append({"name": sp.name, "protocol": sp.protocol, "port": sp.backends[0].port if sp.backends else None})
             for b in sp.backends:
                 pod = self.st.pods.get(b.pod)
-                endpoints.setdefault(b.ip, {"addresses": [b.ip], "conditions": {"ready": True, "serving": True, "terminating": False},
+                conditions = {"ready": not b.terminating, "serving": True, "terminating": b.terminating}
+                endpoints.setdefault(b.ip, {"addresses": [b.ip], "conditions": conditions,
                                             "nodeName": pod and pod.node, "targetRef": {"kind": "Pod", "namespace": svc.namespace, "name": b.pod}})
         return {
             "apiVersion": "discovery.k8s.io/v1",
@@ -198,7 +203,8 @@ def table(kind: str, items: list[dict[str, Any]], wide: bool, all_namespaces: bo
         rows = [["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE", "NOMINATED NODE", "READINESS GATES"] if wide else [])]
         for o in items:
             ready = o["status"]["containerStatuses"][0]["ready"]
-            row = [o["metadata"]["name"], f"{int(ready)}/1", o["status"]["phase"], "0", age(o["metadata"]["creationTimestamp"])]
+            status = "Terminating" if o["metadata"].get("deletionTimestamp") else o["status"]["phase"]  # as kubectl prints it
+            row = [o["metadata"]["name"], f"{int(ready)}/1", status, "0", age(o["metadata"]["creationTimestamp"])]
             rows.append(row + ([o["status"]["podIP"], o["spec"]["nodeName"], "<none>", "<none>"] if wide else []))
     elif kind == "services":
         rows = [["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"] + (["SELECTOR"] if wide else [])]

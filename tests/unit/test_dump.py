@@ -380,7 +380,7 @@ FIELDS = {
             "backend_count", "local_count", "flags", "backends"},
     "nat_backend": {"ordinal", "addr", "port", "backend", "local", "node", "missing"},
     "backends": {"svc_id", "service", "service_port", "service_key", "ordinal", "addr", "port", "backend", "local",
-                 "node", "in_use"},
+                 "node", "in_use", "terminating"},
     "conntrack": {"proto", "type", "entry", "client", "client_addr", "client_port", "psnat_port", "frontend", "frontend_addr",
                   "frontend_port", "backend", "backend_addr", "backend_port", "service", "service_port",
                   "service_key", "state", "follows", "tcp_flags", "tunnel_peer", "tunnel_peer_node", "flags",
