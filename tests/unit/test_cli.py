@@ -109,6 +109,19 @@ def _command_paths(group, prefix=()):
             yield from _command_paths(command, (*prefix, name))
 
 
+@pytest.mark.parametrize("group", [(), ("dump",)], ids=lambda g: " ".join(("netns-lab", *g)))
+def test_command_lists_give_each_command_a_whole_line(capsys, group) -> None:
+    """`netns-lab --help` (and `dump --help`) list every command with its own short line, not one cut with '...'."""
+    code, out, _ = run(capsys, *group, "--help")
+    assert code == 0
+    listed = out.split("Commands:\n")[1].split("\n\n")[0].splitlines()
+    command = cli.cli if not group else cli.cli.commands[group[0]]
+    assert len(listed) == len(command.commands)
+    for line in listed:
+        name, _, text = line.strip().partition(" ")
+        assert (*group, name) in cli.SHORT_HELP and text.strip() == cli.SHORT_HELP[(*group, name)], line
+
+
 @pytest.mark.parametrize("argv", list(_command_paths(cli.cli)), ids=" ".join)
 def test_help_has_a_summary_and_examples(capsys, argv) -> None:
     code, out, _ = run(capsys, *argv, "--help")
