@@ -38,6 +38,48 @@ for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 
+# The one line each command gets in its group's --help list (click would cut the docstring's first
+# sentence at the terminal's width, mid-phrase); the docstring stays the command's own --help text.
+SHORT_HELP = {
+    ("apply",): "Create or update a manifest's objects in a running lab",
+    ("bench",): "Measure the lesson's performance claims, every mode",
+    ("delete",): "Delete pods (their ReplicaSet replaces them) or -f objects",
+    ("diags",): "Save a lab's debugging state to a directory",
+    ("down",): "Remove a lab and everything it made",
+    ("dump",): "Decode one kind of BPF map on every node (eBPF modes)",
+    ("exec",): "Run a command in a node's, host's or pod's namespace",
+    ("explain",): "Walk one curl from host1 through the maps and trace",
+    ("get",): "Show pods, services, endpointslices or nodes (kubectl)",
+    ("lesson",): "Walk the whole lesson, showing what each step prints",
+    ("list",): "List the labs on this machine (also half-built ones)",
+    ("logs",): "Print pods' access logs, in the lesson's format",
+    ("mode",): "Show the service dataplane, or switch it live",
+    ("patch",): "Patch FelixConfiguration (calicoctl) or a Service",
+    ("scale",): "Set a Deployment's replicas; pods follow live",
+    ("status",): "Show a lab's nodes, pods, services and mode",
+    ("topology",): "Print a topology in the form `up --topology` reads",
+    ("trace",): "Stream the datapath's per-packet decisions",
+    ("up",): "Build a lab running Kubernetes YAML (default: yaobank)",
+    ("dump", "affinity"): "ClientIP session affinity: client -> backend, time left",
+    ("dump", "backends"): "Backends (nat_be): service and ordinal -> pod address",
+    ("dump", "config"): "The cfg map: node address, VXLAN, MTU, mode flags",
+    ("dump", "conntrack"): "Connections: client -> frontend -> backend, state, age",
+    ("dump", "counters"): "Packets per program and reason, drops included",
+    ("dump", "nat"): "Service frontends (nat_fe) and their backends",
+    ("dump", "routes"): "Pod blocks, node addresses and DSR opt-out CIDRs",
+}
+
+
+def _short_helps(group: click.Group, prefix: tuple[str, ...] = ()) -> None:
+    """Give every command (and subcommand) its SHORT_HELP line; one without keeps click's default."""
+    for name, command in group.commands.items():
+        command.short_help = SHORT_HELP.get((*prefix, name), command.short_help)
+        if isinstance(command, click.Group):
+            _short_helps(command, (*prefix, name))
+
+
+_short_helps(cli)
+
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console-script entry: usage errors as one line (exit 2), LabError as one line (exit 1)."""

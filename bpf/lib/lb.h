@@ -124,8 +124,11 @@ static __always_inline struct be_value *lb_pick(const struct fe_value *fe, struc
 	*reason = REASON_DROP_NO_BACKEND;
 	if (!(fe->flags & (FE_F_LB_OPTS | FE_F_EXTERNAL)))
 		return be_pick_policy(fe, hash, TRAFFIC_EXTERNAL);
-	if (fe->flags & FE_F_LB_OPTS)
-		svc = lb_svc.lookup(&fe->svc_id);
+	if (fe->flags & FE_F_LB_OPTS) {
+		__u32 svc_id = fe->svc_id;	/* BCC's lookup() takes a non-const key */
+
+		svc = lb_svc.lookup(&svc_id);
+	}
 	if (svc && (svc->flags & LB_F_SRC_RANGES) && (fe->flags & FE_F_LB_IP) &&
 	    !lb_src_allowed(fe->svc_id, p->saddr)) {
 		*reason = REASON_DROP_SRC_RANGE;

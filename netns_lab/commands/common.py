@@ -56,6 +56,10 @@ namespace_option = click.option(
     "-n", "--namespace", default=None, metavar="NS",
     help="Kubernetes namespace (the lab is --name; without -n, names and selectors match in every namespace).",
 )
+namespace_default_option = click.option(
+    "-n", "--namespace", default=None, metavar="NS",
+    help="Kubernetes namespace (the lab is --name; without -n: default, as in kubectl).",
+)
 selector_option = click.option("-l", "--selector", metavar="KEY=VALUE", help="The pods with these labels (e.g. app=summary).")
 output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format."

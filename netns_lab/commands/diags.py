@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from netns_lab import diags as collector
 from netns_lab import naming
@@ -36,7 +37,10 @@ def diags(lab: str | None, all_labs: bool, out: Path, output: str) -> int:
     """Save a lab's debugging state to DIR: ip/tc/iptables/nft per node, every pinned map as JSON, counters, pod logs, the state file, the kernel log tail."""
     require_root()
     if all_labs and lab:
-        raise click.UsageError("give --name or -A, not both")
+        # $NETNS_LAB picks the lab of single-lab commands; only a --name typed beside -A conflicts
+        if click.get_current_context().get_parameter_source("lab") is not ParameterSource.ENVIRONMENT:
+            raise click.UsageError("give --name or -A, not both")
+        lab = None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LabError(f"--out {out}: exists and is not an empty directory")
     if all_labs:

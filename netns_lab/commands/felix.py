@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from netns_lab import felix as felix_model
-from netns_lab.commands.common import console, lab_handle, lab_option, namespace_option, output_option, require_root
+from netns_lab.commands.common import console, lab_handle, lab_option, namespace_default_option, output_option, require_root
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig, FelixConfigError
 from netns_lab.k8s import patch as k8s_patch
@@ -58,7 +58,7 @@ backend at connect(); the rest is NATed per packet).
 """
 )
 @lab_option
-@namespace_option
+@namespace_default_option
 @click.argument("kind", metavar="felixconfiguration|service")
 @click.argument("name", metavar="default|NAME")
 @click.option("-p", "--patch", "patch_text", required=True, metavar="JSON", help='A JSON merge patch: {"spec": {...}}.')

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from netns_lab.commands.common import console, lab_handle, lab_option, namespace_option, require_root, selector_option
+from netns_lab.commands.common import console, lab_handle, lab_option, namespace_default_option, namespace_option, require_root, selector_option
 from netns_lab.commands.felix import FELIX_KINDS, felix_target
 from netns_lab.errors import LabError
 from netns_lab.k8s import manifest, views
@@ -47,7 +47,7 @@ Examples:
 """
 )
 @lab_option
-@namespace_option
+@namespace_default_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="Objects of every namespace.")
 @selector_option
 @click.argument("kind", metavar="KIND")

@@ -183,7 +183,14 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "[red]no[/]"
 
 
-@click.command("list")
+@click.command(
+    "list",
+    epilog="""\b
+Examples:
+  netns-lab list                  # every lab: status, mode, namespaces
+  netns-lab list -o json | jq -r '.[].lab'
+""",
+)
 @output_option
 def list_cmd(output: str) -> int:
     """List the labs present on this machine (also half-built ones)."""

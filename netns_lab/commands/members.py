@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Any, NoReturn
@@ -43,6 +44,8 @@ def exec_cmd(lab: str | None, member: str, command: tuple[str, ...]) -> NoReturn
         command = command[1:]
     if not command:
         raise click.UsageError("missing COMMAND after MEMBER")
+    if not shutil.which(command[0]):  # the namespace shares our mounts: the same PATH lookup
+        raise LabError(f"{command[0]}: command not found")
     require_root()
     handle = lab_handle(lab)
     argv = handle.exec_argv(member, *command)

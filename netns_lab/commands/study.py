@@ -31,6 +31,7 @@ from netns_lab.commands.common import console, lab_option, load_lab, require_roo
 from netns_lab.errors import LabError
 from netns_lab.lab import PROG
 from netns_lab.state import LabState, NodePortTarget
+from netns_lab.topology import Topology
 
 _output = click.option("-o", "--output", type=click.Choice(["table", "json"]), default=None,
                        help="Output format [default: table].")
@@ -108,6 +109,7 @@ Examples:
   netns-lab dump conntrack --client 198.19.15.254 --state established -o json
   netns-lab dump counters --reset           # show, then zero the per-reason counters
   netns-lab dump routes ; netns-lab dump config
+  netns-lab dump affinity -o json           # ClientIP session affinity: client -> backend
 """,
 )
 @lab_option
@@ -115,7 +117,7 @@ Examples:
 @_output
 @click.pass_context
 def dump_group(ctx: click.Context, lab: str | None, node: str | None, output: str | None) -> None:
-    """Decode one kind of BPF map of a lab's nodes (eBPF modes): nat, backends, conntrack, counters, routes, config."""
+    """Decode one kind of BPF map of a lab's nodes (eBPF modes): nat, backends, conntrack, counters, routes, config, affinity."""
     ctx.obj = {"lab": lab, "node": node, "output": output}
 
 
@@ -149,8 +151,29 @@ def _run_dump(kind: str, lab: str | None, node: str | None, output: str, reset: 
     return 0
 
 
+def _examples(*lines: str) -> str:
+    """A subcommand's --help epilog: its example lines, kept as typed."""
+    return "\b\nExamples:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+_EXAMPLES = {
+    "nat": _examples("netns-lab dump nat                       # every node's frontends and backends",
+                     "netns-lab dump nat --node control -o json"),
+    "backends": _examples("netns-lab dump backends --node node1"),
+    "routes": _examples("netns-lab dump routes --node control     # pod blocks, node addresses, DSR opt-outs"),
+    "config": _examples("netns-lab dump config -o json            # mode flags, VNI, MTU, timeouts per node"),
+    "conntrack": _examples("netns-lab dump conntrack --node control",
+                           "netns-lab dump conntrack --client 198.19.15.254 --state established -o json",
+                           "netns-lab dump conntrack --service yaobank/customer"),
+    "counters": _examples("netns-lab dump counters                  # per node, program and reason",
+                          "netns-lab dump counters --node node1 --reset"),
+    "affinity": _examples("netns-lab dump affinity                  # ClientIP affinity: client -> backend, seconds left",
+                          "netns-lab dump affinity --node control -o json"),
+}
+
+
 def _dump_command(kind: str, doc: str):
-    @dump_group.command(kind, help=doc)
+    @dump_group.command(kind, help=doc, epilog=_EXAMPLES[kind])
     @lab_option
     @_node
     @_output
@@ -166,7 +189,7 @@ _dump_command("routes", "Pod blocks (routes), node addresses (nodes) and DSR opt
 _dump_command("config", "The cfg map: node address, tunnel VNI/port, fabric MTU, mode flags (DSR, TRACE); map usage.")
 
 
-@dump_group.command("conntrack")
+@dump_group.command("conntrack", epilog=_EXAMPLES["conntrack"])
 @lab_option
 @_node
 @_output
@@ -181,10 +204,28 @@ def dump_conntrack(ctx: click.Context, lab: str | None, node: str | None, output
     """Conntrack entries decoded: client -> frontend -> backend, entry type, state, tunnel peer, DSR, age, expiry."""
     if client:
         _check_endpoint(client, "--client")
-    return _run_dump("conntrack", *_merged(ctx, lab, node, output), client=client, service=service, state=state)
+    lab, node, output = _merged(ctx, lab, node, output)
+    if service:
+        check_service_query(service, _context(lab, node)[1].spec())
+    return _run_dump("conntrack", lab, node, output, client=client, service=service, state=state)
 
 
-@dump_group.command("counters")
+def check_service_query(query: str, topo: Topology) -> None:
+    """--service names a service of the lab (ns/name, name, ns/name:port/proto) or is a frontend IP[:PORT];
+    LabError otherwise, so that a typo is not an empty table."""
+    try:
+        _check_endpoint(query, "--service")
+        return
+    except click.BadParameter:
+        pass
+    name = query.split(":", 1)[0]
+    known = {f"{s.namespace}/{s.name}" for s in topo.services} | {s.name for s in topo.services}
+    if name not in known:
+        raise LabError(f"--service {query!r}: no such service in the lab "
+                       f"(services: {', '.join(sorted(f'{s.namespace}/{s.name}' for s in topo.services))})")
+
+
+@dump_group.command("counters", epilog=_EXAMPLES["counters"])
 @lab_option
 @_node
 @_output
@@ -553,7 +594,25 @@ def _render_story(doc: dict[str, Any], tgt: NodePortTarget) -> None:
 COMMANDS = (dump_group, trace_cmd, explain_cmd)
 
 
-@dump_group.command("affinity")
+def affinity_timeouts(topo: Topology) -> dict[tuple[int, int, int], int]:
+    """(frontend address, port, proto) -> the service's ClientIP timeout, for every frontend an affinity entry
+    can name: the ClusterIP and external addresses at the port, every node's address at the node port."""
+    from ebpf_nodeport.abi import ip2int, proto_num
+    from netns_lab.loadbalancer import external_addrs
+
+    timeouts = {}
+    for s in topo.services:
+        if s.affinity_timeout:
+            for sp in s.ports:
+                proto = proto_num(sp.protocol.lower())
+                for a in [s.cluster_ip, *external_addrs(s)]:
+                    timeouts[(ip2int(a), sp.port, proto)] = s.affinity_timeout
+                for n in topo.nodes if sp.node_port else ():
+                    timeouts[(ip2int(n.address), sp.node_port, proto)] = s.affinity_timeout
+    return timeouts
+
+
+@dump_group.command("affinity", epilog=_EXAMPLES["affinity"])
 @lab_option
 @_node
 @_output
@@ -563,17 +622,10 @@ def dump_affinity(ctx: click.Context, lab: str | None, node: str | None, output:
     import time as _time
 
     from ebpf_nodeport import lbsync
-    from ebpf_nodeport.abi import ip2int, proto_num
-    from netns_lab.loadbalancer import external_addrs
 
     lab, st, nodes = _context(*_merged(ctx, lab, node, output)[:2])
     output = _merged(ctx, lab, node, output)[2]
-    timeouts = {}
-    for s in st.spec().services:
-        if s.affinity_timeout:
-            for sp in s.ports:
-                for a in [s.cluster_ip, *external_addrs(s)]:
-                    timeouts[(ip2int(a), sp.port, proto_num(sp.protocol.lower()))] = s.affinity_timeout
+    timeouts = affinity_timeouts(st.spec())
     now = _time.clock_gettime_ns(_time.CLOCK_MONOTONIC)
     docs = []
     for name, ip in nodes.items():

@@ -639,41 +639,51 @@ def apply(docs: list[Doc], base: Topology) -> Result:
 
 
 def delete(docs: list[Doc], base: Topology) -> Result:
-    """`kubectl delete -f`: the topology without the objects (a namespace takes its contents); ManifestError if one is missing."""
+    """`kubectl delete -f`: the topology without the objects (a namespace takes its contents); ManifestError if one is missing.
+
+    Every object is looked up in the lab as it was before the command, as kubectl does: a file that
+    deletes a Namespace and then the objects in it (a file written for `apply`) works."""
+    for doc in docs:
+        if doc.kind == "Namespace" and doc.name == "default":
+            raise doc.error(("metadata", "name"), "the default namespace cannot be deleted")
+        if not _present(base, doc):
+            raise doc.error(("metadata", "name"), f"namespace {doc.name!r} not found" if doc.kind == "Namespace"
+                            else "not found")
     topo = copy.deepcopy(base)
     lines: list[str] = []
     for doc in docs:
         ns = doc.namespace
         if doc.kind == "Namespace":
-            if doc.name not in topo.all_namespaces() or doc.name == "default":
-                raise doc.error(("metadata", "name"), f"namespace {doc.name!r} not found" if doc.name != "default"
-                                else "the default namespace cannot be deleted")
             topo.namespaces = [n for n in topo.namespaces if n != doc.name]
             topo.services = [s for s in topo.services if s.namespace != doc.name]
             topo.workloads = [w for w in topo.workloads if w.namespace != doc.name]
             topo.pods = [p for p in topo.pods if p.namespace != doc.name]
         elif doc.kind == "Service":
-            svc = next((s for s in topo.services if (s.namespace, s.name) == (ns, doc.name)), None)
-            if svc is None:
-                raise doc.error(("metadata", "name"), "not found")
-            topo.services.remove(svc)
+            topo.services = [s for s in topo.services if (s.namespace, s.name) != (ns, doc.name)]
         elif doc.kind == "Pod":
-            pod = next((p for p in topo.pods if (p.namespace, p.name) == (ns, doc.name)), None)
-            if pod is None:
-                raise doc.error(("metadata", "name"), "not found")
-            topo.pods.remove(pod)
+            topo.pods = [p for p in topo.pods if (p.namespace, p.name) != (ns, doc.name)]
         else:
-            wl = next((w for w in topo.workloads if (w.kind, w.namespace, w.name) == (doc.kind, ns, doc.name)), None)
-            if wl is None:
-                raise doc.error(("metadata", "name"), "not found")
-            topo.workloads.remove(wl)
-            topo.pods = [p for p in topo.pods if not (p.owner == wl.replicaset and p.namespace == ns)]
+            owners = {w.replicaset for w in topo.workloads if (w.kind, w.namespace, w.name) == (doc.kind, ns, doc.name)}
+            topo.workloads = [w for w in topo.workloads if (w.kind, w.namespace, w.name) != (doc.kind, ns, doc.name)]
+            topo.pods = [p for p in topo.pods if not (p.owner in owners and p.namespace == ns)]
         lines.append(f"{doc.kind.lower()}/{doc.name} deleted")
     try:
         plan(topo)
     except TopologyError as exc:
         raise LabError(f"deleting these objects would leave the lab broken: {exc}") from None
     return Result(topo, lines)
+
+
+def _present(topo: Topology, doc: Doc) -> bool:
+    """Whether the object a document names is in the topology."""
+    ns = doc.namespace
+    if doc.kind == "Namespace":
+        return doc.name in topo.all_namespaces()
+    if doc.kind == "Service":
+        return any((s.namespace, s.name) == (ns, doc.name) for s in topo.services)
+    if doc.kind == "Pod":
+        return any((p.namespace, p.name) == (ns, doc.name) for p in topo.pods)
+    return any((w.kind, w.namespace, w.name) == (doc.kind, ns, doc.name) for w in topo.workloads)
 
 
 def load(args: list[str], base: Topology, stdin: TextIO | None = None) -> Result:

@@ -42,9 +42,30 @@ def parse(text: str) -> dict[str, Any]:
     return doc
 
 
+# Kubernetes' Service fields (core/v1): a patch naming any other is refused, as kubectl's strict field
+# validation refuses it, rather than "patched (no change)" for a typo.
+OBJECT_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+SPEC_FIELDS = (
+    "allocateLoadBalancerNodePorts", "clusterIP", "clusterIPs", "externalIPs", "externalName",
+    "externalTrafficPolicy", "healthCheckNodePort", "internalTrafficPolicy", "ipFamilies", "ipFamilyPolicy",
+    "loadBalancerClass", "loadBalancerIP", "loadBalancerSourceRanges", "ports", "publishNotReadyAddresses",
+    "selector", "sessionAffinity", "sessionAffinityConfig", "trafficDistribution", "type",
+)
+
+
+def check_fields(patch: dict[str, Any]) -> None:
+    """LabError (one line) for a field a Service does not have, at the top or in spec."""
+    spec = patch.get("spec")
+    unknown = [k for k in patch if k not in OBJECT_FIELDS]
+    unknown += [f"spec.{k}" for k in (spec if isinstance(spec, dict) else ()) if k not in SPEC_FIELDS]
+    if unknown:
+        raise LabError(f'unknown field "{unknown[0]}" in the patch: a Service has no such field')
+
+
 def patch_service(topo: Topology, name: str, namespace: str, patch: dict[str, Any],
                   as_object: Callable[[Service], dict[str, Any]]) -> manifest.Result:
     """The topology with service namespace/name patched (`as_object`: the service in Kubernetes shape)."""
+    check_fields(patch)
     svc = next((s for s in topo.services if (s.namespace, s.name) == (namespace, name)), None)
     if svc is None:
         raise LabError(f'services "{name}" not found in namespace {namespace!r}')

@@ -168,7 +168,7 @@ class View:
     # -- selection
 
     def objects(self, kind: str, name: str | None, namespace: str | None) -> list[dict[str, Any]]:
-        """Objects of a kind, in `namespace` (None: all), optionally only the one called `name`."""
+        """Objects of a kind, in `namespace` (None: all), optionally only the one called `name`, in kubectl's order."""
         if kind == "nodes":
             items = [self.node(n.name) for n in self.topo.nodes]
         elif kind == "pods":
@@ -181,7 +181,8 @@ class View:
             items = [o for o in items if o["metadata"]["namespace"] == namespace]
         if name is not None:
             items = [o for o in items if o["metadata"]["name"] == name]
-        return items
+        # the API server lists by key, namespace then name: kubectl's order, whatever order pods were made in
+        return sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
 
 
 def _kernel() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 
 import pytest
@@ -100,11 +101,36 @@ def test_read_commands_on_missing_lab(capsys, lab: str) -> None:
         assert f"no lab named '{lab}'" in one_error_line(err)
 
 
-def test_help_has_examples(capsys) -> None:
-    for command in ("up", "down", "status", "exec", "logs", "topology"):
-        code, out, _ = run(capsys, command, "--help")
-        assert code == 0
-        assert "Examples:" in out, command
+def _command_paths(group, prefix=()):
+    """Every command and subcommand of the CLI, as the argv that names it."""
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("group", [(), ("dump",)], ids=lambda g: " ".join(("netns-lab", *g)))
+def test_command_lists_give_each_command_a_whole_line(capsys, group) -> None:
+    """`netns-lab --help` (and `dump --help`) list every command with its own short line, not one cut with '...'."""
+    code, out, _ = run(capsys, *group, "--help")
+    assert code == 0
+    listed = out.split("Commands:\n")[1].split("\n\n")[0].splitlines()
+    command = cli.cli if not group else cli.cli.commands[group[0]]
+    assert len(listed) == len(command.commands)
+    for line in listed:
+        name, _, text = line.strip().partition(" ")
+        assert (*group, name) in cli.SHORT_HELP and text.strip() == cli.SHORT_HELP[(*group, name)], line
+
+
+@pytest.mark.parametrize("argv", list(_command_paths(cli.cli)), ids=" ".join)
+def test_help_has_a_summary_and_examples(capsys, argv) -> None:
+    code, out, _ = run(capsys, *argv, "--help")
+    assert code == 0
+    summary = out.split("\n\n")[1].strip()
+    assert summary and not summary.startswith(("Options:", "Examples")), out
+    examples = re.search(r"\n  Examples[^:\n]*:\n(.*)", out, re.S)
+    assert examples, out
+    assert "netns-lab " + " ".join(argv) in examples[1], out
 
 
 def test_topology_command_prints_loadable_default(capsys, tmp_path) -> None:
@@ -161,3 +187,26 @@ def test_parse_access_line_reads_the_lessons_lines() -> None:
         "path": "/logout",
     }
     assert members.parse_access_line(" * customer (pod customer) serving on TCP 80") is None
+
+
+def test_diags_all_ignores_the_environment_lab(capsys, monkeypatch, tmp_path) -> None:
+    """-A means every lab also when $NETNS_LAB names one (kubectl's -A beside a current context)."""
+    from netns_lab import diags as collector
+    from netns_lab.commands import diags
+
+    monkeypatch.setattr(diags, "require_root", lambda: None)
+    monkeypatch.setattr(diags.lab_state, "list_labs", lambda: ["one", "two"])
+    monkeypatch.setattr(collector, "collect", lambda labs, out: {"labs": labs, "files": [], "errors": []})
+    monkeypatch.setenv("NETNS_LAB", "one")
+    code, out, _ = run(capsys, "diags", "-A", "--out", str(tmp_path / "d"), "-o", "json")
+    assert code == 0
+    assert '"one",\n    "two"' in out
+    code, _, err = run(capsys, "diags", "-A", "--name", "one", "--out", str(tmp_path / "e"))
+    assert code == 2
+    assert "give --name or -A, not both" in one_error_line(err)
+
+
+def test_exec_of_a_missing_command_is_one_line(capsys, lab: str) -> None:
+    code, _, err = run(capsys, "exec", "--name", lab, "host1", "--", "no-such-command-here", "-x")
+    assert code == 1
+    assert "no-such-command-here: command not found" in one_error_line(err)

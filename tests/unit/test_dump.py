@@ -570,3 +570,42 @@ def test_commands_are_registered_on_the_cli_group() -> None:
     assert set(group.commands["dump"].commands) == set(dump.KINDS) | {"affinity"}
     res = CliRunner().invoke(group, ["dump", "conntrack", "--state", "bogus"])
     assert res.exit_code == 2 and "bogus" in res.output
+
+
+def test_affinity_timeouts_cover_every_frontend() -> None:
+    """`dump affinity` finds the timeout of a NodePort entry (node address, node port) too, not only ClusterIP/LB ones."""
+    import io
+
+    from ebpf_nodeport.abi import ip2int
+    from netns_lab.commands.study import affinity_timeouts
+    from netns_lab.k8s import manifest
+    from netns_lab.topology import default_topology
+
+    text = ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: p}}\n"
+            "spec: {containers: [{name: c, image: x, ports: [{containerPort: 80}]}]}\n---\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+            "spec: {type: LoadBalancer, selector: {app: p}, sessionAffinity: ClientIP,\n"
+            "       sessionAffinityConfig: {clientIP: {timeoutSeconds: 7}}, ports: [{port: 80, nodePort: 30080}]}\n")
+    topo = manifest.load(["-"], manifest.nodes_only(default_topology()), io.StringIO(text)).topology
+    svc = topo.service("s")
+    want = {(ip2int(svc.cluster_ip), 80, 6), (ip2int(svc.load_balancer_ip), 80, 6)}
+    want |= {(ip2int(n.address), 30080, 6) for n in topo.nodes}
+    assert affinity_timeouts(topo) == dict.fromkeys(want, 7)
+
+
+@pytest.mark.parametrize("query,ok", [
+    ("yaobank/customer", True), ("customer", True), ("yaobank/customer:80/tcp", True),
+    ("198.19.0.1:30180", True), ("198.19.32.10", True), ("nosuch", False), ("yaobank/nosuch", False),
+])
+def test_conntrack_service_filter_names_a_service(query: str, ok: bool) -> None:
+    """`dump conntrack --service` with a name the lab does not have is one error line, not an empty table."""
+    from netns_lab.commands.study import check_service_query
+    from netns_lab.errors import LabError
+    from netns_lab.k8s import manifest
+
+    topo = manifest.default_lab()
+    if ok:
+        check_service_query(query, topo)
+    else:
+        with pytest.raises(LabError, match="no such service in the lab"):
+            check_service_query(query, topo)

@@ -141,6 +141,19 @@ def test_delete_takes_the_objects_and_their_pods() -> None:
     assert gone.pods == [] and gone.services == [] and gone.workloads == []
 
 
+def test_delete_of_a_file_that_starts_with_its_namespace() -> None:
+    """kubectl delete -f of the file `apply` took: the Namespace first, then the objects in it."""
+    text = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n---\n"
+            + NGINX.replace("metadata: {name: nginx}", "metadata: {name: nginx, namespace: web}"))
+    docs, _ = manifest.parse([manifest.Source("web.yaml", text)])
+    result = manifest.delete(docs, load_text(text).topology)
+    assert result.topology.pods == [] and result.topology.services == [] and result.topology.workloads == []
+    assert "web" not in result.topology.all_namespaces()
+    assert result.lines == ["namespace/web deleted", "deployment/nginx deleted", "service/nginx deleted"]
+    with pytest.raises(LabError, match="web.yaml:line 7: Deployment web/nginx: metadata.name: not found"):
+        manifest.delete(docs, load_text(text.split("---\n", 1)[0] + "---\n" + text.split("---\n")[2]).topology)
+
+
 def test_multi_document_directory_and_list(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(NGINX.split("---\n")[0])
     (tmp_path / "b.yml").write_text("---\n" + NGINX.split("---\n")[1] + "---\n")
@@ -236,3 +249,17 @@ def test_pod_name_taken_in_another_namespace() -> None:
 def test_cluster_ips_follow_the_allocation_rule() -> None:
     topo = load_text(NGINX).topology
     assert IPv4Address(topo.service("nginx").cluster_ip) == IPv4Address("198.19.32.0") + manifest.CLUSTER_IP_OFFSET
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"spec": {"externalTrafficPolicyy": "Local"}}, "spec.externalTrafficPolicyy"),
+    ({"spce": {"type": "NodePort"}}, "spce"),
+])
+def test_service_patch_with_an_unknown_field_is_refused(patch: dict, field: str) -> None:
+    """A typo in `patch service -p` is one clear line (kubectl's strict field validation), not "patched (no change)"."""
+    from netns_lab.k8s import patch as k8s_patch
+
+    topo = load_text(NGINX).topology
+    with pytest.raises(LabError, match=f'unknown field "{field}"'):
+        k8s_patch.patch_service(topo, "nginx", "default", patch, lambda svc: {})
+    k8s_patch.check_fields({"spec": {"externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP"}, "metadata": {}})

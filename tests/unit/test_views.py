@@ -34,12 +34,22 @@ def test_pod_objects_have_the_kubernetes_shape(view: views.View) -> None:
 
 
 def test_endpointslices_follow_the_backends(view: views.View) -> None:
-    (summary,) = view.objects("endpointslices", None, "yaobank")[1:2]
-    assert summary["metadata"]["labels"]["kubernetes.io/service-name"] == "summary"
+    (summary,) = [o for o in view.objects("endpointslices", None, "yaobank")
+                  if o["metadata"]["labels"]["kubernetes.io/service-name"] == "summary"]
     assert [e["addresses"] for e in summary["endpoints"]] == [["198.19.16.66"], ["198.19.16.129"]]
     view.st.services[1].ports[0].backends.pop()
     (summary,) = view.objects("endpointslices", "summary-" + summary["metadata"]["name"].split("-")[1], "yaobank")
     assert len(summary["endpoints"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["pods", "services", "endpointslices", "nodes"])
+def test_objects_come_in_kubectls_order(view: views.View, kind: str) -> None:
+    """Namespace, then name (the API server's key order), not the order the lab made them in."""
+    view.topo.pods.reverse()
+    view.topo.services.reverse()
+    view.topo.nodes.reverse()
+    keys = [(o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in view.objects(kind, None, None)]
+    assert len(keys) > 1 and keys == sorted(keys)
 
 
 @pytest.mark.parametrize(
