@@ -14,6 +14,7 @@
 #include "lib/maps.h"
 #include "lib/parse.h"
 #include "lib/nat.h"
+#include "lib/tpolicy.h"
 #include "lib/ctlb.h"
 
 #define SOCK_ALLOW 1
@@ -58,7 +59,8 @@ static __always_inline struct fe_value *ctlb_frontend(struct bpf_sock_addr *ctx)
 }
 
 /* Frontend -> backend in the socket address, remembered for the reverse
- * hooks. Random choice, as Calico's: there is no 5-tuple to hash yet. */
+ * hooks. Random choice, as Calico's: there is no 5-tuple to hash yet.
+ * internalTrafficPolicy Local holds for the node's own sockets too (lib/tpolicy.h). */
 static __always_inline int ctlb_balance(struct bpf_sock_addr *ctx)
 {
 	struct ctlb_value fe_addr;
@@ -71,9 +73,9 @@ static __always_inline int ctlb_balance(struct bpf_sock_addr *ctx)
 	fe = ctlb_frontend(ctx);
 	if (!fe)
 		return SOCK_ALLOW;
-	be = be_pick(fe, bpf_get_prandom_u32());
+	be = be_pick_policy(fe, bpf_get_prandom_u32(), TRAFFIC_HOST);
 	if (!be)
-		return SOCK_ALLOW;   /* no backend: the connect fails as it would unbalanced */
+		return SOCK_ALLOW;   /* none (here): left to to_hep, which drops it as kube-proxy's rules do */
 	__builtin_memset(&k, 0, sizeof(k));
 	__builtin_memset(&fe_addr, 0, sizeof(fe_addr));
 	k.cookie = bpf_get_socket_cookie(ctx);

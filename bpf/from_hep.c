@@ -81,8 +81,9 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	int rev_from_a;
 
 	if (!be)
-		return reason == REASON_DROP_NO_BACKEND ? reject_no_backend(skb, p, st, conf->host_ifindex)
-							 : verdict(st, reason, TC_ACT_SHOT);
+		return reason == REASON_DROP_NO_BACKEND || reason == REASON_DROP_MID_FLOW
+			? reject_flow(skb, p, st, conf->host_ifindex, reason)
+			: verdict(st, reason, TC_ACT_SHOT);
 	reason = REASON_NAT_NEW;
 	be_addr = be->addr;
 	be_port = be->port;

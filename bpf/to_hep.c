@@ -14,6 +14,7 @@
 #include "lib/csum.h"
 #include "lib/conntrack.h"
 #include "lib/nat.h"
+#include "lib/tpolicy.h"
 #include "lib/events.h"
 #include "lib/tunnel.h"
 #include "lib/hostnat.h"
@@ -91,9 +92,9 @@ static __always_inline int thep_new_flow(struct __sk_buff *skb, const struct nod
 					 struct run_state *st, const struct fe_value *fe)
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
-	struct be_value *be = be_pick(fe, hash);
+	struct be_value *be = be_pick_policy(fe, hash, TRAFFIC_HOST);
 
-	if (!be)
+	if (!be)   /* none, or none here for iTP Local: dropped, as kube-proxy's OUTPUT rules do */
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
 	if (fwd_new(skb, p, st, be->addr, be->port, ct_flags_of_fe(fe)) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);

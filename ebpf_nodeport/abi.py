@@ -40,7 +40,7 @@ FE_F_EXTERNAL, FE_F_LB_IP, FE_F_LB_OPTS = 0x100, 0x200, 0x400   # external front
 LB_F_SRC_RANGES, LB_F_AFFINITY, LB_F_MAGLEV = 1, 2, 4              # lb_svc.flags (lb.h)
 VXH_F_FE_ADDR = 0x02            # tunnelled packet carries its external frontend address (lb.h)
 MAGLEV_M = 1021                 # Maglev lookup table size, a prime (lb.h MAGLEV_M)
-FE_F_ETP_LOCAL, FE_F_ITP_LOCAL = 4, 8      # traffic policies Local (bpf/lib/policy.h)
+FE_F_ETP_LOCAL, FE_F_ITP_LOCAL = 4, 8      # traffic policies Local (bpf/lib/tpolicy.h)
 CT_NORMAL, CT_NAT_FWD, CT_NAT_REV = 0, 1, 2
 CT_F_TUNNEL, CT_F_DSR, CT_F_FROM_TUNNEL, CT_F_NODEPORT = 1, 2, 4, 8
 CT_F_CLUSTERIP, CT_F_CLIENT_IS_B, CT_F_POD_CLIENT, CT_F_PSNAT = 16, 32, 64, 128
@@ -87,7 +87,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_MALFORMED": "truncated/invalid headers",
     "DROP_TUN_UNKNOWN_SRC": "VXLAN from an address that is not a node",
     "DROP_TUN_BAD_VNI": "VXLAN with another VNI",
-    "DROP_NO_BACKEND": "no backend may take it (none, or none local for a Local policy): ICMP port unreachable sent",
+    "DROP_NO_BACKEND": "no backend may take it (none, or none local for a Local policy): ICMP port unreachable sent (to a non-SYN TCP segment: a RST)",
     "DROP_FRAG_NEEDED": "too big to encapsulate (ICMP frag-needed sent when DF)",
     "DROP_SPOOFED": "source is a local pod address arriving from outside",
     "DROP_ENCAP_FAIL": "a helper failed (adjust_room, store, csum, redirect)",
@@ -95,7 +95,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
     "DROP_PSNAT_FAIL": "4-tuple taken and no free client port found",
     "DROP_SRC_RANGE": "client outside the LoadBalancer's loadBalancerSourceRanges",
-    "DROP_MID_FLOW": "non-SYN TCP to an external frontend without Maglev and no conntrack entry",
+    "DROP_MID_FLOW": "non-SYN TCP to an external frontend without Maglev and no conntrack entry: RST sent",
 }
 
 CT_TYPES = {CT_NORMAL: "NORMAL", CT_NAT_FWD: "NAT_FWD", CT_NAT_REV: "NAT_REV"}

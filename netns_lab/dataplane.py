@@ -169,6 +169,12 @@ def flush_gone_udp_endpoints(st: LabState) -> int:
     return sum(ctflush.flush_gone_udp(str(naming.netns_path(n.netns)), live) for n in st.nodes().values())
 
 
+def flush_pod_addr(st: LabState, ip: str) -> int:
+    """A pod address went: delete its netfilter conntrack entries on every node, so an open TCP flow DNATed to it
+    is not forwarded to nothing (its next packet is balanced again and answered with a RST)."""
+    return sum(ctflush.flush_addr(str(naming.netns_path(n.netns)), ip) for n in st.nodes().values())
+
+
 def kube_proxy_remove(st: LabState) -> None:
     """Delete kube-proxy's rules (iptables nat and filter, or the nftables table) from every node, as Felix's cleanup does."""
     _remove_backend(st, st.kubeproxy.mode)
@@ -579,7 +585,8 @@ def delete_pod(st: LabState, name: str, progress: Progress = _quiet) -> PodChang
     pod = topo.pod(name)
     cleanup.kill(pod_processes(st, name))
     builder.remove_pod(lab, pod)
-    progress(f"pod {name} ({old_ip}) deleted: app stopped, namespace and veth removed")
+    flushed = flush_pod_addr(st, old_ip)
+    progress(f"pod {name} ({old_ip}) deleted: app stopped, namespace and veth removed, {flushed} conntrack entries of it flushed")
 
     new_ip = _next_ip(st, pod.node, old_ip)
     rec.ip, rec.pid = new_ip, None

@@ -7,7 +7,9 @@ one lookup through the verdict maps `service-ips` (ClusterIP . proto . port) and
 port's chain `service-<hash>-ns/name/proto/port` marks off-cluster sources for masquerade and
 picks an endpoint chain with `numgen random mod N vmap`; `endpoint-<hash>-...__ip/port`
 DNATs. `external-<hash>-...` is a NodePort's entry (mark for masquerade, then the service
-chain). Services without endpoints are rejected through `no-endpoint-services` /
+chain). Traffic policies Local use `local-<hash>-...` (this node's endpoints only); eTP Local's
+external chain keeps the client's address and short-circuits pods and the node itself to the
+service chain, and a node without a local endpoint drops through `no-endpoint-nodeports`. Services without endpoints are rejected through `no-endpoint-services` /
 `no-endpoint-nodeports`, and ClusterIPs of the service CIDR that nobody owns are dropped.
 
 Where the iptables mode walks KUBE-SERVICES rule by rule, every lookup here is a hash (the
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 
 from netns_lab.errors import LabError
 from netns_lab.loadbalancer import external_addrs
-from netns_lab.policy import usable
+from netns_lab.policy import categorize
 from netns_lab.topology import AddressPlan, Service, ServicePort, Topology
 
 FAMILY = "ip"
@@ -134,11 +136,14 @@ class Ruleset:
     sets: list[str] = field(default_factory=list)  # per-service sets (ClientIP affinity), declared before the rules
 
 
-def _external(rs: Ruleset, svc: Service, sp: ServicePort, ext_c: str) -> None:
-    """LoadBalancer IP and external IPs into service-ips; source ranges as a firewall chain in firewall-ips."""
+def _external(rs: Ruleset, svc: Service, sp: ServicePort, ext_c: str, has_external: bool = True) -> None:
+    """LoadBalancer IP and external IPs into service-ips (and, for eTP Local without a local endpoint,
+    no-endpoint-services' drop); source ranges as a firewall chain in firewall-ips."""
     proto = sp.protocol.lower()
     for addr in external_addrs(svc):
         rs.elements.append(f"service-ips {{ {addr} . {proto} . {sp.port} : goto {ext_c} }}")
+        if not has_external:
+            rs.elements.append(f'no-endpoint-services {{ {addr} . {proto} . {sp.port} comment "{svc.full_name}:{sp.name}" : drop }}')
     if svc.load_balancer_ip and svc.source_ranges:
         fw_c = _hashed("firewall", port_base(svc, sp))
         rs.chains.append(fw_c)
@@ -147,22 +152,51 @@ def _external(rs: Ruleset, svc: Service, sp: ServicePort, ext_c: str) -> None:
                            f" : goto {fw_c} }}")
 
 
-def _affinity(rs: Ruleset, svc: Service, sp: ServicePort, svc_c: str, ep_c: str) -> list[str]:
+def _affinity(rs: Ruleset, svc: Service, chains: list[tuple[str, list[str]]], ep_c: str) -> list[str]:
     """ClientIP affinity as kube-proxy's nftables mode does it: a timed set of clients per endpoint,
-    checked in the service chain before the random pick, refreshed in the endpoint chain."""
+    checked in each policy chain holding the endpoint before its random pick, refreshed in the endpoint chain."""
     if svc.affinity_timeout is None:
         return []
     aff = "affinity-" + ep_c.removeprefix("endpoint-")
     rs.sets.append(f"add set {T} {aff} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {svc.affinity_timeout}s ; }}")
-    # the check goes before the service chain's numgen pick (inserted, not appended)
-    rs.rules.insert(next(i for i, r in enumerate(rs.rules) if r.startswith(f"{svc_c} numgen")),
-                    f"{svc_c} ip saddr @{aff} goto {ep_c}")
+    for chain, members in chains:  # the check goes before the chain's numgen pick (inserted, not appended)
+        if ep_c in members:
+            rs.rules.insert(next(i for i, r in enumerate(rs.rules) if r.startswith(f"{chain} numgen")),
+                            f"{chain} ip saddr @{aff} goto {ep_c}")
     return [f"{ep_c} update @{aff} {{ ip saddr }}"]
 
 
+def _ext_rules(ext_c: str, local: bool, cluster_c: str | None, external_c: str | None, cluster_cidr: str) -> list[str]:
+    """The external-<hash> chain: Cluster policy masquerades everything; Local keeps the client's address and
+    short-circuits pods and the node itself (masqueraded) to the cluster-wide chain. Without an endpoint for
+    external traffic (external_c None) the rest falls off the chain undNATed, to no-endpoint-nodeports' drop."""
+    if not local:
+        rules = [f"{ext_c} jump mark-for-masquerade"]
+    else:
+        rules = []
+        if cluster_c:
+            rules.append(f'{ext_c} ip saddr {cluster_cidr} goto {cluster_c} comment "short-circuit pod traffic"')
+        rules.append(f'{ext_c} fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"')
+        if cluster_c:
+            rules.append(f'{ext_c} fib saddr type local goto {cluster_c} comment "short-circuit local traffic"')
+    if external_c:
+        rules.append(f"{ext_c} goto {external_c}")
+    return rules
+
+
+def local_chain(svc: Service, sp: ServicePort) -> str:
+    """local-<hash>-...: a service port's endpoints on this node (a Local traffic policy); same hash as service-."""
+    return _hashed("local", port_base(svc, sp))
+
+
 def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
-    """The table kube-proxy's nftables mode would program on `node` for the topology's services
-    (externalTrafficPolicy Cluster everywhere, as the iptables mode of this lab)."""
+    """The table kube-proxy's nftables mode would program on `node` for the topology's services.
+
+    Traffic policies make it per node, as in kube-proxy's nftables proxier: with externalTrafficPolicy
+    (internalTrafficPolicy) Local, external (ClusterIP) traffic goes to local-<hash>, which holds only this
+    node's endpoints; a port with no endpoint for its traffic gets a no-endpoint-* element instead:
+    `goto reject-chain` when the service has no endpoint at all, `drop` when it only has none on this node.
+    """
     me = next((n for n in topo.nodes if n.name == node), None)
     if me is None:
         raise KeyError(node)
@@ -173,34 +207,56 @@ def ruleset(topo: Topology, plan: AddressPlan, node: str) -> Ruleset:
         for sp in svc.ports:
             proto = sp.protocol.lower()
             what = f"{svc.full_name}:{sp.name}"
-            # ready endpoints, else the terminating ones (kube-proxy's fallback): a terminating endpoint gets
-            # no chain, so no new connection, while its conntrack entries keep open ones going
-            backends = usable(plan.backends(svc, sp))
-            if not backends:  # kube-proxy rejects these (a REJECT, i.e. ICMP port unreachable or TCP RST)
+            # usable endpoints, cluster-wide and on this node: ready ones, else the terminating ones (kube-proxy's
+            # fallback); a terminating endpoint gets no chain, so no new connection, while its conntrack
+            # entries keep open ones going
+            eps = categorize(plan.backends(svc, sp), node)
+            external = sp.node_port is not None or bool(external_addrs(svc))
+            if not eps.any:  # kube-proxy rejects these (a REJECT, i.e. ICMP port unreachable or TCP RST)
                 rs.elements.append(f'no-endpoint-services {{ {svc.cluster_ip} . {proto} . {sp.port} comment "{what}" : goto reject-chain }}')
                 if sp.node_port is not None:
                     rs.elements.append(f'no-endpoint-nodeports {{ {proto} . {sp.node_port} comment "{what}" : goto reject-chain }}')
                 continue
-            svc_c = service_chain(svc, sp)
-            eps = [(endpoint_chain(svc, sp, b.ip, b.port), b) for b in backends]
-            picks = " , ".join(f"{i} : goto {c}" for i, (c, _) in enumerate(eps))
-            rs.chains.append(svc_c)
-            rs.rules += [
-                f"{svc_c} ip daddr {svc.cluster_ip} ip saddr != {cluster} jump mark-for-masquerade",
-                f"{svc_c} numgen random mod {len(eps)} vmap {{ {picks} }}",
-            ]
-            if sp.node_port is not None or external_addrs(svc):
+            svc_c, loc_c = service_chain(svc, sp), local_chain(svc, sp)
+            uses_cluster = bool(eps.cluster) and (not svc.internal_local or (external and not svc.external_local))
+            uses_local = bool(eps.local) and (svc.internal_local or svc.external_local)
+            internal_c = loc_c if svc.internal_local else svc_c
+            has_internal = bool(eps.local) or not svc.internal_local
+            has_external = bool(eps.local) or not svc.external_local
+            policy: list[tuple[str, list[str]]] = []  # (chain, its endpoint chains), in the order written
+            for chain, members, used in ((svc_c, eps.cluster, uses_cluster), (loc_c, eps.local, uses_local)):
+                if not used:
+                    continue
+                picks = [endpoint_chain(svc, sp, b.ip, b.port) for b in members]
+                policy.append((chain, picks))
+                rs.chains.append(chain)
+                if chain == internal_c:
+                    rs.rules.append(f"{chain} ip daddr {svc.cluster_ip} ip saddr != {cluster} jump mark-for-masquerade")
+                vmap = " , ".join(f"{i} : goto {c}" for i, c in enumerate(picks))
+                rs.rules.append(f"{chain} numgen random mod {len(picks)} vmap {{ {vmap} }}")
+            if external:
                 ext_c = external_chain(svc, sp)
                 rs.chains.append(ext_c)
-                rs.rules += [f"{ext_c} jump mark-for-masquerade", f"{ext_c} goto {svc_c}"]
+                rs.rules += _ext_rules(ext_c, svc.external_local, svc_c if uses_cluster else None,
+                                       (loc_c if svc.external_local else svc_c) if has_external else None, cluster)
                 if sp.node_port is not None:
                     rs.elements.append(f"service-nodeports {{ {proto} . {sp.node_port} : goto {ext_c} }}")
-                _external(rs, svc, sp, ext_c)
-            for c, b in eps:
+                    if not has_external:  # Local, none here: what the external chain did not short-circuit is dropped
+                        rs.elements.append(f'no-endpoint-nodeports {{ {proto} . {sp.node_port} comment "{what}" : drop }}')
+                _external(rs, svc, sp, ext_c, has_external)
+            seen: set[str] = set()
+            for b in [*eps.cluster, *eps.local]:
+                c = endpoint_chain(svc, sp, b.ip, b.port)
+                if c in seen or not any(c in picks for _, picks in policy):
+                    continue
+                seen.add(c)
                 rs.chains.append(c)
-                rs.rules += _affinity(rs, svc, sp, svc_c, c)
+                rs.rules += _affinity(rs, svc, policy, c)
                 rs.rules += [f"{c} ip saddr {b.ip} jump mark-for-masquerade", f"{c} meta l4proto {proto} dnat to {b.ip}:{b.port}"]
-            rs.elements.append(f"service-ips {{ {svc.cluster_ip} . {proto} . {sp.port} : goto {svc_c} }}")
+            if has_internal:
+                rs.elements.append(f"service-ips {{ {svc.cluster_ip} . {proto} . {sp.port} : goto {internal_c} }}")
+            else:  # iTP Local, none here: the ClusterIP is dropped on this node
+                rs.elements.append(f'no-endpoint-services {{ {svc.cluster_ip} . {proto} . {sp.port} comment "{what}" : drop }}')
     return rs
 
 

@@ -26,7 +26,7 @@
 #define REASON_DROP_MALFORMED        16  /* truncated/invalid headers */
 #define REASON_DROP_TUN_UNKNOWN_SRC  17  /* VXLAN from an address that is not a node */
 #define REASON_DROP_TUN_BAD_VNI      18  /* VXLAN with another VNI (or the I flag clear) */
-#define REASON_DROP_NO_BACKEND       19  /* no backend for it (none, or none local for a Local policy): ICMP port unreachable sent */
+#define REASON_DROP_NO_BACKEND       19  /* no backend for it (none, or none local for a Local policy): ICMP port unreachable sent (a RST to a non-SYN TCP segment) */
 #define REASON_DROP_FRAG_NEEDED      20  /* too big to encapsulate (ICMP frag-needed sent when DF) */
 #define REASON_DROP_SPOOFED          21  /* source is a local pod address arriving from outside */
 #define REASON_DROP_ENCAP_FAIL       22  /* a helper failed (adjust_room, store, csum, change_tail) */
@@ -34,6 +34,6 @@
 #define REASON_DROP_TUN_NO_FLOW      24  /* tunnelled reply for a flow this node does not track */
 #define REASON_DROP_PSNAT_FAIL       25  /* 4-tuple taken and no free client port in PSNAT_RETRIES draws */
 #define REASON_DROP_SRC_RANGE        30  /* client outside the LoadBalancer's loadBalancerSourceRanges */
-#define REASON_DROP_MID_FLOW         31  /* non-SYN TCP to an external frontend without Maglev, no conntrack */
+#define REASON_DROP_MID_FLOW         31  /* non-SYN TCP to an external frontend without Maglev, no conntrack: RST sent */
 
 #endif /* NP_COUNTERS_H */

@@ -13,8 +13,9 @@
  *   set alone, so every node maps a flow's hash to the same backend. That
  *   is what lets a TCP connection whose packets start arriving at another
  *   node (the route to the LB address moved) be picked up mid-flow, as
- *   Calico does; other external frontends drop such a packet instead
- *   (their pick depends on the node, the connection could not go on).
+ *   Calico does; other external frontends refuse such a packet with a RST
+ *   instead (their pick depends on the node, the connection could not go
+ *   on; a silent drop would leave the client retransmitting).
  * - The frontend address travels with tunnelled packets of external
  *   frontends (VXH_F_FE_ADDR, in the inner Ethernet source the receiver
  *   strips anyway): the backend node needs it for a DSR reply, and to
@@ -98,12 +99,6 @@ struct maglev_key {
 /* Maglev lookup tables: (service, slot) -> backend, the same on every node. */
 BPF_TABLE_PINNED("hash", struct maglev_key, struct be_value, maglev, MAX_MAGLEV_ENTRIES,
 		 PIN(maglev), BPF_F_NO_PREALLOC);
-
-/* A TCP segment without SYN: part of a connection this node never saw open. */
-static __always_inline int tcp_mid_flow(const struct pkt *p)
-{
-	return p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN);
-}
 
 static __always_inline int lb_src_allowed(__u32 svc_id, __be32 client)
 {

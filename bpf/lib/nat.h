@@ -57,18 +57,6 @@ static __always_inline struct fe_value *fe_lookup(const struct pkt *p, int nodep
 	return fe;
 }
 
-/* Pick the backend for a new connection (NULL when there is none). */
-static __always_inline struct be_value *be_pick(const struct fe_value *fe, __u32 hash)
-{
-	struct be_key k;
-
-	if (fe->count == 0)
-		return NULL;
-	k.svc_id = fe->svc_id;
-	k.ordinal = hash % fe->count;
-	return nat_be.lookup(&k);
-}
-
 static __always_inline struct route_info *route_lookup(__be32 addr)
 {
 	struct route_key k = { .prefixlen = 32, .addr = addr };

@@ -82,6 +82,7 @@ def reconcile(st: LabState, new: Topology, progress: Progress = _quiet) -> list[
     for pod in gone:
         cleanup.kill(dataplane.pod_processes(st, pod.name))
         builder.remove_pod(lab, pod)
+        dataplane.flush_pod_addr(st, st.pods[pod.name].ip)  # its address went: no flow stays DNATed to it
         del st.pods[pod.name]
         st.members.pop(pod.name, None)
         done.append(f'pod "{pod.name}" deleted from {pod.node}')

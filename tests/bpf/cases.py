@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, IPOption_NOP, IPOption_RR, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from .expect import CtEntry, Decap, Encap, Expect, IcmpPortUnreach, Nat, Same
+from .expect import CtEntry, Decap, Encap, Expect, IcmpPortUnreach, Nat, Same, TcpReset
 from .topo import (CLIENT, CLIENT2, CONTROL, CUSTOMER, CUSTOMER_CIP, DATABASE, DATABASE_CIP,
                    EMPTY_CIP, EXT_IP, EXT_RANGED, LB_MAGLEV1, LB_PLAIN, LB_RANGED, MAC_CALI, MAC_CLIENT, MAC_NODE, MAC_POD, NODE1, NODE2, NP_CUSTOMER, NP_ECHO, NP_EMPTY,
                    NP_WEB, SUMMARY1, SUMMARY2, WEB, arp, cport, icmp_echo, ipv6,
@@ -145,6 +145,21 @@ def _np_rows() -> list[Case]:
              "back out of eth0, counted, no state", "control", "from_hep",
              lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY), "REDIRECT", "DROP_NO_BACKEND",
              IcmpPortUnreach(CONTROL, CLIENT), no_ct=True),
+        Case("np_zero_backends_mid_flow", "NodePort of a service with zero backends, an ACK of a connection whose "
+             "backend went (no conntrack): a RST with the segment's ack as seq, back out of eth0, no state",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY, "PA", b"more", seq=5000,
+                                                ack=777777), "REDIRECT", "DROP_NO_BACKEND", TcpReset(), no_ct=True),
+        Case("np_zero_backends_mid_flow_fin_no_ack", "same, a segment without ACK (a FIN and 4 bytes): RST|ACK "
+             "acknowledging its 5 sequence numbers", "control", "from_hep",
+             lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY, "F", b"more", seq=0xFFFFFFFE), "REDIRECT",
+             "DROP_NO_BACKEND", TcpReset(), no_ct=True),
+        Case("np_zero_backends_rst", "same, the client's own RST: never answered, dropped and counted",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_EMPTY, "R", seq=5000), "SHOT",
+             "DROP_NO_BACKEND", no_ct=True),
+        Case("np_mid_flow_new_pick", "NodePort with a backend, an ACK without conntrack (its backend went and the "
+             "entry was flushed): balanced again like a SYN, so the new backend's kernel answers it (a RST)",
+             "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_WEB, "A", seq=5000, ack=9),
+             "OK", "NAT_NEW", Nat(dst=(WEB, 8080))),
         Case("np_zero_backends_udp_port_tcp", "the UDP NodePort number over TCP is no service: untouched",
              "control", "from_hep", lambda: tcp(CLIENT, cport(), CONTROL, NP_ECHO), "OK", "PASS", Same(),
              no_ct=True),
@@ -361,14 +376,15 @@ def _lb_rows() -> list[Case]:
         "node1", "from_hep", lambda p=p: tcp(CLIENT, p, LB_MAGLEV1, 80, "PA", b"GET /", mac_dst=MAC_NODE["node1"]),
         "OK", "NAT_NEW", Nat(dst=(CUSTOMER, 80)), ct=_lb_ct(p, (LB_MAGLEV1, 80), (CUSTOMER, 80)), view=LB))
     rows.append(Case(
-        "plain_lb_mid_flow_dropped", "non-Maglev LoadBalancer ingress, mid-flow ACK with a conntrack miss: dropped "
-        "(this node's pick need not be the backend the connection has)",
+        "plain_lb_mid_flow_reset", "non-Maglev LoadBalancer ingress, mid-flow ACK with a conntrack miss: refused "
+        "with a RST (this node's pick need not be the backend the connection has; a silent drop would leave the "
+        "client retransmitting)",
         "control", "from_hep", lambda: tcp(CLIENT, cport(), LB_PLAIN, 80, "A", seq=5000, ack=9000),
-        "SHOT", "DROP_MID_FLOW", no_ct=True, view=LB))
+        "REDIRECT", "DROP_MID_FLOW", TcpReset(), no_ct=True, view=LB))
     rows.append(Case(
-        "plain_external_ip_mid_flow_dropped", "non-Maglev external IP, mid-flow FIN with a conntrack miss: dropped",
+        "plain_external_ip_mid_flow_reset", "non-Maglev external IP, mid-flow FIN with a conntrack miss: a RST",
         "control", "from_hep", lambda: tcp(CLIENT, cport(), EXT_IP, 80, "FA", seq=5000, ack=9000),
-        "SHOT", "DROP_MID_FLOW", no_ct=True, view=LB))
+        "REDIRECT", "DROP_MID_FLOW", TcpReset(), no_ct=True, view=LB))
     p = cport()
     rows.append(Case(
         "nodeport_mid_flow_picked", "a NodePort's mid-flow ACK with a conntrack miss (its entries expired): picked "
@@ -432,6 +448,10 @@ def _cip_rows() -> list[Case]:
              "back to the pod, counted", "node1", "from_wep",
              lambda: pod_tcp(CUSTOMER, cport(), EMPTY_CIP, 80), "REDIRECT", "DROP_NO_BACKEND",
              IcmpPortUnreach(EMPTY_CIP, CUSTOMER), no_ct=True),
+        Case("cip_zero_backends_mid_flow", "pod -> ClusterIP with zero backends, an ACK of a connection whose "
+             "backend went: a RST back to the pod", "node1", "from_wep",
+             lambda: pod_tcp(CUSTOMER, cport(), EMPTY_CIP, 80, "A", seq=5000, ack=4242), "REDIRECT",
+             "DROP_NO_BACKEND", TcpReset(), no_ct=True),
         Case("cip_unknown_port", "pod -> ClusterIP on a port that is not a service port: untouched",
              "node1", "from_wep", lambda: pod_tcp(CUSTOMER, cport(), CUSTOMER_CIP, 81), "OK", "PASS", Same(),
              no_ct=True),

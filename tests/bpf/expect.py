@@ -227,6 +227,28 @@ class IcmpPortUnreach(Expect):
 
 
 @dataclass
+class TcpReset(Expect):
+    """Output = exactly the RST RFC 9293 answers a segment of an unknown connection with, from the address
+    the client sent to, back out to the client (MACs swapped): with the segment's ACK set, seq = its ack;
+    without, RST|ACK acknowledging its sequence space. IPv4 without options, DF, TTL 64; 20-byte TCP header,
+    window 0. How a connection whose backend went is ended instead of left retransmitting (lib/reset.h)."""
+
+    def check(self, res: RunResult, frame: bytes | None = None) -> None:
+        from scapy.layers.inet import TCP
+        from scapy.layers.l2 import Ether
+
+        p = Ether(res.input if frame is None else frame)
+        ip, t = p[IP], p[TCP]
+        if "A" in t.flags:
+            rst = TCP(sport=t.dport, dport=t.sport, flags="R", seq=t.ack, ack=0, window=0)
+        else:
+            seg = len(bytes(t.payload)) + ("S" in t.flags) + ("F" in t.flags)
+            rst = TCP(sport=t.dport, dport=t.sport, flags="RA", seq=0, ack=(t.seq + seg) & 0xFFFFFFFF, window=0)
+        want = bytes(Ether(src=p.dst, dst=p.src) / IP(src=ip.dst, dst=ip.src, ttl=64, id=0, flags="DF", tos=0) / rst)
+        assert res.data == want, f"want RST\n{Ether(want).show2(dump=True)}\ngot\n{Ether(res.data).show2(dump=True)}"
+
+
+@dataclass
 class Fields(Expect):
     """Key fields of the output (scapy attribute paths like 'IP.dst', 'TCP.dport')."""
     want: dict[str, Any]

@@ -125,6 +125,10 @@ class Judge:
         if w is None:
             return None
         why.append(f"as ICMP: {w}")
+        w = self._reset(inp, out)
+        if w is None:
+            return None
+        why.append(f"as RST: {w}")
         return "; ".join(why)
 
     def _encap(self, inp: bytes, out: bytes) -> str | None:
@@ -165,6 +169,34 @@ class Judge:
             return "not a valid frag-needed or port unreachable"
         if b.seg[8:8 + a.ihl * 4 + 8] != inp[a.off:a.off + a.ihl * 4 + 8]:
             return "does not quote the input"
+        return None
+
+    def _reset(self, inp: bytes, out: bytes) -> str | None:
+        """A RST answering a TCP segment without SYN or RST (lib/reset.h): the reverse 4-tuple, RFC 9293's
+        sequence numbers, valid checksums, nothing but the two headers."""
+        a, b = parse_ip4(inp), parse_ip4(out)
+        if a is None or b is None or a.proto != 6 or b.proto != 6 or len(a.seg) < 20 or len(b.seg) != 20:
+            return "not a TCP answer"
+        if (b.saddr, b.daddr) != (a.daddr, a.saddr) or b.ihl != 5 or not ip_hdr_csum_ok(b.hdr):
+            return "RST addresses/IP header"
+        if out[:6] != inp[6:12] or out[6:12] != inp[:6]:
+            return "MACs not swapped"
+        if b.seg[0:2] != a.seg[2:4] or b.seg[2:4] != a.seg[0:2]:
+            return "ports not swapped"
+        flags_in, flags_out = a.seg[13], b.seg[13]
+        if flags_in & 0x06:
+            return "a SYN or RST answered with a RST"
+        if flags_in & 0x10:
+            if flags_out != 0x04 or b.seg[4:8] != a.seg[8:12]:
+                return "RST to an ACK: flags or seq"
+        else:
+            seg_len = a.tot_len - a.ihl * 4 - (a.seg[12] >> 4) * 4 + (flags_in & 1)
+            ack = (int.from_bytes(a.seg[4:8], "big") + seg_len) & 0xFFFFFFFF
+            if flags_out != 0x14 or int.from_bytes(b.seg[8:12], "big") != ack:
+                return "RST|ACK: flags or ack"
+        pseudo = b.saddr + b.daddr + bytes([0, 6]) + (20).to_bytes(2, "big")
+        if csum16(pseudo + bytes(b.seg)) != 0xFFFF:
+            return "TCP checksum"
         return None
 
 

@@ -13,7 +13,7 @@ from ebpf_nodeport.testrun import TC_ACT_OK
 from .expect import Nat, Same
 from .paths import hop, routed
 from .topo import (CLIENT, CONTROL, CUSTOMER, CUSTOMER_CIP, DATABASE, NODE1, NODE2,
-                   NP_CUSTOMER, NP_ECHO, cport, reply, tcp, udp)
+                   NP_CUSTOMER, NP_ECHO, SUMMARY1, SUMMARY_CIP, base_view, cport, reply, tcp, udp)
 
 
 def test_remote_backend_roundtrip(cluster):
@@ -61,3 +61,15 @@ def test_nodeport_of_any_node(cluster, node, dst, dport, be):
 def test_everything_else_passes(cluster, what, node, pkt):
     res = hop(cluster, node, "to_hep", bytes(pkt()), "OK", "PASS", Same(), what)
     assert res.retval == TC_ACT_OK
+
+
+def test_itp_local_holds_for_the_node_own_connections(cluster):
+    """summary with internalTrafficPolicy Local: node1's own connections to its ClusterIP all go to node1's
+    summary pod (kube-proxy's OUTPUT chain sends the node's sockets to KUBE-SVL too); control, with no
+    summary pod, has none to give: dropped and counted, as kube-proxy's "has no local endpoints" DROP."""
+    cluster.sync(base_view(summary_itp_local=True))
+    for _ in range(8):   # 8 client ports: by hash over both backends, about half would go to node2's pod
+        hop(cluster, "node1", "to_hep", bytes(tcp(NODE1, cport(), SUMMARY_CIP, 80, "S")), "REDIRECT", "NAT_NEW",
+            Nat(dst=(SUMMARY1, 80)), "host -> iTP Local clusterip, a local backend")
+    hop(cluster, "control", "to_hep", bytes(tcp(CONTROL, cport(), SUMMARY_CIP, 80, "S")), "SHOT", "DROP_NO_BACKEND",
+        None, "host -> iTP Local clusterip, no local backend")

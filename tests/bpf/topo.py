@@ -90,9 +90,14 @@ def pin_root() -> str:
     return str(naming.bpf_dir(unique_name()))
 
 
-def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None, lb: bool = False) -> ClusterView:
-    return ClusterView(nodes=dict(NODES), pod_blocks=dict(BLOCKS),
-                       services=services() + (lb_services() if lb else []), mode=mode,
+def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None, lb: bool = False,
+              summary_itp_local: bool = False) -> ClusterView:
+    """The table's cluster; `lb` adds the LoadBalancer services, `summary_itp_local` gives yaobank/summary
+    (a pod on node1 and one on node2, none on control) internalTrafficPolicy Local."""
+    svcs = services() + (lb_services() if lb else [])
+    for s in svcs:
+        s.internal_local = summary_itp_local and s.name == "yaobank/summary"
+    return ClusterView(nodes=dict(NODES), pod_blocks=dict(BLOCKS), services=svcs, mode=mode,
                        dsr_optout=list(dsr_optout or []))
 
 

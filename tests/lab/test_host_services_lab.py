@@ -207,3 +207,28 @@ def test_fragmented_datagram_through_the_nodeport_comes_back_whole(lab: Lab, ing
     """4,000 bytes of UDP from host1 with DF clear: three fragments there, echoed back whole."""
     out = lab.exec("host1", "python3", "-c", FRAG_SCRIPT, NODES[ingress], "30107", "4000").stdout.split()
     assert out == ["4000", "True", NODES[ingress], "30107"]
+
+
+@pytest.mark.parametrize("ctlb", ["TCP", "Disabled"])
+def test_itp_local_holds_for_the_node_own_connections(lab: Lab, ctlb: str) -> None:
+    """summary with internalTrafficPolicy Local: node1's own connections to its ClusterIP reach only node1's
+    summary pod, and control (no summary pod) gets no answer, as kube-proxy's OUTPUT chain treats a node's
+    sockets (KUBE-SVL, "has no local endpoints" DROP). eBPF: at connect() (ctlb TCP) and per packet in
+    to_hep (Disabled)."""
+    if not ebpf(lab) and ctlb != "TCP":
+        pytest.skip("connect-time LB is an eBPF-mode setting")
+    url = f"http://{cluster_ip(lab, 'yaobank/summary')}/"
+    lab.run("patch", "svc", "summary", "-n", "yaobank", "-p", '{"spec": {"internalTrafficPolicy": "Local"}}')
+    if ctlb != "TCP":
+        patch(lab, {"bpfConnectTimeLoadBalancing": ctlb})
+    try:
+        far, near = len(lab.log_entries("summary-2")), len(lab.log_entries("summary-1"))
+        for _ in range(8):   # at random or by hash over both pods, about half would go to node2's
+            lab.exec("node1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
+        assert wait_for(lambda: len(lab.log_entries("summary-1")) >= near + 8, timeout=5, interval=0.05)
+        assert len(lab.log_entries("summary-2")) == far
+        assert lab.exec("control", "curl", "-sS", "--max-time", "2", url, check=False).returncode == 28
+    finally:
+        lab.run("patch", "svc", "summary", "-n", "yaobank", "-p", '{"spec": {"internalTrafficPolicy": "Cluster"}}')
+        if ctlb != "TCP":
+            patch(lab, {"bpfConnectTimeLoadBalancing": "TCP"})

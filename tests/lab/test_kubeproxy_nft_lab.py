@@ -164,3 +164,22 @@ def test_service_without_endpoints_is_rejected_fast(nftlab: Lab) -> None:
         nftlab.run("scale", "deployment/customer", "-n", "yaobank", "--replicas", "1")
     entries = new_entries(nftlab, "customer", lambda: nftlab.curl("198.19.0.1:30180"))
     assert [e["client"] for e in entries] == ["198.19.0.1"]
+
+
+def test_itp_local_holds_for_the_node_own_connections(nftlab: Lab) -> None:
+    """summary with internalTrafficPolicy Local: node1's own curls reach only node1's summary pod (nat-output
+    -> services -> local-<hash>), control's get no answer (no-endpoint-services `drop` in filter-output)."""
+    url = "http://198.19.32.11/"   # yaobank/summary
+    nftlab.run("patch", "svc", "summary", "-n", "yaobank", "-p", '{"spec": {"internalTrafficPolicy": "Local"}}')
+    try:
+        far, near = len(nftlab.log_entries("summary-2")), len(nftlab.log_entries("summary-1"))
+        for _ in range(8):   # numgen random over both pods would send about half to node2's
+            nftlab.exec("node1", "curl", "-sS", "--fail", "--max-time", "5", "-o", "/dev/null", url)
+        deadline = time.monotonic() + 5
+        while len(nftlab.log_entries("summary-1")) < near + 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(nftlab.log_entries("summary-1")) >= near + 8
+        assert len(nftlab.log_entries("summary-2")) == far
+        assert nftlab.exec("control", "curl", "-sS", "--max-time", "2", url, check=False).returncode == 28
+    finally:
+        nftlab.run("patch", "svc", "summary", "-n", "yaobank", "-p", '{"spec": {"internalTrafficPolicy": "Cluster"}}')

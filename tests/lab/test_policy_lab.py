@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 NOBODY = Path(__file__).parent / "data" / "nobody-service.yaml"
 HOST1 = "198.19.15.254"
-MODES = ("kube-proxy", "tunnel", "dsr")
+MODES = ("kube-proxy", "kube-proxy-nft", "tunnel", "dsr")
+KUBE_PROXY = ("kube-proxy", "kube-proxy-nft")
 CURL_TIMEOUT, CURL_REFUSED = 28, 7
 
 
@@ -48,8 +49,18 @@ def health(lab: Lab, node: str) -> tuple[int, dict]:
     return int(code), json.loads(body)
 
 
-def rejected(lab: Lab, node: str, mode: str) -> int:
-    """Refusals counted on node: kube-proxy's REJECT/DROP rule packets, or the datapath's DROP_NO_BACKEND."""
+def icmp_unreach_sent(lab: Lab, node: str) -> int:
+    """ICMP destination unreachables the node's kernel sent (/proc/net/snmp Icmp OutDestUnreachs)."""
+    lines = [l.split() for l in lab.exec(node, "cat", "/proc/net/snmp").stdout.splitlines() if l.startswith("Icmp:")]
+    return int(lines[1][lines[0].index("OutDestUnreachs")])
+
+
+def rejected(lab: Lab, node: str, mode: str) -> int | None:
+    """Refusals counted on node: kube-proxy's REJECT/DROP rule packets, or the datapath's DROP_NO_BACKEND.
+    kube-proxy's nftables table has no counters: its REJECTs are counted by the kernel's ICMP statistics,
+    its drops by nothing (None)."""
+    if mode == "kube-proxy-nft":
+        return None
     if mode == "kube-proxy":
         out = lab.exec(node, "iptables", "-t", "filter", "-L", "KUBE-EXTERNAL-SERVICES", "-v", "-n", "-x").stdout
         return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.strip())
@@ -69,8 +80,9 @@ def test_policies(plab: Lab, mode: str) -> None:
     # eTP Local via control (no local endpoint): kube-proxy drops (timeout), eBPF refuses (ICMP).
     before = rejected(plab, "control", mode)
     code, _ = curl(plab, f"http://{ctl}:30180/")
-    assert code == (CURL_TIMEOUT if mode == "kube-proxy" else CURL_REFUSED)
-    assert rejected(plab, "control", mode) > before
+    assert code == (CURL_TIMEOUT if mode in KUBE_PROXY else CURL_REFUSED)
+    if before is not None:
+        assert rejected(plab, "control", mode) > before
 
     # healthCheckNodePort on both nodes, as kube-proxy's health server answers.
     assert health(plab, "control") == (503, {"service": {"namespace": "yaobank", "name": "customer"},
@@ -78,9 +90,12 @@ def test_policies(plab: Lab, mode: str) -> None:
     assert health(plab, "node1")[0] == 200 and health(plab, "node1")[1]["localEndpoints"] == 1
 
     # A service with no endpoints: refused (ICMP port unreachable) in every mode, and counted.
-    before = rejected(plab, "control", mode)
+    before, icmp = rejected(plab, "control", mode), icmp_unreach_sent(plab, "control")
     assert curl(plab, f"http://{ctl}:30190/")[0] == CURL_REFUSED
-    assert rejected(plab, "control", mode) > before
+    if before is not None:
+        assert rejected(plab, "control", mode) > before
+    if mode == "kube-proxy-nft":
+        assert icmp_unreach_sent(plab, "control") > icmp
     nobody_ip = json.loads(plab.run("get", "svc", "nobody", "-n", "yaobank", "-o", "json").stdout)["spec"]["clusterIP"]
     assert curl(plab, f"http://{nobody_ip}:80/", plab.pod("customer"))[0] == CURL_REFUSED
 

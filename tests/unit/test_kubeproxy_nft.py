@@ -70,3 +70,64 @@ def test_transaction_replaces_the_table_atomically() -> None:
     assert lines[:3] == ["add table ip kube-proxy", "delete table ip kube-proxy",
                          'add table ip kube-proxy { comment "rules for kube-proxy" ; }']
     assert nft.removal_text() == "add table ip kube-proxy\ndelete table ip kube-proxy\n"
+
+
+def _policy_topo(external: bool = False, internal: bool = False):
+    """The default topology, customer (pod on node1, NodePort 30180) with externalTrafficPolicy Local and/or
+    summary (pods on node1 and node2) with internalTrafficPolicy Local."""
+    topo = default_topology()
+    svc = {s.name: s for s in topo.services}
+    if external:
+        svc["customer"].external_traffic_policy = "Local"
+    if internal:
+        svc["summary"].internal_traffic_policy = "Local"
+    return topo, svc["customer"], svc["summary"]
+
+
+def test_etp_local_node_with_a_local_endpoint_keeps_the_client() -> None:
+    topo, customer, _ = _policy_topo(external=True)
+    sp = customer.ports[0]
+    rs = _ruleset("node1", topo)
+    ext, loc, cl = nft.external_chain(customer, sp), nft.local_chain(customer, sp), nft.service_chain(customer, sp)
+    assert loc.startswith("local-") and loc.split("-", 2)[1:] == cl.split("-", 2)[1:]  # same hash and base
+    rules = [r for r in rs.rules if r.startswith(f"{ext} ")]
+    # no masquerade mark for outside clients: pods and the node itself short-circuit to the cluster chain
+    assert rules == [
+        f'{ext} ip saddr 198.19.16.0/20 goto {cl} comment "short-circuit pod traffic"',
+        f'{ext} fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
+        f'{ext} fib saddr type local goto {cl} comment "short-circuit local traffic"',
+        f"{ext} goto {loc}",
+    ], rules
+    pick = next(r for r in rs.rules if r.startswith(f"{loc} numgen"))
+    assert "mod 1 vmap" in pick and nft.endpoint_chain(customer, sp, plan(topo).backends(customer, sp)[0].ip, 80) in pick
+    assert f"service-nodeports {{ tcp . 30180 : goto {ext} }}" in rs.elements
+    assert not any(e.startswith("no-endpoint-nodeports") and "30180" in e for e in rs.elements)
+    # ClusterIP traffic keeps the Cluster policy
+    assert any(e.startswith(f"service-ips {{ {customer.cluster_ip} . tcp . 80 : goto {cl} }}") for e in rs.elements)
+
+
+def test_etp_local_node_without_a_local_endpoint_drops_outside_clients() -> None:
+    topo, customer, _ = _policy_topo(external=True)
+    sp = customer.ports[0]
+    rs = _ruleset("control", topo)
+    ext = nft.external_chain(customer, sp)
+    assert nft.local_chain(customer, sp) not in rs.chains
+    assert [r for r in rs.rules if r.startswith(f"{ext} ")][-1] == \
+        f'{ext} fib saddr type local goto {nft.service_chain(customer, sp)} comment "short-circuit local traffic"'
+    assert 'no-endpoint-nodeports { tcp . 30180 comment "yaobank/customer:http" : drop }' in rs.elements
+    assert f"service-nodeports {{ tcp . 30180 : goto {ext} }}" in rs.elements  # pods and the node still served
+
+
+def test_itp_local_goes_to_the_node_local_endpoints_or_drops() -> None:
+    topo, _, summary = _policy_topo(internal=True)
+    sp = summary.ports[0]
+    loc = nft.local_chain(summary, sp)
+    rs = _ruleset("node1", topo)
+    assert f"service-ips {{ {summary.cluster_ip} . tcp . 80 : goto {loc} }}" in rs.elements
+    assert nft.service_chain(summary, sp) not in rs.chains  # no external traffic: no cluster-wide chain
+    assert f"{loc} ip daddr {summary.cluster_ip} ip saddr != 198.19.16.0/20 jump mark-for-masquerade" in rs.rules
+    pick = next(r for r in rs.rules if r.startswith(f"{loc} numgen"))
+    assert "mod 1 vmap" in pick
+    rs = _ruleset("control", topo)  # no summary pod on control
+    assert f'no-endpoint-services {{ {summary.cluster_ip} . tcp . 80 comment "yaobank/summary:http" : drop }}' in rs.elements
+    assert not any(e.startswith(f"service-ips {{ {summary.cluster_ip} ") for e in rs.elements)
