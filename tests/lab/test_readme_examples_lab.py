@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 HOST1 = "198.19.15.254"
 CONTROL, NODE1, NODE2 = "198.19.0.1", "198.19.0.2", "198.19.0.3"
-MODES = ["kube-proxy", "tunnel", "dsr"]
+MODES = ["kube-proxy", "kube-proxy-nft", "tunnel", "dsr"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_readme_examples(examples_lab: Lab, mode: str) -> None:
     lab = examples_lab
     if lab.status()["mode"] != mode:
         lab.run("mode", mode, timeout=300)
-    ebpf = mode != "kube-proxy"
+    ebpf = mode in ("tunnel", "dsr")
     web = {p["metadata"]["name"] for p in json.loads(lab.run("get", "pods", "-n", "lb", "-o", "json").stdout)["items"]}
     # nginx: SNAT to the ingress node in kube-proxy mode, host1 itself in the eBPF modes
     code, body = curl(lab, f"{CONTROL}:30080/clientip")
