@@ -77,6 +77,7 @@ Examples:
   netns-lab logs -n yaobank -l app=customer --follow   # the lesson's line, as typed
   netns-lab logs customer-648964b964-k8sk4             # one pod by name
   netns-lab logs -l app=summary -o json                # parsed access-log entries of both summary pods
+  netns-lab logs -n yaobank -l app=customer --tail 1   # each pod's last line
 """
 )
 @lab_option
@@ -84,8 +85,11 @@ Examples:
 @click.argument("pod", required=False)
 @selector_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
+@click.option("--tail", type=click.IntRange(min=-1), default=-1, show_default=True,
+              help="Lines of each pod's recent log to show (-1: all), as kubectl's --tail.")
 @output_option
-def logs(lab: str | None, namespace: str | None, pod: str | None, selector: str | None, follow: bool, output: str) -> int:
+def logs(lab: str | None, namespace: str | None, pod: str | None, selector: str | None, follow: bool,
+         tail: int, output: str) -> int:
     """Print pods' logs: their apps' access logs in the lesson's format."""
     if not pod and not selector:
         raise click.UsageError("give a POD name or -l KEY=VALUE")
@@ -99,11 +103,12 @@ def logs(lab: str | None, namespace: str | None, pod: str | None, selector: str 
             except FileNotFoundError:
                 raise LabError(f"pod {name!r} has no log yet ({path})") from None
         if output == "json" and not follow:
-            entries = [e for _, f in files for line in f if (e := parse_access_line(line))]
+            entries = [e for _, f in files for line in _last(f.read(), tail).splitlines()
+                       if (e := parse_access_line(line))]
             click.echo(json.dumps(entries, indent=2))
             return 0
         for _, f in files:
-            _emit(f.read(), output)
+            _emit(_last(f.read(), tail), output)
         while follow:
             chunks = [f.read() for _, f in files]
             for chunk in chunks:
@@ -117,6 +122,14 @@ def logs(lab: str | None, namespace: str | None, pod: str | None, selector: str 
         for _, f in files:
             f.close()
     return 0
+
+
+def _last(text: str, lines: int) -> str:
+    """The last `lines` lines of a log (all of it for -1), as kubectl logs --tail cuts it."""
+    if lines < 0:
+        return text
+    kept = text.splitlines(keepends=True)[-lines:] if lines else []
+    return "".join(kept)
 
 
 def _emit(text: str, output: str) -> None:
