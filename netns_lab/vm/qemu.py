@@ -168,10 +168,25 @@ def _pump(proc: subprocess.Popen, console: TextIO, deadline: float,
         console.flush()
 
 
+def kvm_backend(modules: Path = Path("/sys/module")) -> str:
+    """Which KVM backend provides /dev/kvm: "hardware" (kvm_intel/kvm_amd), "pvm" or "none".
+
+    PVM (kvm_pvm, pagetable-based virtualization) gives /dev/kvm on hosts without VT-x/AMD-V,
+    but it runs only guest kernels built as PVM guests (CONFIG_PVM_GUEST, a PIE kernel booted
+    as an ELF vmlinux); Debian's stock kernels stop after "Probing EDD" under it.
+    """
+    if (modules / "kvm_intel").exists() or (modules / "kvm_amd").exists():
+        return "hardware"
+    return "pvm" if (modules / "kvm_pvm").exists() else "none"
+
+
 def kvm_usable(vmlinuz: Path) -> tuple[bool, str]:
     """Boot the kernel under KVM for a few seconds: does it print its banner? (why, if not)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm missing or not accessible"
+    if kvm_backend() == "pvm":
+        return False, ("/dev/kvm is PVM (kvm_pvm module, no VT-x/AMD-V): it boots only PVM guest "
+                       "kernels, not Debian's")
     argv = [QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "512",
             "-kernel", str(vmlinuz), "-append", "console=ttyS0 panic=-1", "-display", "none",
             "-serial", "stdio", "-monitor", "none", "-no-reboot"]

@@ -118,3 +118,15 @@ def test_summary_ok_needs_every_stage(tmp_path: Path, status: str, ok: bool) -> 
     (tmp_path / "junit.xml").write_text(JUNIT.replace('<failure message="boom"/>', ""))
     (tmp_path / "status.env").write_text(status)
     assert summary.load("6.1", tmp_path, 1.0).ok is ok
+
+
+@pytest.mark.parametrize("modules,want", [
+    (["kvm", "kvm_amd"], "hardware"),
+    (["kvm", "kvm_intel", "kvm_pvm"], "hardware"),
+    (["kvm", "kvm_pvm"], "pvm"),
+    (["kvm"], "none"),
+])
+def test_kvm_backend_names_pvm(tmp_path: Path, modules: list[str], want: str) -> None:
+    for m in modules:
+        (tmp_path / m).mkdir()
+    assert qemu.kvm_backend(tmp_path) == want
