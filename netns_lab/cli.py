@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from netns_lab.commands import bench, diags, felix, kubectl, lesson, lifecycle, members, study
+from netns_lab.commands import bench, cache, diags, felix, kubectl, lesson, lifecycle, members, study
 from netns_lab.commands.common import CONTEXT, LabGroup
 from netns_lab.lab import PROG
 from netns_lab.state import NAMESPACE_HINT
@@ -34,7 +34,7 @@ def cli() -> None:
     """
 
 
-for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags):
+for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags, cache):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 

@@ -161,3 +161,20 @@ def test_parse_access_line_reads_the_lessons_lines() -> None:
         "path": "/logout",
     }
     assert members.parse_access_line(" * customer (pod customer) serving on TCP 80") is None
+
+
+def test_cache_ls_and_clear(capsys, monkeypatch, tmp_path) -> None:
+    """`cache ls` lists the compile cache's entries (-o json too), `cache clear` empties it."""
+    import json
+
+    from ebpf_nodeport import bpfcache
+
+    monkeypatch.setenv(bpfcache.ENV, str(tmp_path))
+    (tmp_path / "0123abcd.json").write_text("{}")
+    code, out, _ = run(capsys, "cache", "ls", "-o", "json")
+    assert code == 0 and [e["key"] for e in json.loads(out)["entries"]] == ["0123abcd"]
+    if os.geteuid() != 0:
+        return
+    code, out, _ = run(capsys, "cache", "clear")
+    assert (code, out.strip()) == (0, f"removed 1 cached compile from {tmp_path}")
+    assert not list(tmp_path.iterdir())
