@@ -9,7 +9,9 @@ the first node, and gives every other node a relocated copy: its own maps (reuse
 or created like the first node's, BTF included) and the same instructions with each
 map fd swapped for its own map's, loaded through libbpf (a compile is ~1.8 s, a
 relocated load ~50 ms). Programs are pinned as `prog_<entry>` so attach/detach work
-from any later process without a compile.
+from any later process without a compile. A compile is kept on disk (bpfcache.py): a
+later load of the same code on the same kernel relocates the cached instructions onto
+every node, the first too, without BCC. connect.c (ctlb.py) goes the same way (a Build).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 _PIN_DIR_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
 __all__ = ["BCC_LOCK", "BPF_DIR", "Build", "ENTRY_FILES", "LoadResult", "LoaderError", "TC_BUILD",
-           "build_source", "cache_key", "load", "load_build", "load_nodes", "open_or_create_map", "pin_replace", "prog_pin", "relocate_map_fds", "remove_pins"]
+           "build_source", "cache_key", "load", "load_build", "load_nodes", "pin_replace", "prog_pin", "relocate_map_fds", "remove_pins"]
 
 
 PinDir = str | os.PathLike     # a node's pin directory (or an ancestor of one)
@@ -401,19 +403,6 @@ class _Template:
                 b = btf_index[info.btf_id]
             records.append(bpfcache.MapRecord(n, dataclasses.replace(info, id=0, btf_id=0), b))
         return bpfcache.Entry(tuple(records), tuple(blobs), programs)
-
-
-def open_or_create_map(path: str, template_fd: int) -> int:
-    """fd of the map pinned at path, else of a new one shaped like the template's, pinned there."""
-    if os.path.exists(path):
-        return libbpf.obj_get(path)
-    fd = libbpf.map_create_like(template_fd)
-    try:
-        libbpf.obj_pin(fd, path)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _load_relocated(directory: str, build: Build, defines: dict[str, object] | None,

@@ -30,6 +30,7 @@ class VmSpec:
     cpus: int = 2
     mem_mib: int = 4096
     writable: bool = False  # provisioning writes the cached disk itself
+    bpf_cache: Path | None = None  # shared read-write as tag "bpfcache": the guest's BPF compile cache
 
 
 def cmdline(spec: VmSpec) -> str:
@@ -42,13 +43,15 @@ def cmdline(spec: VmSpec) -> str:
 def qemu_argv(spec: VmSpec, disk: Path, disk_format: str) -> list[str]:
     """The qemu command line for spec, booting from disk (an overlay or the image itself)."""
     accel = "kvm" if spec.accel == "kvm" else "tcg,thread=multi"
+    shares = [] if spec.bpf_cache is None else [
+        "-virtfs", f"local,path={spec.bpf_cache},mount_tag=bpfcache,security_model=none"]
     return [
         QEMU, "-machine", "q35", "-accel", accel, "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.cpus), "-m", str(spec.mem_mib),
         "-kernel", str(spec.vmlinuz), "-initrd", str(spec.initrd), "-append", cmdline(spec),
         "-drive", f"file={disk},if=virtio,format={disk_format},cache=unsafe",
         "-virtfs", f"local,path={spec.src},mount_tag=src,security_model=none,readonly=on",
-        "-virtfs", f"local,path={spec.out},mount_tag=out,security_model=none",
+        "-virtfs", f"local,path={spec.out},mount_tag=out,security_model=none", *shares,
         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
         "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
     ]

@@ -130,3 +130,11 @@ def test_kvm_backend_names_pvm(tmp_path: Path, modules: list[str], want: str) ->
     for m in modules:
         (tmp_path / m).mkdir()
     assert qemu.kvm_backend(tmp_path) == want
+
+
+def test_bpf_cache_is_shared_only_when_given() -> None:
+    spec = qemu.VmSpec(Path("/k"), Path("/i"), Path("/img"), Path("/src"), Path("/out"))
+    assert not any("mount_tag=bpfcache" in a for a in qemu.qemu_argv(spec, Path("/o"), "qcow2"))
+    spec.bpf_cache = Path("/c/bpf-6.1")
+    share = next(a for a in qemu.qemu_argv(spec, Path("/o"), "qcow2") if "mount_tag=bpfcache" in a)
+    assert share.startswith("local,path=/c/bpf-6.1,") and "readonly" not in share
