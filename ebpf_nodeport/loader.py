@@ -217,6 +217,9 @@ def _load_cached(build: Build, key: str, dirs: dict[str, str], defines: dict[str
         return None, None
     try:
         entry.check(map_specs(defines, {**MAP_SPECS, **build.own_specs}), build.programs)
+        lacking = [m for m in build.own_specs if m not in entry.index()]
+        if lacking:
+            raise bpfcache.CacheError(f"no map {', '.join(lacking)}")
         template = _Template.of_entry(entry)
     except (bpfcache.CacheError, OSError, ValueError, IndexError) as exc:
         bpfcache.discard(key, str(exc))
