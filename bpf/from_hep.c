@@ -75,6 +75,7 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	struct be_value *be = lb_pick(fe, p, hash, &reason);
 	__be32 be_addr, fe_addr, peer;
 	__be16 be_port, fe_port, cport;
+	struct ct_value *held;
 	struct ct_new rev, fwd;
 	struct ct_key rk;
 	int rev_from_a;
@@ -115,9 +116,13 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port, .tun_peer = peer };
 	if (ct_create(skb, p, &rev, CT_NEW_ONLY) == -EEXIST) {
 		ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
-		if (!ct_lookup(&rk, p)) {
+		held = ct_lookup(&rk, p);
+		if (!held) {
 			/* An expired or closed connection's, deleted by the lookup. */
 			ct_create(skb, p, &rev, CT_REPLACE);
+		} else if (!peer && (fe->flags & FE_F_EXTERNAL) &&
+			   lb_take_over(skb, p, held, flags, rev_from_a)) {
+			/* This connection, tunnelled to us until its route moved here. */
 		} else {
 			/* (client, backend) is a live connection already: this one,
 			 * e.g. the same client port through another node, gets a new

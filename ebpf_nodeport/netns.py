@@ -12,6 +12,8 @@ namespace (Netns(None)). Which paths a caller uses is the caller's business.
 """
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import ctypes
 import os
@@ -71,12 +73,37 @@ def _on_thread(name: str, fn: Callable[[], T]) -> T:
     return box["value"]
 
 
+# IPRoutes whose handle was collected while an asyncio loop ran on this thread (garbage
+# collection can fire inside another IPRoute's run_until_complete). pyroute2's close() runs its
+# own loop, which cannot start inside a running one: it would fail half-way, leaking its loop and
+# socket and warning "shutdown_asyncgens was never awaited". They are closed at the next chance.
+_deferred: list[Any] = []
+
+
+def _close_rtnl(ipr: Any) -> None:
+    """Close an IPRoute now, or defer it while an event loop runs on this thread."""
+    if asyncio._get_running_loop() is not None:
+        _deferred.append(ipr)
+        return
+    with contextlib.suppress(Exception):
+        ipr.close()
+
+
+def _close_deferred() -> None:
+    """Close the IPRoutes deferred by _close_rtnl, unless a loop still runs here."""
+    while _deferred and asyncio._get_running_loop() is None:
+        _close_rtnl(_deferred.pop())
+
+
+atexit.register(_close_deferred)
+
+
 def _release(held: dict[str, Any]) -> None:
     """Close what a handle holds: its cached IPRoute, and its namespace fd (hold/private)."""
     ipr = held.pop("rtnl", None)
     if ipr is not None:
-        with contextlib.suppress(Exception):
-            ipr.close()
+        _close_rtnl(ipr)
+    _close_deferred()
     fd = held.pop("fd", -1)
     if fd >= 0:
         os.close(fd)
@@ -222,6 +249,8 @@ class Netns:
         ipr = self._res.get("rtnl")
         if ipr is None:
             from pyroute2 import IPRoute
+
+            _close_deferred()
 
             ipr = self._res["rtnl"] = IPRoute(use_socket=self.rtnl_socket(), groups=0)
         return ipr

@@ -403,8 +403,9 @@ class SimNode:
         return dict(self.maps.ct.items())
 
     def clear_ct(self) -> int:
-        """Empty the flow state: conntrack and the first fragments' ports; the ct entries removed."""
+        """Empty the flow state: conntrack, the first fragments' ports and ClientIP affinities; the ct entries removed."""
         self.maps.frags.clear()
+        self.maps.affinity.clear()
         return self.maps.ct.clear()
 
     def set_cfg(self, **fields: int) -> None:

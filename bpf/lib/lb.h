@@ -188,17 +188,58 @@ static __always_inline __be32 lb_frontend_of(struct __sk_buff *skb, const struct
 	return fe_addr;
 }
 
+/* Is v (looked up with the client's packet) the connection of that client
+ * port to external frontend fe_addr:fe_port as a backend node holds it:
+ * tunnelled to us by an ingress node (CT_NORMAL), or opened by the client
+ * through us with a backend of ours (a local NAT_REV)? The client's 4-tuple
+ * toward the frontend is one connection whichever node it enters by. */
+static __always_inline int lb_flow_is(const struct ct_value *v, __u8 type, __be32 fe_addr,
+				      __be16 fe_port, int from_a)
+{
+	if (type == CT_NORMAL && !(v->flags & CT_F_FROM_TUNNEL))
+		return 0;
+	if (type == CT_NAT_REV && (v->flags & (CT_F_POD_CLIENT | CT_F_TUNNEL)))
+		return 0;
+	return v->type == type && v->nat_addr == fe_addr && v->nat_port == fe_port && !v->cl_port &&
+	       ct_from_client(v, from_a);
+}
+
 /* Backend node: v (the packet's own entry, from the client's side) is this
  * external-frontend flow as another ingress node tunnelled it: the route
  * to the frontend moved. The flow goes on through peer (Calico updates the
- * tunnel source of its conntrack entry the same way). */
+ * tunnel source of its conntrack entry the same way). If we were its
+ * ingress node ourselves (the route moved away from us, or a request
+ * tunnelled before it moved to us arrives late), it is delivered as it
+ * is: the replies keep leaving from here, reverse-NATed by our entry. */
 static __always_inline int lb_ingress_moved(struct ct_value *v, __be32 peer, __be32 fe_addr,
 					    __be16 fe_port, int from_a)
 {
-	if (!v || fe_addr == peer || v->type != CT_NORMAL || !(v->flags & CT_F_FROM_TUNNEL) ||
-	    v->nat_addr != fe_addr || v->nat_port != fe_port || v->cl_port || !ct_from_client(v, from_a))
+	if (!v || fe_addr == peer)
+		return 0;
+	if (lb_flow_is(v, CT_NAT_REV, fe_addr, fe_port, from_a))
+		return 1;
+	if (!lb_flow_is(v, CT_NORMAL, fe_addr, fe_port, from_a))
 		return 0;
 	v->tun_peer = peer;
+	return 1;
+}
+
+/* Ingress node with the picked backend: held, the live entry under the
+ * (client, backend) key the new flow needs, is this very connection as
+ * another ingress node tunnelled it to us before the route to the frontend
+ * moved here (a mid-flow Maglev pick lands on the same backend). We become
+ * its ingress node: the entry turns into our local NAT_REV, keeping its TCP
+ * state and counters, so the pod sees the same 4-tuple and its replies are
+ * reverse-NATed here. Any other holder is a different connection (PSNAT). */
+static __always_inline int lb_take_over(struct __sk_buff *skb, struct pkt *p, struct ct_value *held,
+					__u8 flags, int from_a)
+{
+	if (!lb_flow_is(held, CT_NORMAL, p->daddr, p->dport, from_a))
+		return 0;
+	held->type = CT_NAT_REV;
+	held->flags = flags | (held->flags & CT_F_CLIENT_IS_B);
+	held->tun_peer = 0;
+	ct_account(skb, held, from_a, p);
 	return 1;
 }
 

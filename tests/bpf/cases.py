@@ -16,7 +16,7 @@ from scapy.packet import Raw
 
 from .expect import CtEntry, Decap, Encap, Expect, IcmpPortUnreach, Nat, Same
 from .topo import (CLIENT, CLIENT2, CONTROL, CUSTOMER, CUSTOMER_CIP, DATABASE, DATABASE_CIP,
-                   EMPTY_CIP, MAC_CALI, MAC_CLIENT, MAC_NODE, MAC_POD, NODE1, NODE2, NP_CUSTOMER, NP_ECHO, NP_EMPTY,
+                   EMPTY_CIP, EXT_IP, EXT_RANGED, LB_MAGLEV1, LB_PLAIN, LB_RANGED, MAC_CALI, MAC_CLIENT, MAC_NODE, MAC_POD, NODE1, NODE2, NP_CUSTOMER, NP_ECHO, NP_EMPTY,
                    NP_WEB, SUMMARY1, SUMMARY2, WEB, arp, cport, icmp_echo, ipv6,
                    set_bytes, set_u16, tcp, udp, vxlan)
 
@@ -288,6 +288,98 @@ def _retarget_udp(frame: Ether, dport: int) -> bytes:
 
 
 case("tunnel", *_tun_rows())
+
+
+# ---- LoadBalancer ingress and external IPs (issue 14, docs/loadbalancer.md) -----------------
+
+LB = {"lb": True}   # base_view(lb=True): the LoadBalancer services of topo.lb_services()
+
+
+def _lb_ct(p: int, fe: tuple[str, int], be: tuple[str, int], peer: str = "0.0.0.0") -> tuple[CtEntry, ...]:
+    """The two entries of an external client's connection to an external frontend on its ingress node."""
+    tun = ("TUNNEL",) if peer != "0.0.0.0" else ()
+    return (CtEntry("NAT_FWD", (CLIENT, p), fe, nat=be, tun_peer=peer, has=tun, not_=("FROM_TUNNEL", "POD_CLIENT")),
+            CtEntry("NAT_REV", (CLIENT, p), be, nat=fe, tun_peer=peer, has=tun, not_=("FROM_TUNNEL", "POD_CLIENT")))
+
+
+def _lb_rows() -> list[Case]:
+    rows = []
+    for addr, what in ((LB_PLAIN, "LoadBalancer ingress"), (EXT_IP, "external IP")):
+        tag = "lb_ip" if addr == LB_PLAIN else "external_ip"
+        p = cport()
+        rows.append(Case(
+            f"{tag}_remote", f"{what} on control, backend on node1: DNAT + VXLAN tagged with the frontend address",
+            "control", "from_hep", lambda p=p, a=addr: tcp(CLIENT, p, a, 80), "REDIRECT", "NAT_NEW",
+            Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=80, fe_addr=addr),
+            ct=_lb_ct(p, (addr, 80), (CUSTOMER, 80), NODE1), view=LB))
+        p = cport()
+        rows.append(Case(
+            f"{tag}_local", f"{what} on node1, backend on node1: DNAT, to the kernel",
+            "node1", "from_hep", lambda p=p, a=addr: tcp(CLIENT, p, a, 80, mac_dst=MAC_NODE["node1"]), "OK", "NAT_NEW",
+            Nat(dst=(CUSTOMER, 80)), ct=_lb_ct(p, (addr, 80), (CUSTOMER, 80)), view=LB))
+        p = cport()
+        rows.append(Case(
+            f"{tag}_dsr", f"{what}, DSR mode: VXLAN with the DSR flag and the frontend address",
+            "control", "from_hep", lambda p=p, a=addr: tcp(CLIENT, p, a, 80), "REDIRECT", "NAT_NEW",
+            Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), dsr=True, fe_port=80, fe_addr=addr),
+            view={**LB, "mode": "dsr"}))
+    p = cport()
+    rows.append(Case(
+        "lb_ip_other_port_passes", "LoadBalancer ingress, a port the service does not have: untouched",
+        "control", "from_hep", lambda p=p: tcp(CLIENT, p, LB_PLAIN, 81), "OK", "PASS", Same(), no_ct=True, view=LB))
+    # loadBalancerSourceRanges: CLIENT/32 and 10.99.0.0/16 admitted, CLIENT2 not
+    rows.append(Case(
+        "src_range_outside_dropped", "LoadBalancer ingress with source ranges, client outside them: dropped, counted",
+        "control", "from_hep", lambda: tcp(CLIENT2, cport(), LB_RANGED, 80), "SHOT", "DROP_SRC_RANGE",
+        no_ct=True, view=LB))
+    rows.append(Case(
+        "src_range_outside_mid_flow_dropped", "same for a mid-flow TCP segment (the range check comes first)",
+        "control", "from_hep", lambda: tcp(CLIENT2, cport(), LB_RANGED, 80, "A"), "SHOT", "DROP_SRC_RANGE",
+        no_ct=True, view=LB))
+    p = cport()
+    rows.append(Case(
+        "src_range_inside_passes", "LoadBalancer ingress with source ranges, client inside one: NATed as usual",
+        "control", "from_hep", lambda p=p: tcp(CLIENT, p, LB_RANGED, 80), "REDIRECT", "NAT_NEW",
+        Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=80, fe_addr=LB_RANGED),
+        ct=_lb_ct(p, (LB_RANGED, 80), (CUSTOMER, 80), NODE1), view=LB))
+    rows.append(Case(
+        "src_range_external_ip_not_ranged", "the ranges cover the LoadBalancer ingress only, not the external IP "
+        "(as kube-proxy: loadBalancerSourceRanges is a LoadBalancer field)",
+        "control", "from_hep", lambda: tcp(CLIENT2, cport(), EXT_RANGED, 80), "REDIRECT", "NAT_NEW",
+        Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=80, fe_addr=EXT_RANGED), view=LB))
+    # a TCP segment without SYN and no conntrack entry (the connection opened elsewhere)
+    p = cport()
+    rows.append(Case(
+        "maglev_mid_flow_picked", "Maglev frontend, mid-flow ACK with a conntrack miss: Maglev pick, state created",
+        "control", "from_hep", lambda p=p: tcp(CLIENT, p, LB_MAGLEV1, 80, "A", seq=5000, ack=9000),
+        "REDIRECT", "NAT_NEW",
+        Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=80, fe_addr=LB_MAGLEV1),
+        ct=_lb_ct(p, (LB_MAGLEV1, 80), (CUSTOMER, 80), NODE1), view=LB))
+    p = cport()
+    rows.append(Case(
+        "maglev_mid_flow_picked_local", "the same on node1, whose own pod is the pick: DNAT to the kernel",
+        "node1", "from_hep", lambda p=p: tcp(CLIENT, p, LB_MAGLEV1, 80, "PA", b"GET /", mac_dst=MAC_NODE["node1"]),
+        "OK", "NAT_NEW", Nat(dst=(CUSTOMER, 80)), ct=_lb_ct(p, (LB_MAGLEV1, 80), (CUSTOMER, 80)), view=LB))
+    rows.append(Case(
+        "plain_lb_mid_flow_dropped", "non-Maglev LoadBalancer ingress, mid-flow ACK with a conntrack miss: dropped "
+        "(this node's pick need not be the backend the connection has)",
+        "control", "from_hep", lambda: tcp(CLIENT, cport(), LB_PLAIN, 80, "A", seq=5000, ack=9000),
+        "SHOT", "DROP_MID_FLOW", no_ct=True, view=LB))
+    rows.append(Case(
+        "plain_external_ip_mid_flow_dropped", "non-Maglev external IP, mid-flow FIN with a conntrack miss: dropped",
+        "control", "from_hep", lambda: tcp(CLIENT, cport(), EXT_IP, 80, "FA", seq=5000, ack=9000),
+        "SHOT", "DROP_MID_FLOW", no_ct=True, view=LB))
+    p = cport()
+    rows.append(Case(
+        "nodeport_mid_flow_picked", "a NodePort's mid-flow ACK with a conntrack miss (its entries expired): picked "
+        "again as before issue 14; its address cannot move to another node",
+        "control", "from_hep", lambda p=p: tcp(CLIENT, p, CONTROL, NP_CUSTOMER, "A", seq=5000, ack=9000),
+        "REDIRECT", "NAT_NEW", Encap(CONTROL, NODE1, Nat(dst=(CUSTOMER, 80), ttl_dec=1), fe_port=NP_CUSTOMER),
+        view=LB))
+    return rows
+
+
+case("loadbalancer", *_lb_rows())
 
 
 # ---- spoofing --------------------------------------------------------------------------

@@ -139,6 +139,7 @@ class Encap(Expect):
     dsr: bool = False
     fe_port: int = 0
     flow_ports: tuple[int, int] | None = None   # a later fragment's datagram ports
+    fe_addr: str | None = None   # external frontend: VXH_F_FE_ADDR and the address in the inner MAC source
 
     def expected(self, frame: bytes, got: bytes) -> bytes:
         inner = self.inner.expected(frame)
@@ -148,16 +149,23 @@ class Encap(Expect):
                                    bytes(map(int, self.src.split("."))), bytes(map(int, self.dst.split(".")))))
         struct.pack_into("!H", ip, 10, _ipv4_csum(bytes(ip)))
         udp = struct.pack("!HHHH", doc_tunnel_sport(inner, self.flow_ports), TUNNEL_PORT, 8 + 8 + len(inner), 0)
-        vx = vxlan_header(TUNNEL_VNI, dsr=self.dsr, fe_port=self.fe_port, flags=VXLAN_F_VNI)
-        # MACs (outer and inner) are taken from what the program wrote: masked.
-        return got[:12] + b"\x08\x00" + bytes(ip) + udp + vx + got[50:62] + inner[12:]
+        vx = bytearray(vxlan_header(TUNNEL_VNI, dsr=self.dsr, fe_port=self.fe_port, flags=VXLAN_F_VNI))
+        inner_macs = bytearray(got[50:62])
+        if self.fe_addr:   # docs/datapath.md: flag 0x02 in byte 1, the address in inner bytes 6-9
+            vx[1] |= 0x02
+            inner_macs[6:10] = bytes(map(int, self.fe_addr.split(".")))
+        # MACs (outer and inner) are taken from what the program wrote: masked (but the frontend tag).
+        return got[:12] + b"\x08\x00" + bytes(ip) + udp + bytes(vx) + bytes(inner_macs) + inner[12:]
 
     def check(self, res: RunResult, frame: bytes | None = None) -> None:
         frame = res.input if frame is None else frame
         got = res.data
         if parse_vxlan(got) is None:
             raise AssertionError(f"want VXLAN {self.src}->{self.dst}, got {Ether(got).summary()}")
-        assert_bytes(got, self.expected(frame, got), MAC_MASK | set(range(50, 62)), f"VXLAN {self}")
+        mask = MAC_MASK | set(range(50, 62))
+        if self.fe_addr:
+            mask -= set(range(56, 60))
+        assert_bytes(got, self.expected(frame, got), mask, f"VXLAN {self}")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Addresses follow docs/conventions.md (yaobank). A few test-only services are
 added: one with no backends, one whose backend sits on control (so a NodePort
-on control has a local backend and node1 a remote one on control).
+on control has a local backend and node1 a remote one on control). base_view(lb=True)
+adds LoadBalancer services (issue 14, docs/loadbalancer.md): their ingress addresses
+from the pool 198.19.48.0/24, an external IP, source ranges, ClientIP affinity, Maglev.
 """
 from __future__ import annotations
 
@@ -37,6 +39,17 @@ CUSTOMER_CIP, SUMMARY_CIP, DATABASE_CIP = "198.19.32.10", "198.19.32.20", "198.1
 EMPTY_CIP, WEB_CIP = "198.19.32.40", "198.19.32.50"
 NP_CUSTOMER, NP_ECHO, NP_EMPTY, NP_WEB = 30180, 30107, 30400, 30500
 
+# LoadBalancer services (base_view(lb=True)), all on port 80
+LB_PLAIN, EXT_IP = "198.19.48.1", "198.19.48.200"   # test/lbplain: backend customer (node1), + an external IP
+LB_RANGED, EXT_RANGED = "198.19.48.2", "198.19.48.201"  # test/ranged: sources CLIENT/32 and 10.99.0.0/16 only
+LB_STICKY = "198.19.48.3"         # test/sticky: ClientIP affinity, STICKY_S seconds, 3 backends on 2 nodes
+LB_MAGLEV = "198.19.48.4"         # test/maglev: Maglev, backends summary-1 (node1), summary-2 (node2)
+LB_EDGE = "198.19.48.5"           # test/edge: Maglev, both backends on node2
+LB_MAGLEV1 = "198.19.48.6"        # test/maglev1: Maglev, the one backend customer (node1)
+STICKY_S = 30
+STICKY_BACKENDS = [(CUSTOMER, 80), (SUMMARY1, 80), (SUMMARY2, 80)]
+EDGE_BACKENDS = [(SUMMARY2, 80), (DATABASE, 80)]
+
 MAC_CLIENT = "02:00:00:00:00:fe"
 MAC_NODE = {"control": "02:00:00:00:00:01", "node1": "02:00:00:00:00:02", "node2": "02:00:00:00:00:03"}
 MAC_POD = "02:00:00:00:10:01"
@@ -55,14 +68,31 @@ def services() -> list[Service]:
     ]
 
 
+def lb_services() -> list[Service]:
+    """The LoadBalancer services of base_view(lb=True)."""
+    def lb(name: str, cip: str, lb_ip: str, backends: list[tuple[str, int]], **kw) -> Service:
+        return Service(f"test/{name}", "tcp", cip, 80, None, [Backend(a, p) for a, p in backends], lb_ip=lb_ip, **kw)
+
+    return [
+        lb("lbplain", "198.19.32.60", LB_PLAIN, [(CUSTOMER, 80)], external_ips=[EXT_IP]),
+        lb("ranged", "198.19.32.61", LB_RANGED, [(CUSTOMER, 80)], external_ips=[EXT_RANGED],
+           source_ranges=[f"{CLIENT}/32", "10.99.0.0/16"]),
+        lb("sticky", "198.19.32.62", LB_STICKY, STICKY_BACKENDS, affinity_timeout=STICKY_S),
+        lb("maglev", "198.19.32.63", LB_MAGLEV, [(SUMMARY1, 80), (SUMMARY2, 80)], maglev=True),
+        lb("edge", "198.19.32.64", LB_EDGE, EDGE_BACKENDS, maglev=True),
+        lb("maglev1", "198.19.32.65", LB_MAGLEV1, [(CUSTOMER, 80)], maglev=True),
+    ]
+
+
 def pin_root() -> str:
     """A unique pin root for a SimCluster, where the lab's pins live, so that
     `netns-lab down --all` finds what a crashed test run left."""
     return str(naming.bpf_dir(unique_name()))
 
 
-def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None) -> ClusterView:
-    return ClusterView(nodes=dict(NODES), pod_blocks=dict(BLOCKS), services=services(), mode=mode,
+def base_view(mode: str = "tunnel", dsr_optout: list[str] | None = None, lb: bool = False) -> ClusterView:
+    return ClusterView(nodes=dict(NODES), pod_blocks=dict(BLOCKS),
+                       services=services() + (lb_services() if lb else []), mode=mode,
                        dsr_optout=list(dsr_optout or []))
 
 

@@ -67,6 +67,18 @@ def test_source_ranges_drop_and_count(lb_lab: Lab, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_source_ranges_and_pod_clients(lb_lab: Lab, mode: str) -> None:
+    """A pod outside `ranged`'s ranges: kube-proxy refuses it too (its rules see every source, as since
+    Kubernetes 1.25); the eBPF modes check only traffic from outside the cluster, as Cilium does and Calico
+    does not (docs/loadbalancer.md)."""
+    _mode(lb_lab, mode)
+    client = lb_lab.pod("edge")  # on node2, address in the pod CIDR, not in 10.99.0.0/16
+    proc = lb_lab.exec(client, "curl", "-sS", "--max-time", "2", f"{_ip(lb_lab, 'ranged')}/hostname", check=False)
+    answered = proc.returncode == 0 and proc.stdout.startswith("web-")
+    assert answered == (mode in ("tunnel", "dsr")), (mode, proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
     _mode(lb_lab, mode)
     url = f"{_ip(lb_lab, 'sticky')}/hostname"
@@ -96,10 +108,12 @@ def _check_dump_affinity(lab: Lab, addr: str, backend_ip: str) -> None:
     assert f"{addr}:80 client {lab.node_address('host1')} -> {backend_ip}:8080" in text, text
 
 
-def _move(lab: Lab, addr: str) -> dict:
-    lab.exec("host1", "ip", "route", "replace", "198.19.48.0/24", "via", lab.node_address("control"))
+def _move(lab: Lab, addr: str, start: str = "control", to: str = "node2") -> dict:
+    """A keep-alive connection from host1 to addr:80 through `start`; a third of the way in, host1's route
+    to the pool moves to `to`. What the connection got: requests answered, the error that ended it."""
+    lab.exec("host1", "ip", "route", "replace", "198.19.48.0/24", "via", lab.node_address(start))
     proc = subprocess.run(["ip", "netns", "exec", lab.netns("host1"), sys.executable, str(HERE / "lb_route_move.py"),
-                           addr, "198.19.48.0/24", lab.node_address("node2"), "4"],
+                           addr, "198.19.48.0/24", lab.node_address(to), "4"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -108,9 +122,28 @@ def _move(lab: Lab, addr: str) -> dict:
 @pytest.mark.parametrize("mode", ["tunnel", "dsr"])
 def test_maglev_connection_survives_route_move(lb_lab: Lab, mode: str) -> None:
     _mode(lb_lab, mode)
-    with_maglev = _move(lb_lab, _ip(lb_lab, "web"))
+    with_maglev = _move(lb_lab, _ip(lb_lab, "web"))   # web's backends are on node1: node2 tunnels to them
     assert with_maglev["moved"] and with_maglev["error"] is None and with_maglev["ok"] > 40, with_maglev
     before = counter(lb_lab, "node2", "from_hep", "DROP_MID_FLOW")
     without = _move(lb_lab, _ip(lb_lab, "plain"))
     assert without["error"] is not None, without  # no Maglev: the new ingress node drops the mid-flow packets
     assert counter(lb_lab, "node2", "from_hep", "DROP_MID_FLOW") > before
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_maglev_route_move_to_the_backends_node(lb_lab: Lab, mode: str) -> None:
+    """edge's backends are all on node2: control tunnels the connection there, then the route moves to node2,
+    whose mid-flow Maglev pick is its own pod, the one already serving the connection. node2 becomes the
+    connection's ingress node (same 4-tuple for the pod, replies reverse-NATed there) and it goes on."""
+    _mode(lb_lab, mode)
+    moved = _move(lb_lab, _ip(lb_lab, "edge"))
+    assert moved["moved"] and moved["error"] is None and moved["ok"] > 40, moved
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_maglev_route_move_off_the_backends_node(lb_lab: Lab, mode: str) -> None:
+    """The other way: the connection opens through node2 to its own pod, then the route moves to control, which
+    tunnels its mid-flow pick to node2; node2 delivers it to the same socket and still answers the client itself."""
+    _mode(lb_lab, mode)
+    moved = _move(lb_lab, _ip(lb_lab, "edge"), start="node2", to="control")
+    assert moved["moved"] and moved["error"] is None and moved["ok"] > 40, moved

@@ -101,3 +101,32 @@ def test_a_dropped_handle_releases_what_it_held() -> None:
     assert open_fds() > before
     del ns
     assert open_fds() == before
+
+
+def test_a_handle_dropped_inside_an_event_loop_is_closed_later_without_warnings() -> None:
+    """Garbage collection can drop a handle while another IPRoute's event loop runs on this
+    thread. pyroute2's close() cannot run its own loop then: the IPRoute is closed at the next
+    chance instead of half-closed with "shutdown_asyncgens was never awaited"."""
+    import asyncio
+    import gc
+    import warnings
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    ns = Netns.private()
+    ns.rtnl().get_links()
+
+    async def drop() -> None:
+        nonlocal ns
+        del ns
+        gc.collect()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        asyncio.run(drop())
+        Netns(None).close()  # the next release outside a loop closes what was deferred
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, (RuntimeWarning, ResourceWarning))] == []
+    assert open_fds() == before
