@@ -21,8 +21,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from . import libbpf, loader, pins
-from .abi import CTLB_F_TCP, CTLB_F_UDP, CTLB_MAP_SPECS, CTLB_PROGRAMS, MAP_SPECS, U32, CtlbCfg, map_specs
+from . import libbpf, loader
+from .abi import CTLB_F_TCP, CTLB_F_UDP, CTLB_MAP_SPECS, CTLB_PROGRAMS, MAP_SPECS, U32, CtlbCfg
 from .netns import Netns
 
 ENTRY = "connect.c"
@@ -40,67 +40,18 @@ def is_loaded(pin_dir: loader.PinDir) -> bool:
     return all(os.path.exists(loader.prog_pin(pin_dir, p)) for p in CTLB_PROGRAMS)
 
 
+# connect.c's compile: its programs read the node's TC maps (opened where pinned) and own ctlb_*.
+CTLB_BUILD = loader.Build((ENTRY,), {p: (BPF_PROG_TYPE_CGROUP_SOCK_ADDR, a) for p, a in CTLB_PROGRAMS.items()},
+                          (*MAP_SPECS, *CTLB_MAP_SPECS), CTLB_MAP_SPECS, all_maps=False, feature_defines=False)
+
+
 def load_nodes(pin_dirs: Mapping[str, loader.PinDir], defines: dict[str, object] | None = None) -> float:
-    """Compile connect.c once (first node's maps), load and pin it for every node (name -> pin
-    directory); seconds taken. Pins of the ctlb maps with another layout are converted or
-    replaced as loader.load does (pins.check)."""
-    if not pin_dirs:
-        return 0.0
-    from bcc import BPF  # Debian's python3-bpfcc, seen through the venv
-    from bcc.libbcc import lib
-
+    """Compile connect.c once (first node's maps), or take it from the compile cache, load and
+    pin it for every node (name -> pin directory); seconds taken. Pins of the ctlb maps with
+    another layout are converted or replaced as loader.load does (pins.check)."""
     t0 = time.monotonic()
-    (first, first_dir), *rest = ((n, os.fspath(d)) for n, d in pin_dirs.items())
-    os.makedirs(first_dir, exist_ok=True)
-    specs = map_specs(defines, CTLB_MAP_SPECS)
-    pinned = pins.check(first_dir, specs)
-    text = loader.build_source({"PIN_DIR": f'"{first_dir}"', **(defines or {})}, entries=(ENTRY,))
-    with loader.BCC_LOCK:
-        try:
-            bpf = BPF(text=text, cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
-        except Exception as exc:
-            raise loader.LoaderError(f"BCC compile of {ENTRY} failed for {first} ({first_dir}): {exc}") from exc
-        try:
-            insns: dict[str, bytes] = {}
-            for prog, attach_type in CTLB_PROGRAMS.items():
-                try:
-                    fn = bpf.load_func(prog, BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)
-                except Exception as exc:
-                    raise loader.LoaderError(f"kernel refused {prog} for {first} ({first_dir}): {exc}") from exc
-                loader.pin_replace(fn.fd, loader.prog_pin(first_dir, prog))
-                insns[prog] = bpf.dump_func(prog)
-            pinned.restore(first_dir)
-            names = [n for n in (*MAP_SPECS, *CTLB_MAP_SPECS) if lib.bpf_table_fd(bpf.module, n.encode()) >= 0]
-            template = {n: lib.bpf_table_fd(bpf.module, n.encode()) for n in names}
-            for _, directory in rest:
-                _load_relocated(directory, specs, insns, template)
-        finally:
-            bpf.cleanup()
+    loader.load_build(CTLB_BUILD, pin_dirs, defines)
     return time.monotonic() - t0
-
-
-def _load_relocated(directory: str, specs: dict[str, Any], insns: dict[str, bytes],
-                    template: dict[str, int]) -> None:
-    """The first node's ctlb programs on this node's own maps (created like the template's when missing)."""
-    os.makedirs(directory, exist_ok=True)
-    pinned = pins.check(directory, specs)
-    fds: dict[str, int] = {}
-    try:
-        for name, tfd in template.items():
-            fds[name] = loader.open_or_create_map(os.path.join(directory, name), tfd)
-        pinned.restore(directory)
-        fd_of = {template[name]: fd for name, fd in fds.items()}
-        for prog, attach_type in CTLB_PROGRAMS.items():
-            code = loader.relocate_map_fds(insns[prog], fd_of, f"{directory} {prog}")
-            pfd = libbpf.prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, prog, code,
-                                   expected_attach_type=attach_type)
-            try:
-                loader.pin_replace(pfd, loader.prog_pin(directory, prog))
-            finally:
-                os.close(pfd)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
 
 
 def netns_cookie(netns: Netns, scratch_cgroup: str) -> int:

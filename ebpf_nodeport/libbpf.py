@@ -106,6 +106,8 @@ class MapInfo:
     map_flags: int = 0
     btf_key_type_id: int = 0      # the key's type in BTF object btf_id (0: none)
     btf_value_type_id: int = 0
+    btf_vmlinux_value_type_id: int = 0
+    map_extra: int = 0            # bloom filter hashes and the like (0 for every map of ours)
 
 
 def obj_info(fd: int, info: ct.Structure) -> None:
@@ -119,7 +121,8 @@ def map_info(fd: int) -> MapInfo:
     obj_info(fd, info)
     return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
                    info.name.decode(errors="replace"), info.btf_id, info.map_flags,
-                   info.btf_key_type_id, info.btf_value_type_id)
+                   info.btf_key_type_id, info.btf_value_type_id, info.btf_vmlinux_value_type_id,
+                   info.map_extra)
 
 
 def btf_get_fd_by_id(btf_id: int) -> int:
@@ -417,25 +420,37 @@ def map_create_like(template_fd: int) -> int:
     Why the BTF too: `bpftool map dump` prints struct field names only for maps that
     carry their key/value BTF types; the copy references the template's BTF object.
     """
-    info = _MapInfo()
-    obj_info(template_fd, info)
-    name = info.name.decode(errors="replace")
+    info = map_info(template_fd)
+    btf_fd = btf_get_fd_by_id(info.btf_id) if info.btf_id else -1
+    try:
+        return map_create_as(info, btf_fd)
+    finally:
+        if btf_fd >= 0:
+            os.close(btf_fd)
+
+
+def map_create_as(info: MapInfo, btf_fd: int = -1) -> int:
+    """A new, empty map with info's type, sizes, flags, capacity and name; with btf_fd (a BTF
+    object holding info's key/value type ids) it carries those types. Returns its fd."""
     opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts), map_flags=info.map_flags,
                           map_extra=info.map_extra)
-    btf_fd = -1
-    if info.btf_id:
-        btf_fd = btf_get_fd_by_id(info.btf_id)
+    if btf_fd >= 0:
         opts.btf_fd = btf_fd
         opts.btf_key_type_id = info.btf_key_type_id
         opts.btf_value_type_id = info.btf_value_type_id
         opts.btf_vmlinux_value_type_id = info.btf_vmlinux_value_type_id
-    try:
-        return _check(_lib.bpf_map_create(info.type, info.name, info.key_size, info.value_size,
-                                          info.max_entries, ct.byref(opts)),
-                      f"bpf_map_create({name})")
-    finally:
-        if btf_fd >= 0:
-            os.close(btf_fd)
+    return _check(_lib.bpf_map_create(info.type, info.name.encode(), info.key_size, info.value_size,
+                                      info.max_entries, ct.byref(opts)), f"bpf_map_create({info.name})")
+
+
+_lib.bpf_btf_load.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_void_p]
+
+
+def btf_load(blob: bytes) -> int:
+    """Load a raw BTF object into the kernel (BPF_BTF_LOAD); its fd (caller closes).
+    The kernel checks the blob: a damaged one is refused here."""
+    buf = ct.create_string_buffer(blob, len(blob))
+    return _check(_lib.bpf_btf_load(buf, len(blob), None), "bpf_btf_load")
 
 
 def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:

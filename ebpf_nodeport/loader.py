@@ -9,11 +9,15 @@ the first node, and gives every other node a relocated copy: its own maps (reuse
 or created like the first node's, BTF included) and the same instructions with each
 map fd swapped for its own map's, loaded through libbpf (a compile is ~1.8 s, a
 relocated load ~50 ms). Programs are pinned as `prog_<entry>` so attach/detach work
-from any later process without a compile.
+from any later process without a compile. A compile is kept on disk (bpfcache.py): a
+later load of the same code on the same kernel relocates the cached instructions onto
+every node, the first too, without BCC. connect.c (ctlb.py) goes the same way (a Build).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 import re
 import struct
@@ -21,10 +25,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from . import kernel, libbpf, pins
-from .abi import MAP_SPECS, PROGRAMS, map_specs
+from . import bpfcache, btf, kernel, libbpf, pins
+from .abi import MAP_SPECS, PROGRAMS, MapSpec, map_specs
+
+log = logging.getLogger(__name__)
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY_FILES = tuple(f"{p}.c" for p in PROGRAMS)
@@ -32,8 +38,8 @@ _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # The pin directory goes into the C as a string literal (PIN_DIR): no quotes, no escapes.
 _PIN_DIR_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
-__all__ = ["BCC_LOCK", "BPF_DIR", "ENTRY_FILES", "LoadResult", "LoaderError", "build_source", "load",
-           "load_nodes", "open_or_create_map", "pin_replace", "prog_pin", "relocate_map_fds", "remove_pins"]
+__all__ = ["BCC_LOCK", "BPF_DIR", "Build", "ENTRY_FILES", "LoadResult", "LoaderError", "TC_BUILD",
+           "build_source", "cache_key", "load", "load_build", "load_nodes", "pin_replace", "prog_pin", "relocate_map_fds", "remove_pins"]
 
 
 PinDir = str | os.PathLike     # a node's pin directory (or an ancestor of one)
@@ -54,6 +60,7 @@ class LoadResult:
     clone_of: str | None = None       # relocated copy of this node's compile (load_nodes)
     upgraded_maps: tuple[str, ...] = field(default_factory=tuple)  # layout changed: entries converted
     replaced_maps: tuple[str, ...] = field(default_factory=tuple)  # could not convert: new, empty
+    cached: bool = False              # instructions from the compile cache (bpfcache.py): no BCC
 
     @property
     def total_s(self) -> float:
@@ -114,13 +121,33 @@ def pin_replace(fd: int, path: str) -> None:
 # BCC's compiler (LLVM/clang inside libbcc) is not thread-safe: two compiles in
 # threads of one process segfault it. Loads in one process are serialised here.
 BCC_LOCK = threading.Lock()
+CFLAGS = ("-Wno-unused-function", "-Wno-compare-distinct-pointer-types")
+BPF_PROG_TYPE_SCHED_CLS = libbpf.BPF_PROG_TYPE_SCHED_CLS
+
+
+@dataclass(frozen=True)
+class Build:
+    """One BCC compile's recipe: its C entry files, its programs (name -> program type and
+    expected attach type) and the maps they use; the TC datapath's (TC_BUILD) or ctlb's."""
+    entries: tuple[str, ...]
+    programs: Mapping[str, tuple[int, int]]
+    maps: tuple[str, ...]               # names the programs may use (in this order: cache indices)
+    own_specs: Mapping[str, MapSpec]    # the maps this compile owns: pins.check judges them
+    all_maps: bool = True               # every name of `maps` must exist in the compile
+    feature_defines: bool = True        # kernel.feature_defines() go into the compile
+
+    def specs(self, defines: dict[str, object] | None) -> dict[str, MapSpec]:
+        return map_specs(defines, dict(self.own_specs))
+
+
+TC_BUILD = Build(ENTRY_FILES, {p: (BPF_PROG_TYPE_SCHED_CLS, 0) for p in PROGRAMS}, tuple(MAP_SPECS),
+                 MAP_SPECS)
 
 
 def load(pin_dir: PinDir, defines: dict[str, object] | None = None) -> LoadResult:
-    """Compile for one node's pin directory, load the SCHED_CLS programs, pin everything."""
-    directory = _check_pin_dir(pin_dir)
-    with BCC_LOCK, _compiled(directory, defines) as (_, res):
-        return res
+    """Compile for one node's pin directory (or load the compile cache's entry), load the
+    SCHED_CLS programs, pin everything."""
+    return load_nodes({"node": pin_dir}, defines)["node"]
 
 
 def load_nodes(pin_dirs: Mapping[str, PinDir],
@@ -131,22 +158,107 @@ def load_nodes(pin_dirs: Mapping[str, PinDir],
     (a compatible pin is reused, so a reload keeps conntrack and services; a missing
     map is created like the first node's, BTF included) and the first node's
     instructions with each map fd swapped for its own map's, loaded by libbpf.
+    With an entry in the compile cache (bpfcache.py) there is no compile at all: every
+    node, the first too, gets the cached instructions on its own maps.
     """
+    return load_build(TC_BUILD, pin_dirs, defines)
+
+
+def load_build(build: Build, pin_dirs: Mapping[str, PinDir],
+               defines: dict[str, object] | None = None) -> dict[str, LoadResult]:
+    """load_nodes() for any Build: from the compile cache when it has the entry, else one BCC
+    compile (stored in the cache) relocated onto the other nodes."""
     checked = {node: _check_pin_dir(d) for node, d in pin_dirs.items()}
     if not checked:
         return {}
     (first, first_dir), *rest = checked.items()
-    with BCC_LOCK, _compiled(first_dir, defines) as (bpf, res):
-        results = {first: res}
-        template = _Template.of(bpf)
-        for node, directory in rest:
-            results[node] = _load_relocated(directory, defines, template, first)
+    all_defines = _all_defines(build, defines)
+    with BCC_LOCK:
+        key = _cache_key(build, all_defines)
+        results, pinned = _load_cached(build, key, checked, defines) if key else (None, None)
+        if results is not None:
+            return results
+        with _compiled(first_dir, build, all_defines, defines, pinned) as (bpf, res):
+            results = {first: res}
+            template = _Template.of(bpf, build)
+            if key:
+                _store(key, template)
+            for node, directory in rest:
+                results[node] = _load_relocated(directory, build, defines, template, first)
     return results
 
 
+def _all_defines(build: Build, defines: dict[str, object] | None) -> dict[str, object]:
+    """The compile's defines but PIN_DIR: the kernel's feature defines (TC build), then the caller's."""
+    out: dict[str, object] = dict(kernel.feature_defines()) if build.feature_defines else {}
+    out.update(defines or {})
+    return out
+
+
+def cache_key(defines: dict[str, object] | None = None, build: Build = TC_BUILD) -> str | None:
+    """The compile cache's key for a load with these defines on this kernel (None: cache off)."""
+    return _cache_key(build, _all_defines(build, defines))
+
+
+def _cache_key(build: Build, all_defines: dict[str, object]) -> str | None:
+    """The compile cache's key for this build (None: the cache is off)."""
+    if bpfcache.directory() is None:
+        return None
+    text = build_source(all_defines, entries=build.entries)   # PIN_DIR is not in the code
+    return bpfcache.key(text, all_defines, build.programs, build.maps, CFLAGS)
+
+
+def _load_cached(build: Build, key: str, dirs: dict[str, str], defines: dict[str, object] | None
+                 ) -> tuple[dict[str, LoadResult] | None, pins.PinCheck | None]:
+    """Every node loaded from the cache entry, or (None, the first node's pin check when it
+    was made) when there is no usable entry: a bad one is discarded with one warning."""
+    entry = bpfcache.read(key)
+    if entry is None:
+        return None, None
+    try:
+        entry.check(map_specs(defines, {**MAP_SPECS, **build.own_specs}), build.programs)
+        lacking = [m for m in build.own_specs if m not in entry.index()]
+        if lacking:
+            raise bpfcache.CacheError(f"no map {', '.join(lacking)}")
+        template = _Template.of_entry(entry)
+    except (bpfcache.CacheError, OSError, ValueError, IndexError) as exc:
+        bpfcache.discard(key, str(exc))
+        return None, None
+    try:
+        (first, first_dir), *rest = dirs.items()
+        os.makedirs(first_dir, exist_ok=True)
+        pinned = pins.check(first_dir, build.specs(defines))
+        try:
+            res = _load_relocated(first_dir, build, defines, template, None, pinned, cached=True)
+        except LoaderError as exc:
+            bpfcache.discard(key, str(exc).splitlines()[0])
+            return None, pinned
+        results = {first: res}
+        for node, directory in rest:
+            results[node] = _load_relocated(directory, build, defines, template, first, cached=True)
+        return results, None
+    finally:
+        template.close()
+
+
+def _store(key: str, template: "_Template") -> None:
+    """Write a fresh compile into the cache; a compile that cannot be cached still loads."""
+    try:
+        entry = template.entry()
+    except (LoaderError, OSError, ValueError) as exc:
+        log.warning("BPF compile cache: this compile is not cached: %s", exc)
+        return
+    bpfcache.write(key, entry)
+
+
 @contextlib.contextmanager
-def _compiled(directory: str, defines: dict[str, object] | None) -> Iterator[tuple[Any, LoadResult]]:
-    """Compile for one pin directory with BCC, load and pin its programs; BCC's module stays open inside."""
+def _compiled(directory: str, build: Build, all_defines: dict[str, object],
+              defines: dict[str, object] | None, pinned: pins.PinCheck | None = None
+              ) -> Iterator[tuple[Any, LoadResult]]:
+    """Compile for one pin directory with BCC, load and pin its programs; BCC's module stays open inside.
+
+    pinned: the directory's pin check when a failed cache load already made it (its
+    converted entries are restored into the maps this compile creates)."""
     try:
         from bcc import BPF  # Debian's python3-bpfcc, seen through the venv
     except ImportError as exc:  # pragma: no cover - depends on the machine
@@ -154,20 +266,20 @@ def _compiled(directory: str, defines: dict[str, object] | None) -> Iterator[tup
                           "(and use a venv with --system-site-packages)") from exc
 
     os.makedirs(directory, exist_ok=True)
-    pinned = pins.check(directory, map_specs(defines))
-    all_defines: dict[str, object] = {"PIN_DIR": f'"{directory}"', **kernel.feature_defines()}
-    all_defines.update(defines or {})
-    text = build_source(all_defines)
+    if pinned is None:
+        pinned = pins.check(directory, build.specs(defines))
+    text = build_source({"PIN_DIR": f'"{directory}"', **all_defines}, entries=build.entries)
 
     t0 = time.monotonic()
     try:
-        bpf = BPF(text=text, cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
+        bpf = BPF(text=text, cflags=list(CFLAGS))
     except Exception as exc:
-        raise LoaderError(f"BCC compile failed for {directory}: {exc}") from exc
+        raise LoaderError(f"BCC compile of {', '.join(build.entries)} failed for {directory}: {exc}") from exc
     try:
         t1 = time.monotonic()
         try:
-            fns = {p: bpf.load_func(p, BPF.SCHED_CLS) for p in PROGRAMS}
+            fns = {p: bpf.load_func(p, ptype, attach_type=attach if attach else -1)
+                   for p, (ptype, attach) in build.programs.items()}
         except Exception as exc:
             raise LoaderError(f"kernel refused a program for {directory}: {exc}") from exc
         t2 = time.monotonic()
@@ -176,7 +288,7 @@ def _compiled(directory: str, defines: dict[str, object] | None) -> Iterator[tup
             path = prog_pin(directory, p)
             pin_replace(fn.fd, path)
             programs[p] = path
-        missing = [m for m in MAP_SPECS if not os.path.exists(os.path.join(directory, m))]
+        missing = [m for m in build.own_specs if not os.path.exists(os.path.join(directory, m))]
         if missing:
             raise LoaderError(f"maps not pinned by BCC under {directory}: {', '.join(missing)}")
         pinned.restore(directory)
@@ -232,74 +344,121 @@ def relocate_map_fds(insns: bytes, fds: dict[int, int], what: str = "program") -
     return bytes(out)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Template:
-    """One compile's programs and the map fds their instructions carry, by map name."""
-    insns: dict[str, bytes]           # entry -> instructions as BCC handed them to the kernel
-    map_fds: dict[str, int]           # map name -> BCC's fd (valid while its module is open)
+    """One compile's programs, the number each map's loads carry, and how to make a map like its."""
+    insns: dict[str, bytes]                 # program -> instructions (map loads carry ids[map])
+    ids: dict[str, int]                     # map name -> its number in insns (BCC's fd, or cache index)
+    make_map: Callable[[str], int]          # a new, unpinned map like the compile's `name`
+    close: Callable[[], None] = lambda: None
 
     @classmethod
-    def of(cls, bpf: Any) -> "_Template":
+    def of(cls, bpf: Any, build: Build = TC_BUILD) -> "_Template":
+        """From an open BCC module: its instructions and its maps' fds (valid while it is open)."""
         from bcc.libbcc import lib
 
-        fds = {name: lib.bpf_table_fd(bpf.module, name.encode()) for name in MAP_SPECS}
+        fds = {name: lib.bpf_table_fd(bpf.module, name.encode()) for name in build.maps}
         bad = [name for name, fd in fds.items() if fd < 0]
-        if bad:
+        if bad and build.all_maps:
             raise LoaderError(f"BCC has no table {', '.join(bad)}: bpf/lib/maps.h and "
                               "abi.MAP_SPECS disagree")
-        return cls({p: bpf.dump_func(p) for p in PROGRAMS}, fds)
+        fds = {name: fd for name, fd in fds.items() if fd >= 0}
+        return cls({p: bpf.dump_func(p) for p in build.programs}, fds,
+                   lambda name: libbpf.map_create_like(fds[name]))
+
+    @classmethod
+    def of_entry(cls, entry: bpfcache.Entry) -> "_Template":
+        """From a compile cache entry: its BTF objects loaded into the kernel (closed by close())."""
+        btf_fds: list[int] = []
+        try:
+            for blob in entry.btf:
+                btf_fds.append(libbpf.btf_load(blob))
+        except OSError:
+            for fd in btf_fds:
+                os.close(fd)
+            raise
+        records = {m.name: m for m in entry.maps}
+
+        def make_map(name: str) -> int:
+            m = records[name]
+            return libbpf.map_create_as(m.info, btf_fds[m.btf] if m.btf >= 0 else -1)
+
+        def close() -> None:
+            for fd in btf_fds:
+                os.close(fd)
+        return cls(dict(entry.programs), entry.index(), make_map, close)
+
+    def entry(self) -> bpfcache.Entry:
+        """This (BCC) compile as a cache entry: map fds become indices, each map's info and BTF kept."""
+        names = list(self.ids)
+        index = {self.ids[n]: i for i, n in enumerate(names)}
+        programs = {p: relocate_map_fds(insns, index, f"caching {p}") for p, insns in self.insns.items()}
+        blobs: list[bytes] = []
+        btf_index: dict[int, int] = {}
+        records = []
+        for n in names:
+            info = libbpf.map_info(self.ids[n])
+            b = -1
+            if info.btf_id:
+                if info.btf_id not in btf_index:
+                    btf_index[info.btf_id] = len(blobs)
+                    blobs.append(btf.btf_blob(info.btf_id))
+                b = btf_index[info.btf_id]
+            records.append(bpfcache.MapRecord(n, dataclasses.replace(info, id=0, btf_id=0), b))
+        return bpfcache.Entry(tuple(records), tuple(blobs), programs)
 
 
-def open_or_create_map(path: str, template_fd: int) -> int:
-    """fd of the map pinned at path, else of a new one shaped like the template's, pinned there."""
-    if os.path.exists(path):
-        return libbpf.obj_get(path)
-    fd = libbpf.map_create_like(template_fd)
-    try:
-        libbpf.obj_pin(fd, path)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _load_relocated(directory: str, defines: dict[str, object] | None,
-                    template: _Template, source: str) -> LoadResult:
+def _load_relocated(directory: str, build: Build, defines: dict[str, object] | None,
+                    template: _Template, source: str | None, pinned: pins.PinCheck | None = None,
+                    cached: bool = False) -> LoadResult:
     """Give a node (its pin directory) its own maps and the template's programs relocated onto
-    them; pin all."""
+    them; pin all, but only once every program was accepted (a refusal leaves no new pin)."""
     os.makedirs(directory, exist_ok=True)
     t0 = time.monotonic()
-    pinned = pins.check(directory, map_specs(defines))
+    if pinned is None:
+        pinned = pins.check(directory, build.specs(defines))
     fds: dict[str, int] = {}
+    new: list[str] = []
+    pfds: dict[str, int] = {}
     try:
         try:
-            for name, tfd in template.map_fds.items():
-                fds[name] = open_or_create_map(os.path.join(directory, name), tfd)
-            pinned.restore(directory)
+            for name in template.ids:
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    fds[name] = libbpf.obj_get(path)
+                else:
+                    fds[name] = template.make_map(name)
+                    new.append(name)
         except OSError as exc:
             raise LoaderError(f"maps for {directory}: {exc}") from exc
-        fd_of = {template.map_fds[name]: fd for name, fd in fds.items()}
+        fd_of = {template.ids[name]: fd for name, fd in fds.items()}
         code = {p: relocate_map_fds(insns, fd_of, f"{directory} {p}")
                 for p, insns in template.insns.items()}
         t1 = time.monotonic()
-        programs = {}
         for p, insns in code.items():
+            ptype, attach = build.programs[p]
             try:
-                pfd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_SCHED_CLS, p, insns)
+                pfds[p] = libbpf.prog_load(ptype, p, insns, expected_attach_type=attach)
             except OSError as exc:
                 raise LoaderError(f"kernel refused a program for {directory}: {exc}") from exc
-            try:
-                path = prog_pin(directory, p)
-                pin_replace(pfd, path)
-                programs[p] = path
-            finally:
-                os.close(pfd)
         t2 = time.monotonic()
+        try:
+            for name in new:
+                libbpf.obj_pin(fds[name], os.path.join(directory, name))
+            pinned.restore(directory)
+        except OSError as exc:
+            raise LoaderError(f"maps for {directory}: {exc}") from exc
+        programs = {}
+        for p, pfd in pfds.items():
+            path = prog_pin(directory, p)
+            pin_replace(pfd, path)
+            programs[p] = path
     finally:
-        for fd in fds.values():
+        for fd in (*fds.values(), *pfds.values()):
             os.close(fd)
     return LoadResult(directory, programs, t1 - t0, t2 - t1, tuple(pinned.reused), clone_of=source,
-                      upgraded_maps=tuple(pinned.upgraded), replaced_maps=tuple(pinned.replaced))
+                      upgraded_maps=tuple(pinned.upgraded), replaced_maps=tuple(pinned.replaced),
+                      cached=cached)
 
 
 def remove_pins(pin_dir: PinDir, prune_up_to: PinDir | None = None) -> bool:

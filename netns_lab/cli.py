@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from netns_lab.commands import bench, diags, felix, kubectl, lesson, lifecycle, members, study
+from netns_lab.commands import bench, cache, diags, felix, kubectl, lesson, lifecycle, members, study
 from netns_lab.commands.common import CONTEXT, LabGroup
 from netns_lab.lab import PROG
 from netns_lab.state import NAMESPACE_HINT
@@ -34,7 +34,7 @@ def cli() -> None:
     """
 
 
-for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags):
+for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags, cache):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 
@@ -43,6 +43,7 @@ for _group in (lifecycle, members, kubectl, felix, lesson, study, bench, diags):
 SHORT_HELP = {
     ("apply",): "Create or update a manifest's objects in a running lab",
     ("bench",): "Measure the lesson's performance claims, every mode",
+    ("cache",): "List or clear the datapath's on-disk compile cache",
     ("delete",): "Delete pods (their ReplicaSet replaces them) or -f objects",
     ("diags",): "Save a lab's debugging state to a directory",
     ("down",): "Remove a lab and everything it made",
@@ -60,6 +61,8 @@ SHORT_HELP = {
     ("topology",): "Print a topology in the form `up --topology` reads",
     ("trace",): "Stream the datapath's per-packet decisions",
     ("up",): "Build a lab running Kubernetes YAML (default: yaobank)",
+    ("cache", "clear"): "Remove every cached compile (the next load compiles)",
+    ("cache", "ls"): "List the cached compiles: key and size",
     ("dump", "affinity"): "ClientIP session affinity: client -> backend, time left",
     ("dump", "backends"): "Backends (nat_be): service and ordinal -> pod address",
     ("dump", "config"): "The cfg map: node address, VXLAN, MTU, mode flags",

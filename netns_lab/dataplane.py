@@ -461,13 +461,16 @@ def _load_lines(results: dict[str, LoadResult], wall_s: float) -> list[str]:
     """Progress lines for a load_all: each node's load (the one BCC compile, then relocated copies), then the total."""
     lines = []
     for node, r in results.items():
-        if r.clone_of is None:
+        if r.clone_of is None and r.cached:
+            lines.append(f"{node}: datapath loaded from the compile cache in {r.total_s:.2f}s "
+                         f"(maps {r.compile_s * 1000:.0f}ms, verifier {r.load_s * 1000:.0f}ms)")
+        elif r.clone_of is None:
             lines.append(f"{node}: datapath compiled and loaded in {r.total_s:.2f}s "
                          f"(BCC {r.compile_s:.2f}s, verifier {r.load_s * 1000:.0f}ms)")
         else:
             lines.append(f"{node}: {r.clone_of}'s compile loaded on {node}'s own maps in {r.total_s:.2f}s "
                          f"(maps {r.compile_s * 1000:.0f}ms, verifier {r.load_s * 1000:.0f}ms)")
-    compiles = sum(r.clone_of is None for r in results.values())
+    compiles = sum(r.clone_of is None and not r.cached for r in results.values())
     lines.append(f"datapath: {compiles} BCC compile{'s' * (compiles != 1)} and {len(results)} "
                  f"load{'s' * (len(results) != 1)} in {wall_s:.2f}s")
     return lines

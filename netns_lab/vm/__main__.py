@@ -43,6 +43,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="images (default: %(default)s)")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     p.add_argument("--no-lesson", action="store_true", help="skip `netns-lab lesson` (quicker iterations)")
+    p.add_argument("--no-bpf-cache", action="store_true",
+                   help="start the guest's BPF compile cache empty (default: kept per kernel in the cache dir)")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="VMs at once (default: %(default)s; each takes 2 vCPUs and 4 GiB)")
     p.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S / 60, help="minutes per VM run (default: %(default)s)")
@@ -104,7 +106,8 @@ def _echo(k: matrix.Kernel):
 
 
 def run_kernel(paths: image.Paths, k: matrix.Kernel, accel: str, out_root: Path,
-               pytest_args: list[str], timeout_s: float, lesson: bool = True) -> summary.Result:
+               pytest_args: list[str], timeout_s: float, lesson: bool = True,
+               bpf_cache_on: bool = True) -> summary.Result:
     """One test VM for k: suite + lesson inside, results under out_root/<kernel>."""
     out = out_root / k.name
     shutil.rmtree(out, ignore_errors=True)
@@ -112,7 +115,12 @@ def run_kernel(paths: image.Paths, k: matrix.Kernel, accel: str, out_root: Path,
     args = ["netns_lab.mode=test"] + ([] if lesson else ["netns_lab.lesson=0"])
     words = matrix.pytest_argv(pytest_args, lambda p: (REPO / p).exists())
     args.append("netns_lab.pytest=" + base64.b64encode(json.dumps(words).encode()).decode())
-    spec = qemu.VmSpec(paths.vmlinuz(k), paths.initrd(k), paths.disk(k), REPO, out, args=args, accel=accel)
+    bpf_cache = None
+    if bpf_cache_on:
+        bpf_cache = paths.cache / f"bpf-{k.name}"   # kept between runs: the next run compiles less
+        bpf_cache.mkdir(exist_ok=True)
+    spec = qemu.VmSpec(paths.vmlinuz(k), paths.initrd(k), paths.disk(k), REPO, out, args=args, accel=accel,
+                       bpf_cache=bpf_cache)
     say(f"kernel {k.name}: booting ({accel}, {spec.cpus} vCPUs, {spec.mem_mib} MiB); console: {out}/console.log")
     t0 = time.monotonic()
     with open(out / "console.log", "w") as console:
@@ -148,7 +156,8 @@ def main(argv: list[str]) -> int:
             for _ in pool.map(lambda k: provision(paths, k, accel), kernels):
                 pass
             for result in pool.map(lambda k: run_kernel(paths, k, accel, ns.out, ns.pytest_args,
-                                                        ns.timeout * 60, not ns.no_lesson), kernels):
+                                                        ns.timeout * 60, not ns.no_lesson,
+                                                        not ns.no_bpf_cache), kernels):
                 results.append(result)  # kept as they finish: an interrupt still reports them
         except (KeyboardInterrupt, qemu.Interrupted):
             pool.shutdown(wait=False, cancel_futures=True)  # no queued kernel starts after this

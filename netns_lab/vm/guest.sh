@@ -46,9 +46,14 @@ if [ -n "$dev" ]; then
     ip addr add 10.0.2.15/24 dev "$dev"
     ip route add default via 10.0.2.2
 fi
+# The BPF compile cache (ebpf_nodeport/bpfcache.py), kept on the host per kernel when shared.
+mkdir -p /var/cache/netns-lab/bpf
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 bpfcache /var/cache/netns-lab/bpf 2>/dev/null \
+    && bpf_cache_note="shared BPF compile cache ($(ls /var/cache/netns-lab/bpf | wc -l) entries)" \
+    || bpf_cache_note="BPF compile cache starts empty"
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
 export PYTHONUNBUFFERED=1  # pytest.log grows test by test: the host can watch a slow run
-say "kernel $(uname -r), mode $mode, $(nproc) CPUs"
+say "kernel $(uname -r), mode $mode, $(nproc) CPUs, $bpf_cache_note"
 
 stage copy
 say "copying the checkout to $SRC"

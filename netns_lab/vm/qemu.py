@@ -30,6 +30,7 @@ class VmSpec:
     cpus: int = 2
     mem_mib: int = 4096
     writable: bool = False  # provisioning writes the cached disk itself
+    bpf_cache: Path | None = None  # shared read-write as tag "bpfcache": the guest's BPF compile cache
 
 
 def cmdline(spec: VmSpec) -> str:
@@ -42,13 +43,15 @@ def cmdline(spec: VmSpec) -> str:
 def qemu_argv(spec: VmSpec, disk: Path, disk_format: str) -> list[str]:
     """The qemu command line for spec, booting from disk (an overlay or the image itself)."""
     accel = "kvm" if spec.accel == "kvm" else "tcg,thread=multi"
+    shares = [] if spec.bpf_cache is None else [
+        "-virtfs", f"local,path={spec.bpf_cache},mount_tag=bpfcache,security_model=none"]
     return [
         QEMU, "-machine", "q35", "-accel", accel, "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.cpus), "-m", str(spec.mem_mib),
         "-kernel", str(spec.vmlinuz), "-initrd", str(spec.initrd), "-append", cmdline(spec),
         "-drive", f"file={disk},if=virtio,format={disk_format},cache=unsafe",
         "-virtfs", f"local,path={spec.src},mount_tag=src,security_model=none,readonly=on",
-        "-virtfs", f"local,path={spec.out},mount_tag=out,security_model=none",
+        "-virtfs", f"local,path={spec.out},mount_tag=out,security_model=none", *shares,
         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
         "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
     ]
@@ -168,10 +171,25 @@ def _pump(proc: subprocess.Popen, console: TextIO, deadline: float,
         console.flush()
 
 
+def kvm_backend(modules: Path = Path("/sys/module")) -> str:
+    """Which KVM backend provides /dev/kvm: "hardware" (kvm_intel/kvm_amd), "pvm" or "none".
+
+    PVM (kvm_pvm, pagetable-based virtualization) gives /dev/kvm on hosts without VT-x/AMD-V,
+    but it runs only guest kernels built as PVM guests (CONFIG_PVM_GUEST, a PIE kernel booted
+    as an ELF vmlinux); Debian's stock kernels stop after "Probing EDD" under it.
+    """
+    if (modules / "kvm_intel").exists() or (modules / "kvm_amd").exists():
+        return "hardware"
+    return "pvm" if (modules / "kvm_pvm").exists() else "none"
+
+
 def kvm_usable(vmlinuz: Path) -> tuple[bool, str]:
     """Boot the kernel under KVM for a few seconds: does it print its banner? (why, if not)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm missing or not accessible"
+    if kvm_backend() == "pvm":
+        return False, ("/dev/kvm is PVM (kvm_pvm module, no VT-x/AMD-V): it boots only PVM guest "
+                       "kernels, not Debian's")
     argv = [QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "512",
             "-kernel", str(vmlinuz), "-append", "console=ttyS0 panic=-1", "-display", "none",
             "-serial", "stdio", "-monitor", "none", "-no-reboot"]

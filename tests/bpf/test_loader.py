@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ebpf_nodeport import libbpf, loader
+from ebpf_nodeport import bpfcache, libbpf, loader
 from ebpf_nodeport.abi import MAP_SPECS, PROGRAMS, NodeCfg
 from ebpf_nodeport.testrun import SimCluster
 
@@ -38,6 +38,15 @@ def _without(name: str, port: int) -> Any:
 # control serves the customer NodePort but not the web one; node1 the other way round.
 CONTROL_VIEW = _without("test/web", 8080)
 NODE1_VIEW = _without("yaobank/customer", 80)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_compile_cache() -> Iterator[None]:
+    """These tests are about BCC's compile and its relocation: the compile cache stays off
+    (tests/bpf/test_bpfcache.py tests loads from it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(bpfcache.ENV, "off")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +81,7 @@ def test_relocated_node_was_not_compiled(pair):
     """The premise: one BCC compile for the pair, node1's programs are control's, relocated."""
     assert pair[COMPILED].dp.last_load.clone_of is None
     assert pair[RELOCATED].dp.last_load.clone_of == COMPILED
+    assert not pair[COMPILED].dp.last_load.cached
 
 
 def test_each_node_serves_its_own_services(pair, netns):

@@ -210,3 +210,20 @@ def test_exec_of_a_missing_command_is_one_line(capsys, lab: str) -> None:
     code, _, err = run(capsys, "exec", "--name", lab, "host1", "--", "no-such-command-here", "-x")
     assert code == 1
     assert "no-such-command-here: command not found" in one_error_line(err)
+
+
+def test_cache_ls_and_clear(capsys, monkeypatch, tmp_path) -> None:
+    """`cache ls` lists the compile cache's entries (-o json too), `cache clear` empties it."""
+    import json
+
+    from ebpf_nodeport import bpfcache
+
+    monkeypatch.setenv(bpfcache.ENV, str(tmp_path))
+    (tmp_path / "0123abcd.json").write_text("{}")
+    code, out, _ = run(capsys, "cache", "ls", "-o", "json")
+    assert code == 0 and [e["key"] for e in json.loads(out)["entries"]] == ["0123abcd"]
+    if os.geteuid() != 0:
+        return
+    code, out, _ = run(capsys, "cache", "clear")
+    assert (code, out.strip()) == (0, f"removed 1 cached compile from {tmp_path}")
+    assert not list(tmp_path.iterdir())

@@ -85,3 +85,15 @@ def test_load_lines_say_one_compile_and_a_load_per_node() -> None:
     ]
     assert dataplane._load_lines({"control": results["control"]}, 1.9)[-1] == \
         "datapath: 1 BCC compile and 1 load in 1.90s"
+
+
+def test_load_lines_say_a_cache_hit_is_no_compile() -> None:
+    results = {
+        "control": LoadResult("/p/control", {}, 0.012, 0.040, cached=True),
+        "node1": LoadResult("/p/node1", {}, 0.011, 0.051, clone_of="control", cached=True),
+    }
+    assert dataplane._load_lines(results, 0.2) == [
+        "control: datapath loaded from the compile cache in 0.05s (maps 12ms, verifier 40ms)",
+        "node1: control's compile loaded on node1's own maps in 0.06s (maps 11ms, verifier 51ms)",
+        "datapath: 0 BCC compiles and 2 loads in 0.20s",
+    ]

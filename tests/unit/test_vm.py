@@ -118,3 +118,23 @@ def test_summary_ok_needs_every_stage(tmp_path: Path, status: str, ok: bool) -> 
     (tmp_path / "junit.xml").write_text(JUNIT.replace('<failure message="boom"/>', ""))
     (tmp_path / "status.env").write_text(status)
     assert summary.load("6.1", tmp_path, 1.0).ok is ok
+
+
+@pytest.mark.parametrize("modules,want", [
+    (["kvm", "kvm_amd"], "hardware"),
+    (["kvm", "kvm_intel", "kvm_pvm"], "hardware"),
+    (["kvm", "kvm_pvm"], "pvm"),
+    (["kvm"], "none"),
+])
+def test_kvm_backend_names_pvm(tmp_path: Path, modules: list[str], want: str) -> None:
+    for m in modules:
+        (tmp_path / m).mkdir()
+    assert qemu.kvm_backend(tmp_path) == want
+
+
+def test_bpf_cache_is_shared_only_when_given() -> None:
+    spec = qemu.VmSpec(Path("/k"), Path("/i"), Path("/img"), Path("/src"), Path("/out"))
+    assert not any("mount_tag=bpfcache" in a for a in qemu.qemu_argv(spec, Path("/o"), "qcow2"))
+    spec.bpf_cache = Path("/c/bpf-6.1")
+    share = next(a for a in qemu.qemu_argv(spec, Path("/o"), "qcow2") if "mount_tag=bpfcache" in a)
+    assert share.startswith("local,path=/c/bpf-6.1,") and "readonly" not in share
