@@ -208,7 +208,9 @@ def root_snapshot() -> dict[str, str]:
     links = "\n".join(sorted(re.sub(r"^\d+: ", "", line.split("\\")[0]) for line in sh("ip", "-o", "link", "show").splitlines()))
     rules = re.sub(r"\[\d+:\d+\]", "", sh("iptables-save"))
     rules = "\n".join(line for line in rules.splitlines() if not line.startswith("#"))
-    return {"links": links, "routes": sh("ip", "route", "show", "table", "all"), "iptables": rules}
+    # Router-advertised routes count their lifetime down ("expires 86355sec"): not a change.
+    routes = re.sub(r" expires \d+sec", "", sh("ip", "route", "show", "table", "all"))
+    return {"links": links, "routes": routes, "iptables": rules}
 
 
 def alive(pid: int) -> bool:

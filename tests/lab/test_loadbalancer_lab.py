@@ -82,8 +82,12 @@ def test_source_ranges_and_pod_clients(lb_lab: Lab, mode: str) -> None:
 def test_affinity_holds_then_spreads(lb_lab: Lab, mode: str) -> None:
     _mode(lb_lab, mode)
     url = f"{_ip(lb_lab, 'sticky')}/hostname"
-    seen = {_get(lb_lab, url) for _ in range(30)}
-    assert len(seen) == 1 and None not in seen, seen
+    # 30 curls from one shell in host1, so they come well within the 4 s timeout on a slow (TCG) machine too,
+    # where each `netns-lab exec` takes seconds to start
+    loop = f'for i in $(seq 30); do curl -sS --max-time 2 {url} || echo FAILED; echo; done'
+    answers = lb_lab.exec("host1", "sh", "-c", loop).stdout.split()
+    seen = {a if a != "FAILED" else None for a in answers}
+    assert len(answers) == 30 and len(seen) == 1 and None not in seen, answers
     if not mode.startswith("kube-proxy"):
         _check_dump_affinity(lb_lab, _ip(lb_lab, "sticky"), lb_lab.pod_ip(next(iter(seen)).strip()))
     spread = set(seen)
