@@ -181,6 +181,22 @@ class Decap(Expect):
         assert_bytes(res.data, want, MAC_MASK, f"decap {self}")
 
 
+def _icmp_unreachable(res: RunResult, frame: bytes | None, src: str, dst: str, code: int, what: str):
+    """Check the output is ICMP destination unreachable `code` from src to dst quoting the input's IP header
+    + 8 bytes (RFC 792); its IP and ICMP layers, for the caller's own checks."""
+    frame = res.input if frame is None else frame
+    p = res.pkt
+    assert IP in p and ICMP in p, f"want ICMP {what}, got {p.summary()}"
+    ip, ic = p[IP], p[ICMP]
+    assert (ip.src, ip.dst) == (src, dst), f"ICMP {ip.src}->{ip.dst}, want {src}->{dst}"
+    assert (ic.type, ic.code) == (3, code), f"ICMP type/code {ic.type}/{ic.code}, want 3/{code}"
+    orig = parse_ip4(frame)
+    quote = bytes(ic.payload)
+    assert quote[:orig.ihl * 4 + 8] == frame[ETH_HLEN:ETH_HLEN + orig.ihl * 4 + 8], \
+        "ICMP does not quote the original IP header + 8 bytes"
+    return ip, ic
+
+
 @dataclass
 class IcmpFragNeeded(Expect):
     """Output = ICMP dest-unreachable/frag-needed from `src` to `dst` advertising `mtu`,
@@ -190,19 +206,10 @@ class IcmpFragNeeded(Expect):
     mtu: int
 
     def check(self, res: RunResult, frame: bytes | None = None) -> None:
-        frame = res.input if frame is None else frame
-        p = res.pkt
-        assert IP in p and ICMP in p, f"want ICMP frag-needed, got {p.summary()}"
-        ip, ic = p[IP], p[ICMP]
-        assert (ip.src, ip.dst) == (self.src, self.dst), f"ICMP {ip.src}->{ip.dst}, want {self.src}->{self.dst}"
-        assert (ic.type, ic.code) == (3, 4), f"ICMP type/code {ic.type}/{ic.code}, want 3/4"
+        ip, ic = _icmp_unreachable(res, frame, self.src, self.dst, 4, "frag-needed")
         assert ic.nexthopmtu == self.mtu, f"ICMP MTU {ic.nexthopmtu}, want {self.mtu}"
         assert (ip.tos, ip.ttl, ip.len, len(res.data)) == (0xC0, 64, 56, 70), \
             f"ICMP IPv4 TOS/TTL/len/frame {ip.tos:#x}/{ip.ttl}/{ip.len}/{len(res.data)}, want 0xc0/64/56/70"
-        orig = parse_ip4(frame)
-        quote = bytes(ic.payload)
-        assert quote[:orig.ihl * 4 + 8] == frame[ETH_HLEN:ETH_HLEN + orig.ihl * 4 + 8], \
-            "ICMP does not quote the original IP header + 8 bytes"
 
 
 @dataclass
@@ -214,16 +221,7 @@ class IcmpPortUnreach(Expect):
     dst: str
 
     def check(self, res: RunResult, frame: bytes | None = None) -> None:
-        frame = res.input if frame is None else frame
-        p = res.pkt
-        assert IP in p and ICMP in p, f"want ICMP port unreachable, got {p.summary()}"
-        ip, ic = p[IP], p[ICMP]
-        assert (ip.src, ip.dst) == (self.src, self.dst), f"ICMP {ip.src}->{ip.dst}, want {self.src}->{self.dst}"
-        assert (ic.type, ic.code) == (3, 3), f"ICMP type/code {ic.type}/{ic.code}, want 3/3"
-        orig = parse_ip4(frame)
-        quote = bytes(ic.payload)
-        assert quote[:orig.ihl * 4 + 8] == frame[ETH_HLEN:ETH_HLEN + orig.ihl * 4 + 8], \
-            "ICMP does not quote the original IP header + 8 bytes"
+        _icmp_unreachable(res, frame, self.src, self.dst, 3, "port unreachable")
 
 
 @dataclass
