@@ -1,8 +1,8 @@
 """Conntrack insert latency tail: an LRU hash against a plain hash, per-run durations of new flows.
 
 `python -m netns_lab.bench.cttail [--syns N] [--churn N] [--reps N]` compiles control's datapath
-twice (the `ct` map as "lru_hash", the default, and as a plain preallocated "hash", through the
-CT_MAP_TYPE define) and, alternating the two builds, times NodePort SYNs through from_hep one
+twice (the `ct` map as a plain preallocated "hash", the default, and as the "lru_hash" it was before,
+through the CT_MAP_TYPE define) and, alternating the two builds, times NodePort SYNs through from_hep one
 BPF_PROG_TEST_RUN each (every SYN a new connection: two inserts) in three states: a fresh map;
 after `churn` connections whose entries were then deleted (what expiry on lookup, a port reuse,
 the GC and the bench's clears do); and with those entries kept. Prints p50/p99/p99.9/max ns per
