@@ -563,8 +563,8 @@ CTLB_MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _CTLB_SPECS}
 def map_specs(defines: dict[str, object] | None = None,
               specs: dict[str, MapSpec] = MAP_SPECS) -> dict[str, MapSpec]:
     """specs (the TC datapath's by default) with MAX_* overrides (integer values) applied, as the
-    loader compiles them, and the `ct` map's CT_MAP_TYPE (maps.h: "hash", or "lru_hash" for
-    netns_lab/bench/cttail.py's comparison)."""
+    loader compiles them, and the `ct` map's CT_MAP_TYPE and CT_MAP_FLAGS (maps.h; other values
+    for netns_lab/bench/cttail.py's comparison)."""
     if not defines:
         return dict(specs)
     out = {}
@@ -574,6 +574,8 @@ def map_specs(defines: dict[str, object] | None = None,
             spec = dataclasses.replace(spec, max_entries=override)
         if name == "ct" and str(defines.get("CT_MAP_TYPE", "")).strip('"') in CT_MAP_TYPES:
             spec = dataclasses.replace(spec, map_type=CT_MAP_TYPES[str(defines["CT_MAP_TYPE"]).strip('"')])
+        if name == "ct" and isinstance(defines.get("CT_MAP_FLAGS"), int):
+            spec = dataclasses.replace(spec, map_flags=int(defines["CT_MAP_FLAGS"]))
         out[name] = spec
     return out
 

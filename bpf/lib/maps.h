@@ -173,7 +173,10 @@ struct ct_value {
 #ifndef CT_MAP_TYPE
 #define CT_MAP_TYPE "hash"
 #endif
-BPF_TABLE_PINNED(CT_MAP_TYPE, struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct));
+#ifndef CT_MAP_FLAGS
+#define CT_MAP_FLAGS 0
+#endif
+BPF_TABLE_PINNED(CT_MAP_TYPE, struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct), CT_MAP_FLAGS);
 
 /* ---- observability -------------------------------------------------------- */
 

@@ -202,3 +202,15 @@ def test_old_pins_are_reused_upgraded_or_replaced(caplog):
             assert _layouts(view.path).value == abi.MAP_SPECS[p.name].value_layout, p.name
     finally:
         loader.remove_pins(directory, prune_up_to=naming.bpf_dir(lab))
+
+
+def test_reasons_and_hooks_mirror_counters_h():
+    """abi.REASONS and abi.HOOKS name exactly the REASON_* and HOOK_* ids bpf/lib/counters.h defines,
+    so `dump counters` names every reason a program can count (e.g. DROP_CT_FULL)."""
+    import re
+
+    text = open(os.path.join(loader.BPF_DIR, "lib", "counters.h")).read()
+    reasons = {int(n): name for name, n in re.findall(r"^#define REASON_(\w+)\s+(\d+)", text, re.M)}
+    hooks = {int(n): name.lower() for name, n in re.findall(r"^#define HOOK_(\w+)\s+(\d+)", text, re.M)}
+    assert reasons == abi.REASONS
+    assert hooks == abi.HOOKS
