@@ -51,7 +51,7 @@ def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
         rev = entries.get(rk) or ct_view.get(rk)   # the REV may be newer than the snapshot
         if rev is None or rev.type != ct_partner_type(v):
             dead.add(k)
-    return sum(ct_view.delete(k) for k in dead)
+    return ct_view.delete_many(list(dead))
 
 
 def set_cfg_flags(m: NodeMaps, dsr: bool | None = None, trace: bool | None = None,

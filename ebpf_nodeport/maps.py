@@ -66,6 +66,10 @@ class MapView(Generic[K, V]):
     def delete(self, key: K | bytes) -> bool:
         return libbpf.map_delete(self.fd, bytes(key))
 
+    def delete_many(self, keys: list[K] | list[bytes]) -> int:
+        """Delete keys in bulk (BPF_MAP_DELETE_BATCH where the kernel allows); how many were there."""
+        return libbpf.map_delete_many(self.fd, [bytes(k) for k in keys], ct.sizeof(self.key_type))
+
     def raw_items(self) -> dict[bytes, bytes]:
         """Every entry as key bytes -> value bytes, read in bulk where the kernel allows.
 
