@@ -59,6 +59,10 @@ class MapView(Generic[K, V]):
         raw = libbpf.map_lookup(self.fd, bytes(key), ct.sizeof(self.value_type))
         return None if raw is None else self.value_type.from_bytes(raw)
 
+    def get_raw(self, key: K | bytes) -> bytes | None:
+        """One entry's value bytes (None if absent), as raw_items() gives them."""
+        return libbpf.map_lookup(self.fd, bytes(key), ct.sizeof(self.value_type))
+
     def put(self, key: K | bytes, value: V | bytes, flags: int = libbpf.BPF_ANY) -> None:
         """Write one entry (structs or their bytes, e.g. from pack() or raw_items())."""
         libbpf.map_update(self.fd, bytes(key), bytes(value), flags)
