@@ -4,19 +4,20 @@ plain-hash `ct` map while the lab is in an eBPF mode (netns_lab/ctclean.py, netn
 In each eBPF mode a lab brought up into it runs exactly one cleaner (shown by `status -o json`); an
 entry written already expired into each node's map is gone within a few of its passes while a live
 connection's entry stays; the cleaner stops when the lab switches to kube-proxy, starts again on the
-way back, and `down` leaves no cleaner process behind.
+way back, and `down` (also `down --all`) leaves no cleaner process behind.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
 from ebpf_nodeport import abi
 from netns_lab import ctclean, naming
 
-from .conftest import Lab, cli, processes_with_lab_arg, wait_for
+from .conftest import Lab, Sandbox, cli, processes_with_lab_arg, unique_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -76,3 +77,17 @@ def test_cleaner_runs_in_ebpf_modes_reclaims_expired_entries_and_leaves_with_dow
     cli("down", "--name", lab.name)
     assert ctclean.cleaner_pids(lab.name) == [] and processes_with_lab_arg(lab.name) == []
     assert not naming.run_dir(lab.name).exists()
+
+
+def test_down_all_kills_the_cleaner(sandbox: Sandbox) -> None:
+    """`down --all` finds a lab's cleaner by its command line like the apps: none is left."""
+    lab = unique_lab("k")
+    sandbox.labs.append(lab)
+    sandbox.cli("up", "--name", lab, "--mode", "tunnel")
+
+    def cleaners() -> list[int]:
+        return [p for p in processes_with_lab_arg(lab) if ctclean.APP.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    assert len(cleaners()) == 1
+    sandbox.cli("down", "--all")
+    assert cleaners() == [] and processes_with_lab_arg(lab) == []
