@@ -315,8 +315,14 @@ def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet, proxy_m
             say(f"conntrack cleaner started: expired entries deleted from every node's map every "
                 f"{ctclean.INTERVAL_S:g}s (log {ctclean.log_path(st.lab)})")
     else:
-        _to_kube_proxy(st, ch, say)
-        if ctclean.stop(st.lab):
+        stopped = ctclean.stop(st.lab)   # before the maps go, so no pass meets them half removed
+        try:
+            _to_kube_proxy(st, ch, say)
+        except BaseException:
+            if stopped:
+                ctclean.ensure(st.lab)   # the lab stays in its eBPF mode: so does its cleaner
+            raise
+        if stopped:
             say("conntrack cleaner stopped")
     st.felix = felix
     dp = st.dataplane

@@ -6,7 +6,7 @@ connections (DROP_CT_FULL). Every `--interval` seconds (10 by default, Felix's s
 process runs the datapath's GC (ebpf_nodeport.datapath.gc_conntrack: the C's own expiry rules) on
 every loaded node's pinned map, and logs a line for each pass that deleted anything. netns_lab/ctclean.py
 starts it when the lab enters an eBPF mode and stops it when the lab leaves; it also exits by itself
-once the lab is gone or no longer in an eBPF mode. Runs in the root namespace, detached (its own
+once the lab is gone, or out of the eBPF modes with no datapath loaded. Runs in the root namespace, detached (its own
 session); `down` kills it like the lab's apps, by `-m netns_lab.apps.* --lab LAB` on its command line.
 """
 
@@ -21,20 +21,20 @@ INTERVAL_S = 10.0
 
 
 def one_pass(lab: str) -> dict[str, int] | None:
-    """One GC pass over every loaded node of the lab: node -> entries deleted; None when the lab is gone or
-    not in an eBPF mode (the cleaner's cue to exit). Reads the state without the lab's lock: saves are atomic
-    renames, and the GC needs no lock (the datapath itself deletes entries concurrently)."""
+    """One GC pass over every loaded node of the lab: node -> entries deleted; None when the lab is gone, or
+    out of the eBPF modes with no datapath left (the cleaner's cue to exit). A switch into an eBPF mode starts
+    the cleaner before it saves the new mode, so loaded datapaths count as much as the mode. Reads the state
+    without the lab's lock (saves are atomic renames); the GC needs none (the datapath deletes concurrently)."""
     from netns_lab import dataplane
     from netns_lab import state as lab_state
 
     st = lab_state.load(lab)
-    if st is None or st.mode not in lab_state.EBPF_MODES:
+    if st is None:
         return None
-    deleted = {}
-    for node in st.nodes():
-        if dataplane.is_loaded(st, node):   # a node unloaded meanwhile (mode switch) is skipped
-            deleted[node] = dataplane.datapath(st, node).gc()
-    return deleted
+    loaded = [node for node in st.nodes() if dataplane.is_loaded(st, node)]
+    if not loaded and st.mode not in lab_state.EBPF_MODES:
+        return None
+    return {node: dataplane.datapath(st, node).gc() for node in loaded}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             deleted = {}
         if deleted is None:
-            print(time.strftime("%H:%M:%S"), "lab gone or not in an eBPF mode: exiting", flush=True)
+            print(time.strftime("%H:%M:%S"), "lab gone or out of the eBPF modes: exiting", flush=True)
             return 0
         if any(deleted.values()):
             print(time.strftime("%H:%M:%S"), "expired conntrack entries deleted:",

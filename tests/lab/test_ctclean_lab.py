@@ -40,17 +40,11 @@ def _ct(lab: Lab, node: str) -> dict[bytes, bytes]:
         return m.ct.raw_items()
 
 
-@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
-def test_cleaner_runs_in_ebpf_modes_reclaims_expired_entries_and_leaves_with_down(lab_factory, mode: str) -> None:
-    lab = lab_factory(mode, tag="c")
-    pids = ctclean.cleaner_pids(lab.name)
-    assert len(pids) == 1, f"{mode}: cleaners {pids}"
-    doc = lab.status()["dataplane"]["conntrack_cleaner"]
-    assert doc == {"pid": pids[0], "interval_s": ctclean.INTERVAL_S}
-
-    # into every node's map: a half-open connection's entry, expired, and an established one's, live
-    stale = {node: _entry(i, established=False, last_seen_ago_s=60) for i, node in enumerate(NODES)}
-    live = {node: _entry(10 + i, established=True) for i, node in enumerate(NODES)}
+def _reclaims(lab: Lab, mode: str, first: int) -> None:
+    """Into every node's map: a half-open connection's entry, expired, and an established one's, live;
+    the cleaner deletes the first within a few passes and keeps the second."""
+    stale = {node: _entry(first + i, established=False, last_seen_ago_s=60) for i, node in enumerate(NODES)}
+    live = {node: _entry(first + 10 + i, established=True) for i, node in enumerate(NODES)}
     for node in NODES:
         with lab.api().datapath(node).maps() as m:
             for k, v in (stale[node], live[node]):
@@ -63,6 +57,17 @@ def test_cleaner_runs_in_ebpf_modes_reclaims_expired_entries_and_leaves_with_dow
         f"{mode}: expired entries still there after {PASS_WAIT_S:g}s"
     for node in NODES:
         assert bytes(live[node][0]) in _ct(lab, node), f"{mode}: {node}'s live entry was deleted"
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "dsr"])
+def test_cleaner_runs_in_ebpf_modes_reclaims_expired_entries_and_leaves_with_down(lab_factory, mode: str) -> None:
+    lab = lab_factory(mode, tag="c")
+    pids = ctclean.cleaner_pids(lab.name)
+    assert len(pids) == 1, f"{mode}: cleaners {pids}"
+    doc = lab.status()["dataplane"]["conntrack_cleaner"]
+    assert doc == {"pid": pids[0], "interval_s": ctclean.INTERVAL_S}
+
+    _reclaims(lab, mode, 0)
     assert "Welcome to YAO Bank" in lab.curl("198.19.0.1:30180")
     log = ctclean.log_path(lab.name).read_text()
     assert "expired conntrack entries deleted" in log, log
@@ -73,6 +78,7 @@ def test_cleaner_runs_in_ebpf_modes_reclaims_expired_entries_and_leaves_with_dow
     assert lab.status()["dataplane"]["conntrack_cleaner"] is None
     lab.run("mode", mode)
     assert len(ctclean.cleaner_pids(lab.name)) == 1
+    _reclaims(lab, mode, 20)   # the cleaner started by the switch works as the first did
 
     cli("down", "--name", lab.name)
     assert ctclean.cleaner_pids(lab.name) == [] and processes_with_lab_arg(lab.name) == []
