@@ -75,10 +75,10 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	struct be_value *be = lb_pick(fe, p, hash, &reason);
 	__be32 be_addr, fe_addr, peer;
 	__be16 be_port, fe_port, cport;
-	struct ct_value *held;
+	struct ct_value *held, *take = NULL;
 	struct ct_new rev, fwd;
 	struct ct_key rk;
-	int rev_from_a;
+	int rev_from_a, rc;
 
 	if (!be)
 		return reason == REASON_DROP_NO_BACKEND || reason == REASON_DROP_MID_FLOW
@@ -108,22 +108,25 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 	}
 	fe_addr = p->daddr;
 	fe_port = p->dport;
-	/* Creation cannot fail on an LRU map short of ENOMEM (or a held key
-	 * below); without entries the reply would still find none and pass,
-	 * so carry on regardless. Inserting first costs nothing extra when the
-	 * key is free, the usual case; a held key is looked at only then. */
+	/* Both entries or none: a full map drops the connection (the client
+	 * retries). Inserting first costs nothing extra when the key is free,
+	 * the usual case; a held key is looked at only then. */
 	cport = p->sport;
 	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
 			       .dport = be_port, .nat_addr = fe_addr, .nat_port = fe_port, .tun_peer = peer };
-	if (ct_create(skb, p, &rev, CT_NEW_ONLY) == -EEXIST) {
+	rc = ct_create(skb, p, &rev, CT_NEW_ONLY);
+	if (rc == -EEXIST) {
 		ct_key_make(&rk, p->saddr, p->sport, be_addr, be_port, p->proto, &rev_from_a);
 		held = ct_lookup(&rk, p);
 		if (!held) {
 			/* An expired or closed connection's, deleted by the lookup. */
-			ct_create(skb, p, &rev, CT_REPLACE);
+			rc = ct_create(skb, p, &rev, CT_REPLACE);
 		} else if (!peer && (fe->flags & FE_F_EXTERNAL) &&
-			   lb_take_over(skb, p, held, flags, rev_from_a)) {
-			/* This connection, tunnelled to us until its route moved here. */
+			   lb_flow_is(held, CT_NORMAL, p->daddr, p->dport, rev_from_a)) {
+			/* This connection, tunnelled to us until its route moved
+			 * here: taken over once its NAT_FWD is in (below). */
+			take = held;
+			rc = 0;
 		} else {
 			/* (client, backend) is a live connection already: this one,
 			 * e.g. the same client port through another node, gets a new
@@ -131,17 +134,29 @@ static __always_inline int hep_new_flow(struct __sk_buff *skb, const struct node
 			flags &= ~CT_F_DSR;
 			rev.flags = flags;
 			np_flags = 0;
-			cport = ct_create_psnat(skb, p, &rev);
-			if (!cport)
+			rc = ct_create_psnat(skb, p, &rev);
+			if (rc == 0)
 				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
-			flags |= CT_F_PSNAT;
-			reason = REASON_PSNAT;
+			if (rc > 0) {
+				cport = rc;
+				rc = 0;
+				flags |= CT_F_PSNAT;
+				reason = REASON_PSNAT;
+			}
 		}
 	}
+	if (rc < 0)
+		return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
 	fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = p->sport, .daddr = fe_addr,
 			       .dport = fe_port, .nat_addr = be_addr, .nat_port = be_port, .tun_peer = peer,
 			       .cl_port = cport != p->sport ? cport : 0 };
-	ct_create(skb, p, &fwd, CT_REPLACE);
+	if (ct_create(skb, p, &fwd, CT_REPLACE) < 0) {
+		if (!take)   /* the taken-over entry stays its old connection's */
+			ct_uncreate(p, &rev, cport);
+		return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
+	}
+	if (take)
+		lb_take_over(skb, p, take, flags, rev_from_a);
 	st->ct_flags = flags;
 
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0 ||
@@ -334,18 +349,27 @@ static __always_inline int hep_tunnel_request(struct __sk_buff *skb, struct pkt 
 				    .nat_port = vx->fe_port, .tun_peer = peer };
 
 		if (!v) {
-			ct_create(skb, in, &n, CT_REPLACE);
+			if (ct_create(skb, in, &n, CT_REPLACE) < 0)
+				return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
 		} else {
 			/* The 4-tuple is another live connection's, e.g. the same
 			 * client port through another node or our own NodePort. */
-			cport = ct_create_psnat(skb, in, &n);
-			if (!cport)
+			struct ct_new fwd;
+			int rc = ct_create_psnat(skb, in, &n);
+
+			if (rc < 0)
+				return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
+			if (!rc)
 				return verdict(st, REASON_DROP_PSNAT_FAIL, TC_ACT_SHOT);
+			cport = rc;
 			flags |= CT_F_PSNAT;
-			n = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = in->sport,
-					     .daddr = peer, .dport = vx->fe_port, .nat_addr = in->daddr,
-					     .nat_port = in->dport, .tun_peer = peer, .cl_port = cport };
-			ct_create(skb, in, &n, CT_REPLACE);
+			fwd = (struct ct_new){ .type = CT_NAT_FWD, .flags = flags, .sport = in->sport,
+					       .daddr = peer, .dport = vx->fe_port, .nat_addr = in->daddr,
+					       .nat_port = in->dport, .tun_peer = peer, .cl_port = cport };
+			if (ct_create(skb, in, &fwd, CT_REPLACE) < 0) {
+				ct_uncreate(in, &n, cport);   /* both entries or none */
+				return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
+			}
 			reason = REASON_PSNAT;
 		}
 		st->ct_flags = flags;

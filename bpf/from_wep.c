@@ -104,13 +104,15 @@ static __always_inline int wep_new_flow(struct __sk_buff *skb, const struct node
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	struct be_value *be = be_pick_policy(fe, hash, TRAFFIC_POD);
 	__u8 flags = ct_flags_of_fe(fe) | CT_F_POD_CLIENT;
+	int rc;
 
 	if (!be)   /* refused back to the pod, out of the veth it came in by */
 		return reject_no_backend(skb, p, st, skb->ifindex);
 	if (hairpin_is(p, be->addr))
 		return hairpin_new(skb, conf, p, st, be->addr, be->port, flags);
-	if (fwd_new(skb, p, st, be->addr, be->port, flags) < 0)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	rc = fwd_new(skb, p, st, be->addr, be->port, flags);
+	if (rc)
+		return verdict(st, rc, TC_ACT_SHOT);
 	return verdict(st, REASON_NAT_NEW, TC_ACT_OK);
 }
 

@@ -93,11 +93,13 @@ static __always_inline int thep_new_flow(struct __sk_buff *skb, const struct nod
 {
 	__u32 hash = flow_hash(p->saddr, p->sport, p->daddr, p->dport, p->proto);
 	struct be_value *be = be_pick_policy(fe, hash, TRAFFIC_HOST);
+	int rc;
 
 	if (!be)   /* none, or none here for iTP Local: dropped, as kube-proxy's OUTPUT rules do */
 		return verdict(st, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
-	if (fwd_new(skb, p, st, be->addr, be->port, ct_flags_of_fe(fe)) < 0)
-		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);
+	rc = fwd_new(skb, p, st, be->addr, be->port, ct_flags_of_fe(fe));
+	if (rc)
+		return verdict(st, rc, TC_ACT_SHOT);
 	return host_reroute(skb, conf, p, st, REASON_NAT_NEW);
 }
 

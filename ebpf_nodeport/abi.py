@@ -71,6 +71,7 @@ REASONS: dict[int, str] = {
     16: "DROP_MALFORMED", 17: "DROP_TUN_UNKNOWN_SRC", 18: "DROP_TUN_BAD_VNI",
     19: "DROP_NO_BACKEND", 20: "DROP_FRAG_NEEDED", 21: "DROP_SPOOFED",
     22: "DROP_ENCAP_FAIL", 23: "DROP_TTL", 24: "DROP_TUN_NO_FLOW", 25: "DROP_PSNAT_FAIL",
+    26: "DROP_CT_FULL",
     30: "DROP_SRC_RANGE", 31: "DROP_MID_FLOW",
 }
 REASON_IDS: dict[str, int] = {v: k for k, v in REASONS.items()}
@@ -94,6 +95,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "DROP_TTL": "TTL would reach 0 in a BPF-forwarded packet",
     "DROP_TUN_NO_FLOW": "tunnelled reply for a flow this node does not track",
     "DROP_PSNAT_FAIL": "4-tuple taken and no free client port found",
+    "DROP_CT_FULL": "new connection whose conntrack entries do not fit (table full): none created",
     "DROP_SRC_RANGE": "client outside the LoadBalancer's loadBalancerSourceRanges",
     "DROP_MID_FLOW": "non-SYN TCP to an external frontend without Maglev and no conntrack entry: RST sent",
 }
@@ -490,6 +492,7 @@ def layout(cls: type[_Struct]) -> Layout:
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY = 1, 2, 6
 BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_RINGBUF = 9, 11, 27
 BPF_F_NO_PREALLOC = 1
+CT_MAP_TYPES = {"hash": BPF_MAP_TYPE_HASH, "lru_hash": BPF_MAP_TYPE_LRU_HASH}   # maps.h CT_MAP_TYPE
 
 
 @dataclass(frozen=True)
@@ -528,7 +531,7 @@ _SPECS = (
     MapSpec("nat_fe", BPF_MAP_TYPE_HASH, FeKey, FeValue, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
     MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
-    MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("ct", BPF_MAP_TYPE_HASH, CtKey, CtValue, 65536, "MAX_CT"),
     MapSpec("lb_svc", BPF_MAP_TYPE_HASH, U32, LbSvc, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("lb_src", BPF_MAP_TYPE_LPM_TRIE, LbSrcKey, U32, 1024, "MAX_LB_SRC_RANGES", BPF_F_NO_PREALLOC),
     MapSpec("affinity", BPF_MAP_TYPE_LRU_HASH, AffinityKey, AffinityValue, 65536, "MAX_AFFINITY"),
@@ -560,7 +563,8 @@ CTLB_MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _CTLB_SPECS}
 def map_specs(defines: dict[str, object] | None = None,
               specs: dict[str, MapSpec] = MAP_SPECS) -> dict[str, MapSpec]:
     """specs (the TC datapath's by default) with MAX_* overrides (integer values) applied, as the
-    loader compiles them."""
+    loader compiles them, and the `ct` map's CT_MAP_TYPE and CT_MAP_FLAGS (maps.h; other values
+    for netns_lab/bench/cttail.py's comparison)."""
     if not defines:
         return dict(specs)
     out = {}
@@ -568,6 +572,10 @@ def map_specs(defines: dict[str, object] | None = None,
         override = defines.get(spec.max_define) if spec.max_define else None
         if isinstance(override, int):
             spec = dataclasses.replace(spec, max_entries=override)
+        if name == "ct" and str(defines.get("CT_MAP_TYPE", "")).strip('"') in CT_MAP_TYPES:
+            spec = dataclasses.replace(spec, map_type=CT_MAP_TYPES[str(defines["CT_MAP_TYPE"]).strip('"')])
+        if name == "ct" and isinstance(defines.get("CT_MAP_FLAGS"), int):
+            spec = dataclasses.replace(spec, map_flags=int(defines["CT_MAP_FLAGS"]))
         out[name] = spec
     return out
 

@@ -24,6 +24,9 @@ DEFAULT_FABRIC_MTU = 1500
 __all__ = ["NodeDatapath", "gc_conntrack", "set_cfg_flags", "DEFAULT_FABRIC_MTU"]
 
 
+REREAD_BULK = 64   # past this many expired candidates the GC re-reads the whole map in bulk, not key by key
+
+
 def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
                  timeouts: dict[str, int] | None = None) -> int:
     """Delete expired conntrack entries with the C's rules; returns how many were deleted.
@@ -31,27 +34,41 @@ def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
     NORMAL and NAT_REV entries expire on their own timestamps and TCP state
     (conntrack.h ct_timeout). A NAT_FWD entry lives exactly as long as the entry it
     belongs to (its NAT_REV, or a backend node's NORMAL): the reply direction refreshes
-    only the latter.
+    only the latter. Entries judged expired are read again before they go (a packet may
+    have refreshed one meanwhile): key by key, or the whole map in bulk when there are
+    many (one BPF_MAP_LOOKUP_BATCH pass instead of a syscall each). Keys are handled as
+    bytes, and deleted in bulk (BPF_MAP_DELETE_BATCH).
     """
     now = ktime_ns() if now_ns is None else now_ns
-    entries: dict[CtKey, CtValue] = dict(ct_view.items())
-    dead: set[CtKey] = set()
-    for k, v in entries.items():
-        if v.type != CT_NAT_FWD and ct_expired(k, v, now, timeouts):
-            fresh = ct_view.get(k)          # re-read: a packet may have refreshed it
-            if fresh is None or ct_expired(k, fresh, now, timeouts):
-                dead.add(k)
-    for k, v in entries.items():
+    kt, vt = ct_view.key_type, ct_view.value_type
+    snap = ct_view.raw_items()
+    entries: dict[bytes, tuple[CtKey, CtValue]] = {k: (kt.from_bytes(k), vt.from_bytes(v)) for k, v in snap.items()}
+    expired = [kb for kb, (k, v) in entries.items() if v.type != CT_NAT_FWD and ct_expired(k, v, now, timeouts)]
+    if len(expired) > REREAD_BULK:
+        again = ct_view.raw_items()
+        fresh = {kb: again.get(kb) for kb in expired}
+    else:
+        fresh = {kb: ct_view.get_raw(kb) for kb in expired}
+    dead: set[bytes] = set()
+    for kb in expired:
+        raw = fresh[kb]
+        # unchanged since the snapshot: still expired; changed: judged again; gone: nothing to keep
+        if raw is None or raw == snap[kb] or ct_expired(entries[kb][0], vt.from_bytes(raw), now, timeouts):
+            dead.add(kb)
+    for kb, (k, v) in entries.items():
         if v.type != CT_NAT_FWD:
             continue
-        rk = ct_rev_key_of_fwd(k, v)
+        rk = bytes(ct_rev_key_of_fwd(k, v))
         if rk in dead:
-            dead.add(k)
+            dead.add(kb)
             continue
-        rev = entries.get(rk) or ct_view.get(rk)   # the REV may be newer than the snapshot
+        if rk in entries:
+            rev: CtValue | None = entries[rk][1]
+        else:                               # the REV may be newer than the snapshot
+            rev = ct_view.get(kt.from_bytes(rk))
         if rev is None or rev.type != ct_partner_type(v):
-            dead.add(k)
-    return sum(ct_view.delete(k) for k in dead)
+            dead.add(kb)
+    return ct_view.delete_many(list(dead))
 
 
 def set_cfg_flags(m: NodeMaps, dsr: bool | None = None, trace: bool | None = None,

@@ -59,12 +59,20 @@ class MapView(Generic[K, V]):
         raw = libbpf.map_lookup(self.fd, bytes(key), ct.sizeof(self.value_type))
         return None if raw is None else self.value_type.from_bytes(raw)
 
+    def get_raw(self, key: K | bytes) -> bytes | None:
+        """One entry's value bytes (None if absent), as raw_items() gives them."""
+        return libbpf.map_lookup(self.fd, bytes(key), ct.sizeof(self.value_type))
+
     def put(self, key: K | bytes, value: V | bytes, flags: int = libbpf.BPF_ANY) -> None:
         """Write one entry (structs or their bytes, e.g. from pack() or raw_items())."""
         libbpf.map_update(self.fd, bytes(key), bytes(value), flags)
 
     def delete(self, key: K | bytes) -> bool:
         return libbpf.map_delete(self.fd, bytes(key))
+
+    def delete_many(self, keys: list[K] | list[bytes]) -> int:
+        """Delete keys in bulk (BPF_MAP_DELETE_BATCH where the kernel allows); how many were there."""
+        return libbpf.map_delete_many(self.fd, [bytes(k) for k in keys], ct.sizeof(self.key_type))
 
     def raw_items(self) -> dict[bytes, bytes]:
         """Every entry as key bytes -> value bytes, read in bulk where the kernel allows.

@@ -13,6 +13,7 @@ tests/bpf/test_abi.py):
   new fields zero, dropped fields gone (a key may only gain fields, or two old keys
   could become one; nothing in common is no conversion). The old pin is removed, the load creates the new map, and
   restore() writes the converted entries into it;
+- a hash that became an LRU hash or back (`ct` did) converts the same way;
 - anything else (another map type, a field whose size changed, an index-keyed array
   whose capacity changed, a map without BTF): replaced by an empty map, with one
   warning line naming the map.
@@ -25,13 +26,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import btf, libbpf
-from .abi import (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF, Layout,
-                  MapSpec)
+from .abi import (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+                  BPF_MAP_TYPE_RINGBUF, Layout, MapSpec)
 
 log = logging.getLogger(__name__)
 
 Convert = Callable[[bytes], bytes]
 _INDEXED = {BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY}   # the key is a position, not a name
+_HASHES = {BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH}   # one holds the other's entries (`ct` was an LRU)
 
 
 class Unconvertible(Exception):
@@ -109,7 +111,7 @@ def _entries(fd: int, info: libbpf.MapInfo) -> dict[bytes, bytes]:
 
 def _upgrade(fd: int, info: libbpf.MapInfo, spec: MapSpec) -> list[tuple[bytes, bytes]]:
     """The pinned map's entries converted to spec's layouts; Unconvertible if they do not convert."""
-    if info.type != spec.map_type:
+    if info.type != spec.map_type and {info.type, spec.map_type} != _HASHES:
         raise Unconvertible(f"map type {info.type}, now {spec.map_type}")
     if info.type in _INDEXED and info.max_entries != spec.max_entries:
         raise Unconvertible(f"index-keyed, {info.max_entries} entries, now {spec.max_entries}")

@@ -42,7 +42,7 @@ from ebpf_nodeport.abi import EBPF_MODES, SKB_MARK_BYPASS
 from ebpf_nodeport.datapath import NodeDatapath
 from ebpf_nodeport.sync import Backend, ClusterView, Service
 from ebpf_nodeport.loader import LoadResult, LoaderError
-from netns_lab import builder, cgroups, cleanup, ctflush, kubeproxy, kubeproxy_nft, naming
+from netns_lab import builder, cgroups, cleanup, ctclean, ctflush, kubeproxy, kubeproxy_nft, naming
 from netns_lab import felix as felix_model
 from netns_lab.errors import LabError
 from netns_lab.felix import FelixConfig
@@ -310,8 +310,20 @@ def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet, proxy_m
         set_proxy_mode(st, proxy_mode, say)
     if felix.mode in EBPF_MODES:
         _to_ebpf(st, felix, ch, say)
+        if not ctclean.cleaner_pids(st.lab):
+            ctclean.ensure(st.lab)
+            say(f"conntrack cleaner started: expired entries deleted from every node's map every "
+                f"{ctclean.INTERVAL_S:g}s (log {ctclean.log_path(st.lab)})")
     else:
-        _to_kube_proxy(st, ch, say)
+        stopped = ctclean.stop(st.lab)   # before the maps go, so no pass meets them half removed
+        try:
+            _to_kube_proxy(st, ch, say)
+        except BaseException:
+            if stopped:
+                ctclean.ensure(st.lab)   # the lab stays in its eBPF mode: so does its cleaner
+            raise
+        if stopped:
+            say("conntrack cleaner stopped")
     st.felix = felix
     dp = st.dataplane
     dp.loaded = loaded_nodes(st)
@@ -633,5 +645,7 @@ def status(st: LabState) -> dict[str, Any]:
         doc["ctlb_programs"] = ctlb.attached(str(path)) if path else []
     # connect-time LB follows felix in the eBPF modes (_settle_ctlb), and is off in kube-proxy mode
     ctlb_setting = st.felix.bpfConnectTimeLoadBalancing if st.mode in EBPF_MODES else "off"
+    cleaners = ctclean.cleaner_pids(st.lab)
     return {"nodes": nodes, "cgroup2": str(cg_root) if cg_root else None, "connect_time_lb": ctlb_setting,
-            "load_s": st.dataplane.load_s, "last_switch": st.dataplane.last_switch}
+            "load_s": st.dataplane.load_s, "last_switch": st.dataplane.last_switch,
+            "conntrack_cleaner": {"pid": cleaners[0], "interval_s": ctclean.INTERVAL_S} if cleaners else None}

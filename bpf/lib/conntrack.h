@@ -2,8 +2,10 @@
  *
  * Timeouts are Calico's defaults. An entry idle longer than its timeout is
  * treated as absent and deleted on lookup, so correctness never depends on
- * the user-space GC (which applies the same rules, ebpf_nodeport/datapath.py)
- * nor on LRU eviction, the last resort.
+ * the user-space GC (which applies the same rules, ebpf_nodeport/datapath.py,
+ * run every few seconds by the lab's cleaner). The map never evicts: a new
+ * connection that does not fit is dropped (REASON_DROP_CT_FULL), nothing of
+ * it left behind (maps.h).
  */
 #ifndef NP_CONNTRACK_H
 #define NP_CONNTRACK_H
@@ -235,7 +237,10 @@ static __always_inline void ct_fill(struct ct_value *v, struct __sk_buff *skb,
 #define CT_RETRY_NEW -1000
 
 /* Create the entry n describes for the connection whose client sent
- * packet p; the packet itself is accounted in it. */
+ * packet p; the packet itself is accounted in it. 0, -EEXIST (CT_NEW_ONLY
+ * and the key is held), or another negative errno when the map has no room
+ * (-E2BIG: a plain hash never evicts; the caller drops the connection with
+ * REASON_DROP_CT_FULL). Replacing a held key always fits. */
 static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p,
 				     const struct ct_new *n, int how)
 {
@@ -248,17 +253,29 @@ static __always_inline int ct_create(struct __sk_buff *skb, struct pkt *p,
 	return how == CT_NEW_ONLY ? ct.insert(&k, &v) : ct.update(&k, &v);
 }
 
+/* Undo a ct_create() of the entry n describes, client port sport: its
+ * partner did not fit, and half a connection must not stay behind. */
+static __always_inline void ct_uncreate(const struct pkt *p, const struct ct_new *n, __be16 sport)
+{
+	struct ct_key k;
+	int from_a;
+
+	ct_key_make(&k, p->saddr, sport, n->daddr, n->dport, p->proto, &from_a);
+	ct.delete(&k);
+}
+
 /* Source-port collision (config.h): the entry n describes (n->sport aside)
  * under a client port drawn from the PSNAT range that no entry holds
  * (inserted only if absent, so two CPUs never share one). The entry is
  * flagged CT_F_PSNAT and keeps the client's own port for the replies.
- * Returns the new port, 0 when every draw was taken. */
-static __always_inline __be16 ct_create_psnat(struct __sk_buff *skb, struct pkt *p,
-					      const struct ct_new *n)
+ * Returns the new port (a __be16, never 0), 0 when every draw was taken,
+ * or a negative errno when the map has no room (no further draw helps). */
+static __always_inline int ct_create_psnat(struct __sk_buff *skb, struct pkt *p,
+					   const struct ct_new *n)
 {
 	struct ct_key k;
 	struct ct_value v;
-	int from_a;
+	int from_a, rc;
 
 #pragma unroll
 	for (int i = 0; i < PSNAT_RETRIES; i++) {
@@ -268,8 +285,11 @@ static __always_inline __be16 ct_create_psnat(struct __sk_buff *skb, struct pkt 
 		ct_fill(&v, skb, p, from_a, n);
 		v.flags |= CT_F_PSNAT;
 		v.cl_port = p->sport;
-		if (ct.insert(&k, &v) == 0)
+		rc = ct.insert(&k, &v);
+		if (rc == 0)
 			return port;
+		if (rc != -EEXIST)
+			return rc;
 	}
 	return 0;
 }

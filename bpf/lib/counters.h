@@ -33,6 +33,7 @@
 #define REASON_DROP_TTL              23  /* TTL would reach 0 in a BPF-forwarded packet */
 #define REASON_DROP_TUN_NO_FLOW      24  /* tunnelled reply for a flow this node does not track */
 #define REASON_DROP_PSNAT_FAIL       25  /* 4-tuple taken and no free client port in PSNAT_RETRIES draws */
+#define REASON_DROP_CT_FULL          26  /* new connection whose conntrack entries do not fit: none created */
 #define REASON_DROP_SRC_RANGE        30  /* client outside the LoadBalancer's loadBalancerSourceRanges */
 #define REASON_DROP_MID_FLOW         31  /* non-SYN TCP to an external frontend without Maglev, no conntrack: RST sent */
 

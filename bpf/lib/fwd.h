@@ -12,7 +12,9 @@
 #include "lib/events.h"
 
 /* The first packet (client p->saddr:p->sport to frontend p->daddr:p->dport):
- * both entries, then p DNATed to the backend. 0, or -1 when the rewrite failed. */
+ * both entries, then p DNATed to the backend. 0, or the reason to drop p:
+ * REASON_DROP_CT_FULL (the map has no room for both entries: none is left),
+ * REASON_DROP_ENCAP_FAIL (the rewrite failed). */
 static __always_inline int fwd_new(struct __sk_buff *skb, struct pkt *p, struct run_state *st,
 				   __be32 be_addr, __be16 be_port, __u8 flags)
 {
@@ -21,11 +23,15 @@ static __always_inline int fwd_new(struct __sk_buff *skb, struct pkt *p, struct 
 	struct ct_new rev = { .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
 			      .dport = be_port, .nat_addr = p->daddr, .nat_port = p->dport };
 
-	ct_create(skb, p, &fwd, CT_REPLACE);
-	ct_create(skb, p, &rev, CT_REPLACE);
+	if (ct_create(skb, p, &fwd, CT_REPLACE) < 0)
+		return REASON_DROP_CT_FULL;
+	if (ct_create(skb, p, &rev, CT_REPLACE) < 0) {
+		ct_uncreate(p, &fwd, p->sport);
+		return REASON_DROP_CT_FULL;
+	}
 	st->ct_flags = flags;
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
-		return -1;
+		return REASON_DROP_ENCAP_FAIL;
 	st_left(st, p);
 	return 0;
 }

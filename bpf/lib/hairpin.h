@@ -67,11 +67,15 @@ static __always_inline int hairpin_new(struct __sk_buff *skb, const struct node_
 			       .dport = p->dport, .nat_addr = be_addr, .nat_port = be_port };
 	rev = (struct ct_new){ .type = CT_NAT_REV, .flags = flags, .sport = p->sport, .daddr = be_addr,
 			       .dport = be_port, .nat_addr = p->daddr, .nat_port = p->dport };
-	ct_create(skb, p, &fwd, CT_REPLACE);
+	if (ct_create(skb, p, &fwd, CT_REPLACE) < 0)
+		return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
 	/* keyed by the post-SNAT client (the node), not p's source */
 	ct_key_make(&k, conf->node_ip, rev.sport, rev.daddr, rev.dport, p->proto, &from_a);
 	ct_fill(&v, skb, p, from_a, &rev);
-	ct.update(&k, &v);
+	if (ct.update(&k, &v) < 0) {
+		ct_uncreate(p, &fwd, p->sport);   /* both entries or none */
+		return verdict(st, REASON_DROP_CT_FULL, TC_ACT_SHOT);
+	}
 	st->ct_flags = flags;
 	if (rewrite_l3l4(skb, p, 0, be_addr, be_port) < 0)
 		return verdict(st, REASON_DROP_ENCAP_FAIL, TC_ACT_SHOT);

@@ -160,17 +160,23 @@ struct ct_value {
 	__u64  bytes_ba;
 };
 
-/* Connections, both directions in one normalised entry; LRU evicts when full.
- * One common LRU list, not per-CPU ones (BPF_F_NO_COMMON_LRU): measured here, the
- * per-CPU lists made every new flow 0.5-1.5 us dearer and give each CPU only
- * MAX_CT / CPUs; the common list instead costs ~1% of inserts ~100 us once
- * entries have been deleted (docs/bench.md, finding 2). */
-/* "hash" only to measure it (netns_lab/bench/cttail.py): the datapath assumes an LRU, a full
- * plain hash refuses inserts and nothing here reclaims it (docs/datapath.md, Conntrack). */
+/* Connections, both directions in one normalised entry. A plain preallocated
+ * hash, as Calico's: an insert never waits on LRU eviction (the LRU's common
+ * free list made ~1% of inserts cost ~100 us once entries had been deleted,
+ * docs/datapath.md), and no live entry is ever evicted, so a SYN flood larger
+ * than the table cannot push established connections out. The price: a full
+ * map refuses inserts (the new connection is dropped, DROP_CT_FULL), and
+ * expired entries leave it only when their key is looked up again or the
+ * lab's cleaner runs (netns_lab/apps/ctclean.py, the GC of every node every
+ * few seconds, as Felix scans its map). "lru_hash" still builds, for
+ * netns_lab/bench/cttail.py's comparison. */
 #ifndef CT_MAP_TYPE
-#define CT_MAP_TYPE "lru_hash"
+#define CT_MAP_TYPE "hash"
 #endif
-BPF_TABLE_PINNED(CT_MAP_TYPE, struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct));
+#ifndef CT_MAP_FLAGS
+#define CT_MAP_FLAGS 0
+#endif
+BPF_TABLE_PINNED(CT_MAP_TYPE, struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct), CT_MAP_FLAGS);
 
 /* ---- observability -------------------------------------------------------- */
 

@@ -289,7 +289,7 @@ def fill_ct(b: Bench, syn: bytes) -> int:
         for port in range(1024, 65024):
             run_prog(fd, with_sport(frame, port))
             opened += 1
-            if opened * 2 >= cap * 1.2:  # two entries per connection; past capacity, so eviction runs
+            if opened * 2 >= cap * 1.2:  # two entries per connection; past capacity: the map is full
                 return len(b.cluster["control"].maps.ct)
     return len(b.cluster["control"].maps.ct)
 
@@ -365,10 +365,10 @@ def measure_paths(cluster: Any, runs: int, empty_fd: int,
     syn_r = tcp_frame(CLIENT, 1, NODES["control"], NP_REMOTE, "S")
     new("from_hep", "control", "NodePort, remote backend: SYN (... + VXLAN encap)", "NAT_NEW",
         lambda p: with_sport(syn_r, p), follow=("from_hep", "node1", "tunnelled SYN at the backend's node (decap, conntrack create)"))
-    # the same SYN when conntrack is at capacity: every insert must evict (LRU), as under connection churn
+    # the same SYN when conntrack is at capacity (a SYN flood): a plain hash refuses the insert, nothing created
     fill_ct(b, syn_l)
-    new("from_hep", "control", "NodePort, local backend: SYN, conntrack full (LRU eviction on insert)",
-        "NAT_NEW", lambda p: with_sport(syn_l, p))
+    new("from_hep", "control", "NodePort, local backend: SYN, conntrack full (refused: DROP_CT_FULL)",
+        "DROP_CT_FULL", lambda p: with_sport(syn_l, p))
     cluster.clear_ct()
     syn_c = tcp_frame(LOCAL_BE[0], 1, CIP_REMOTE, 80, "S")
     new("from_wep", "control", "ClusterIP from a pod: SYN (lookup, conntrack create, DNAT)", "NAT_NEW",

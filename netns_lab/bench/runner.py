@@ -160,8 +160,9 @@ class Run:
         assert self.prog is not None
         self._switch(rnd, mode)
         if mode in EBPF_MODES:
-            # every eBPF visit starts as after a fresh load: a conntrack map filled by the previous
-            # visit's ~50,000 connections would make this visit's new flows pay LRU eviction
+            # every eBPF visit starts as after a fresh load: the previous visit's ~50,000 connections
+            # leave entries for their closing timeouts (30-40 s), which the plain-hash map would hold
+            # until the lab's cleaner reclaimed them, refusing new flows (DROP_CT_FULL) once full
             self.res.setdefault("ct_cleared", []).append({"round": rnd, "mode": mode, "entries": self.prog.clear_conntrack()})
         self.step(f"round {rnd + 1}: {mode}")
         for backend in BACKENDS:

@@ -133,8 +133,24 @@ OLD_PINS = [
            "BPF_TABLE_PINNED(\"hash\", __be32, struct node_info, nodes, 256, PIN(nodes), BPF_F_NO_PREALLOC);",
            bytes(NODE), struct.pack("<Q", 1), "replaced", None),
 ]
+
+def _c_struct(name: str) -> str:
+    """`struct name { ... };` as bpf/lib/maps.h declares it today."""
+    text = open(os.path.join(loader.BPF_DIR, "lib", "maps.h")).read()
+    start = text.index(f"struct {name} {{")
+    return text[start:text.index("};", start) + 2]
+
+
+CTK = abi.ct_key("203.0.113.7", 40000, "198.19.16.65", 8080, "tcp")[0]
+CTV = abi.CtValue(created_ns=1, last_seen_ns=2, type=abi.CT_NAT_REV, flags=abi.CT_F_NODEPORT,
+                  tcp_a=abi.TCPF_SYN, nat_addr=abi.ip2int("198.19.0.1"), nat_port=30180, packets_ab=1)
+OLD_PINS.append(
+    # the conntrack map as the LRU hash it was before it became a plain hash: entries kept
+    OldPin("ct", _c_struct("ct_key") + "\n" + _c_struct("ct_value") + "\n"
+           "BPF_TABLE_PINNED(\"lru_hash\", struct ct_key, struct ct_value, ct, 65536, PIN(ct));",
+           bytes(CTK), bytes(CTV), "upgraded", CTV))
 VIEWS = {"svc_meta": (abi.U32, abi.SvcMeta), "nat_be": (abi.BeKey, abi.BeValue),
-         "nat_fe": (abi.FeKey, abi.FeValue), "nodes": (abi.Addr, abi.NodeInfo)}
+         "nat_fe": (abi.FeKey, abi.FeValue), "nodes": (abi.Addr, abi.NodeInfo), "ct": (abi.CtKey, abi.CtValue)}
 
 
 def _pin_old_maps(directory: str) -> dict[str, int]:
@@ -186,3 +202,15 @@ def test_old_pins_are_reused_upgraded_or_replaced(caplog):
             assert _layouts(view.path).value == abi.MAP_SPECS[p.name].value_layout, p.name
     finally:
         loader.remove_pins(directory, prune_up_to=naming.bpf_dir(lab))
+
+
+def test_reasons_and_hooks_mirror_counters_h():
+    """abi.REASONS and abi.HOOKS name exactly the REASON_* and HOOK_* ids bpf/lib/counters.h defines,
+    so `dump counters` names every reason a program can count (e.g. DROP_CT_FULL)."""
+    import re
+
+    text = open(os.path.join(loader.BPF_DIR, "lib", "counters.h")).read()
+    reasons = {int(n): name for name, n in re.findall(r"^#define REASON_(\w+)\s+(\d+)", text, re.M)}
+    hooks = {int(n): name.lower() for name, n in re.findall(r"^#define HOOK_(\w+)\s+(\d+)", text, re.M)}
+    assert reasons == abi.REASONS
+    assert hooks == abi.HOOKS
