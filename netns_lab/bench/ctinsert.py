@@ -9,6 +9,9 @@ program; the median difference) in the states a new flow meets:
 - `emptied`: after the map was filled and every entry deleted from user space (the bench's
   `clear_ct()`, or a cleaner pass over a full map);
 - `emptied_other_cpu`: the same, but the deletes ran on the other CPU than the inserts;
+- `past_half`: a fresh map after 34,000 inserts on the same CPU, i.e. past the half of the free
+  elements the kernel gave this CPU's free list at creation: each insert takes one from the other
+  CPU's list;
 - `steady`: a map holding `live` entries in which every insert follows a delete of the oldest
   entry by the datapath (expiry on lookup, a port reuse) on the same CPU: a map in use;
 - `steady_user`: the same, the oldest entries deleted from user space in batches of 1,000
@@ -69,7 +72,7 @@ int empty(struct __sk_buff *skb) { return 0; }
 
 MAXN = 65536
 KINDS = ("lru_hash", "hash")
-STATES = ("fresh", "emptied", "emptied_other_cpu", "steady", "steady_user")
+STATES = ("fresh", "emptied", "emptied_other_cpu", "past_half", "steady", "steady_user")
 
 
 def frame(i: int) -> bytes:
@@ -127,6 +130,10 @@ def measure(b: Bench, state: str, n: int, base: int, cpu: int, other: int, live:
         pin(other if state == "emptied_other_cpu" else cpu)
         b.clear()
         pin(cpu)
+        out = [b.timed_insert(base + i) for i in range(n)]
+    elif state == "past_half":
+        for i in range(34000):
+            b.run(b.ins, base + 100000 + i)
         out = [b.timed_insert(base + i) for i in range(n)]
     elif state == "steady":
         for i in range(live):
