@@ -41,6 +41,10 @@ static long (*redirect_neigh4)(__u32 ifindex, void *params, int plen, __u64 flag
 #define ct_clock_ns() bpf_ktime_get_ns()
 #endif
 
+/* bpf_jiffies64 (5.5, inlined by the verifier on 64-bit JITs) lets pkt_now() (parse.h) read
+ * the clock once per jiffy and CPU instead of once per packet; without it (probe, kernel.py)
+ * every run reads the clock. */
+
 #ifndef TC_ACT_REDIRECT
 #define TC_ACT_REDIRECT 7
 #endif
