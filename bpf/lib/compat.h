@@ -41,9 +41,8 @@ static long (*redirect_neigh4)(__u32 ifindex, void *params, int plen, __u64 flag
 #define ct_clock_ns() bpf_ktime_get_ns()
 #endif
 
-/* bpf_jiffies64 (5.5, inlined by the verifier on 64-bit JITs) lets pkt_now() (parse.h) read
- * the clock once per jiffy and CPU instead of once per packet; without it (probe, kernel.py)
- * every run reads the clock. */
+/* With the coarse clock, pkt_now() (parse.h) reads it once per jiffy and CPU, the jiffy told by
+ * bpf_jiffies64() (5.5, inlined by the verifier on 64-bit JITs): no probe of its own needed. */
 
 #ifndef TC_ACT_REDIRECT
 #define TC_ACT_REDIRECT 7

@@ -104,10 +104,11 @@ static __always_inline void *pkt_ptr(struct __sk_buff *skb, __u32 off, const __u
  * so the cached reading is the value a call would return, or (a run between the
  * tick's jiffies increment and its clock update) the previous tick's: never
  * ahead of user space's clock, at most a tick behind it, against timeouts of
- * 5 s and more. With the fine clock (no coarse helper) that is the resolution. */
+ * 5 s and more. The fine clock (no coarse helper, before 5.11) moves between
+ * ticks and user space reads it fine too: read per run there. */
 static __always_inline __u64 ct_clock_now(void)
 {
-#ifdef HAVE_JIFFIES64
+#ifdef HAVE_KTIME_COARSE
 	__u32 zero = 0;
 	struct ct_clock_cache *c = ct_clock.lookup(&zero);
 	__u64 j = bpf_jiffies64();
