@@ -153,21 +153,25 @@ static __always_inline int rewrite_l3l4(struct __sk_buff *skb, struct pkt *p, in
 	struct iphdr *ip;
 	__be16 *ports;
 	__u16 *check;
-	__u16 f0;
+	__u16 f0 = 0;
 
 	/* Helpers first: they move packet data, so pointers are taken after. */
 	if (addr_changed && csum_off >= 0) {
-		check = pkt_ptr(skb, csum_off, sizeof(*check));
-		if (!check)
-			return -1;
-		f0 = *check;
+		if (port_changed) {
+			check = pkt_ptr(skb, csum_off, sizeof(*check));
+			if (!check)
+				return -1;
+			f0 = *check;
+		}
 		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
 					l4f | BPF_F_PSEUDO_HDR | sizeof(new_addr)) < 0)
 			return -1;
-		check = pkt_ptr(skb, csum_off, sizeof(*check));
-		if (!check)
-			return -1;
-		kind = l4_csum_kind(f0, *check, old_addr, new_addr, udp);
+		if (port_changed) {
+			check = pkt_ptr(skb, csum_off, sizeof(*check));
+			if (!check)
+				return -1;
+			kind = l4_csum_kind(f0, *check, old_addr, new_addr, udp);
+		}
 	}
 	if (port_changed && kind == L4_UNKNOWN &&
 	    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4f | sizeof(new_port)) < 0)
