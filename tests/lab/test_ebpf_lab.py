@@ -169,17 +169,17 @@ while time.time() < end:
     except socket.timeout:
         continue
     ip = data[14:]
-    if addr[2] == socket.PACKET_OUTGOING or ip[9] != 6 or socket.inet_aton(peer) not in (ip[12:16], ip[16:20]):
+    if addr[2] == socket.PACKET_OUTGOING or ip[9] not in (6, 17) or socket.inet_aton(peer) not in (ip[12:16], ip[16:20]):
         continue
     status = next((struct.unpack_from("I", d)[0] for lvl, t, d in anc if (lvl, t) == (263, 8)), 0)
     out.append({"hex": data.hex(), "status": status})
 print(json.dumps(out))
 """
-TP_STATUS_CSUMNOTREADY = 0x8   # the skb is CHECKSUM_PARTIAL: its TCP checksum field holds the pseudo-header sum
+TP_STATUS_CSUMNOTREADY = 0x8   # the skb is CHECKSUM_PARTIAL: its L4 checksum field holds the pseudo-header sum
 
 
 def capture(lab: Lab, member: str, peer: str, action, secs: float = 4.0) -> list[tuple[bytes, bool]]:
-    """TCP frames to or from `peer` that a member receives while `action()` runs: (frame, CHECKSUM_PARTIAL?)."""
+    """TCP and UDP frames from or to `peer` a member receives while `action()` runs: (frame, CHECKSUM_PARTIAL?)."""
     import subprocess
     import sys
 
@@ -197,37 +197,44 @@ def capture(lab: Lab, member: str, peer: str, action, secs: float = 4.0) -> list
     return [(bytes.fromhex(f["hex"]), bool(f["status"] & TP_STATUS_CSUMNOTREADY)) for f in json.loads(out)]
 
 
-def tcp_csum_problem(frame: bytes, partial: bool) -> str | None:
-    """None when the TCP checksum field is what the skb's state needs: a CHECKSUM_PARTIAL skb's field is
-    the pseudo-header sum (the device completes it over the segment), any other's the full checksum."""
+def l4_csum_problem(frame: bytes, partial: bool) -> str | None:
+    """None when the TCP/UDP checksum field is what the skb's state needs: a CHECKSUM_PARTIAL skb's field
+    is the pseudo-header sum (the device completes it over the segment), any other's the full checksum
+    (or, UDP, 0: none)."""
     import struct
 
     from ebpf_nodeport.testrun import csum16
 
     ip = frame[14:]
     ihl, tot = (ip[0] & 15) * 4, struct.unpack_from("!H", ip, 2)[0]
-    seg = ip[ihl:tot]
-    pseudo = csum16(ip[12:20] + struct.pack("!BBH", 0, 6, len(seg)))
-    field = struct.unpack_from("!H", seg, 16)[0]
+    seg, proto = ip[ihl:tot], ip[9]
+    pseudo = csum16(ip[12:20] + struct.pack("!BBH", 0, proto, len(seg)))
+    field = struct.unpack_from("!H", seg, 16 if proto == 6 else 6)[0]
+    if proto == 17 and field == 0:
+        return None
     if partial:
         return None if field % 0xFFFF == pseudo % 0xFFFF else f"partial: field {field:#06x}, pseudo-header sum {pseudo:#06x}"
     return None if csum16(seg, pseudo) == 0xFFFF else f"full checksum wrong (field {field:#06x})"
 
 
-def test_nat_keeps_partial_and_full_tcp_checksums_right(tunnel_lab: Lab) -> None:
-    """A NodePort request (DNAT in from_hep) and its reply (reverse NAT in from_wep) change address and port;
+def test_nat_keeps_partial_and_full_l4_checksums_right(tunnel_lab: Lab) -> None:
+    """NodePort requests (DNAT in from_hep) and their replies (reverse NAT in from_wep), TCP and UDP, change
+    address and port;
     the port's checksum update is arithmetic for a full checksum only, told from CHECKSUM_PARTIAL by the
     address helper's own update (bpf/lib/csum.h). veth traffic is CHECKSUM_PARTIAL and a local socket never
     checks it, so a curl would pass either way: the frames the pod and host1 receive are checked instead."""
+    echo = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); "
+            "s.sendto(b'yaobank-echo', (__import__('sys').argv[1], 30107)); print(s.recvfrom(100)[0].decode())")
     node = next(p["node"] for p in tunnel_lab.status()["pods"] if p["name"] == tunnel_lab.pod("customer"))
     addr = NODES[node]
     frames: dict[str, list] = {}
     frames["customer"] = capture(tunnel_lab, "customer", HOST1, lambda: frames.__setitem__(
-        "host1", capture(tunnel_lab, "host1", addr, lambda: tunnel_lab.curl(f"{addr}:30180"))))
+        "host1", capture(tunnel_lab, "host1", addr, lambda: (tunnel_lab.curl(f"{addr}:30180"),
+                                                             host_python(tunnel_lab, echo, addr)))))
     for member, got in frames.items():
-        assert len(got) >= 4, (member, len(got))   # handshake, request or response, FIN/ACKs
-        assert any(partial for _, partial in got), member   # what this test is about: PARTIAL skbs NATed
-        problems = [(i, p) for i, (f, partial) in enumerate(got) if (p := tcp_csum_problem(f, partial))]
+        for proto in (6, 17):   # what this test is about: PARTIAL skbs NATed, TCP and UDP
+            assert any(partial for f, partial in got if f[14 + 9] == proto), (member, proto, len(got))
+        problems = [(i, p) for i, (f, partial) in enumerate(got) if (p := l4_csum_problem(f, partial))]
         assert problems == [], (member, problems)
 
 
