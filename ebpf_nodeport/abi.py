@@ -392,6 +392,11 @@ class FragPorts(_Struct):
     _fields_ = [("sport", BE16), ("dport", BE16)]
 
 
+class CtClockCache(_Struct):
+    """struct ct_clock_cache (bpf/lib/maps.h): per CPU, the conntrack clock as last read and its jiffy."""
+    _fields_ = [("jiffies", ct.c_uint64), ("ns", ct.c_uint64)]
+
+
 class CtlbCfg(_Struct):
     """struct ctlb_cfg (bpf/lib/ctlb.h): the node's netns cookie and which protocols connect() balances."""
     _fields_ = [("netns_cookie", ct.c_uint64), ("flags", ct.c_uint32), ("pad", ct.c_uint32)]
@@ -539,6 +544,7 @@ _SPECS = (
             BPF_F_NO_PREALLOC),
     MapSpec("frags", BPF_MAP_TYPE_LRU_HASH, FragKey, FragPorts, 8192, "MAX_FRAGS"),
     MapSpec("counters", BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, N_HOOKS * MAX_REASONS),
+    MapSpec("ct_clock", BPF_MAP_TYPE_PERCPU_ARRAY, U32, CtClockCache, 1),
     MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, 256 * 1024, "EVENTS_BYTES"),
 )
 MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in _SPECS}

@@ -119,7 +119,7 @@ def map_stats(maps: NodeMaps) -> list[dict[str, Any]]:
                         "max_entries": spec.max_entries, "key_size": 0, "value_size": 0})
             continue
         view = getattr(maps, name)
-        entries = view.info.max_entries if name in ("cfg", "counters") else len(view)
+        entries = view.info.max_entries if name in ("cfg", "counters", "ct_clock") else len(view)
         out.append({"map": name, "type": _MAP_TYPES.get(spec.map_type, str(spec.map_type)),
                     "entries": entries, "max_entries": view.info.max_entries,
                     "key_size": view.info.key_size, "value_size": view.info.value_size})

@@ -30,7 +30,8 @@ class Feature:
 
 FEATURES: tuple[Feature, ...] = (
     Feature("HAVE_KTIME_COARSE", "ktime_get_coarse_ns", 160, "5.11",
-            "conntrack clock is bpf_ktime_get_ns (CLOCK_MONOTONIC) instead of the coarse clock"),
+            "conntrack clock is bpf_ktime_get_ns (CLOCK_MONOTONIC) instead of the coarse clock, "
+            "read on every packet instead of once per jiffy and CPU"),
 )
 
 _BPF_CALL, _BPF_MOV64_IMM, _BPF_EXIT = 0x85, 0xB7, 0x95

@@ -102,15 +102,16 @@ class MapView(Generic[K, V]):
 
 
 class PerCpuArrayView:
-    """A pinned per-CPU array of __u64: one slot per possible CPU."""
+    """A pinned per-CPU array of __u64 (counters; value_size other for ct_clock, opened for its
+    info only): one slot per possible CPU."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, value_size: int = 8):
         self.path = path
         self.fd = libbpf.obj_get(path)
         self.info = libbpf.map_info(self.fd)
-        if self.info.value_size != 8 or self.info.key_size != 4:
+        if self.info.value_size != value_size or self.info.key_size != 4:
             os.close(self.fd)
-            raise ValueError(f"{path}: not a per-CPU array of u64")
+            raise ValueError(f"{path}: not a per-CPU array of {value_size}-byte values")
         self.ncpus = libbpf.num_possible_cpus()
 
     def close(self) -> None:
@@ -158,7 +159,7 @@ class NodeMaps:
             spec = MAP_SPECS[name]
             path = os.path.join(self.directory, name)
             if spec.map_type == BPF_MAP_TYPE_PERCPU_ARRAY:
-                self._open[name] = PerCpuArrayView(path)
+                self._open[name] = PerCpuArrayView(path, spec.value_size)
             else:
                 self._open[name] = MapView(path, spec.key, spec.value)
         return self._open[name]
@@ -173,6 +174,7 @@ class NodeMaps:
     ct = property(lambda self: self._view("ct"))
     frags = property(lambda self: self._view("frags"))
     counters = property(lambda self: self._view("counters"))
+    ct_clock = property(lambda self: self._view("ct_clock"))
     lb_svc = property(lambda self: self._view("lb_svc"))
     lb_src = property(lambda self: self._view("lb_src"))
     affinity = property(lambda self: self._view("affinity"))

@@ -34,7 +34,9 @@ static long (*redirect_neigh4)(__u32 ifindex, void *params, int plen, __u64 flag
 /* The conntrack clock. CLOCK_MONOTONIC_COARSE is enough for timeouts and cheaper, but
  * bpf_ktime_get_coarse_ns only exists from 5.11; on older kernels (Debian 11's 5.10) the
  * loader's probe (ebpf_nodeport/kernel.py) leaves HAVE_KTIME_COARSE undefined and the fine
- * clock is used. User space reads the same clock (maps.ktime_ns asks the same probe). */
+ * clock is used. User space reads the same clock (maps.ktime_ns asks the same probe).
+ * With the coarse clock, pkt_now() (parse.h) calls it once per jiffy and CPU, the jiffy told by
+ * bpf_jiffies64() (5.5, inlined by the verifier on 64-bit JITs): no probe of its own needed. */
 #ifdef HAVE_KTIME_COARSE
 #define ct_clock_ns() bpf_ktime_get_coarse_ns()
 #else

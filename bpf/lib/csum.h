@@ -77,8 +77,68 @@ static __always_inline __u64 l4_csum_flags(const struct pkt *p)
 	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
+/* The one's complement class of a sum of a few 16-bit words (0 and 0xffff are
+ * both zero): what two checksum values are compared by. */
+static __always_inline __u32 csum_class(__u32 x)
+{
+	x = (x & 0xffff) + (x >> 16);
+	x = (x & 0xffff) + (x >> 16);
+	return x == 0xffff ? 0 : x;
+}
+
+/* How a TCP/UDP checksum field changed by a 32-bit pseudo-header replacement
+ * (from -> to) is to be read, told by the kernel's own update of it. */
+#define L4_FULL      0   /* a full checksum: the field went down by the change */
+#define L4_PARTIAL   1   /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum, went up */
+#define L4_UNKNOWN   2   /* no telling (the change sums to zero): ask the helper again */
+#define L4_NONE      3   /* a UDP checksum of 0 ("none"): left alone, and so is all else */
+
+/* bpf_l4_csum_replace() with BPF_F_PSEUDO_HDR updates the field the way the
+ * skb's ip_summed says, which a program cannot read: for CHECKSUM_PARTIAL
+ * the field (the pseudo-header sum) goes up by the change d, otherwise (a full
+ * checksum) down by d. Field before (f0) and after (f1) tell which, exactly,
+ * whenever d is not zero mod 0xffff (the two results then differ). */
+static __always_inline int l4_csum_kind(__u16 f0, __u16 f1, __u32 from, __u32 to, int udp)
+{
+	__u32 d = csum_class((__u16)~from + (__u16)~(from >> 16) + (__u16)to + (__u16)(to >> 16));
+	__u32 c0 = csum_class(f0), c1 = csum_class(f1);
+
+	if (udp && !f0)
+		return L4_NONE;
+	if (!d)
+		return L4_UNKNOWN;
+	if (c1 == csum_class(c0 + 0xffff - d))
+		return L4_FULL;
+	if (c1 == csum_class(c0 + d))
+		return L4_PARTIAL;
+	return L4_UNKNOWN;
+}
+
+/* bpf_l4_csum_replace(skb, off, from, to, [BPF_F_MARK_MANGLED_0 |] 2) on a full
+ * checksum, as the kernel computes it (inet_proto_csum_replace2, csum_fold), so
+ * the bytes are the helper's own: ~(~check + ~from + to), never 0xffff from the
+ * arithmetic, and a UDP result of 0 sent as 0xffff (0 would mean "none"). */
+static __always_inline __u16 l4_csum_replace16(__u16 check, __u16 from, __u16 to, int udp)
+{
+	/* + 0xffff (zero) keeps the sum non-zero: the fold then lands in 1..0xffff, as csum_fold's */
+	__u32 sum = (__u16)~check + (__u16)~from + (__u32)to + 0xffff;
+	__u16 r;
+
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	r = (__u16)~sum;
+	return udp && !r ? 0xffff : r;
+}
+
 /* Rewrite the source (src=1) or destination address and port. On an error
- * the packet may be half rewritten: callers drop it. */
+ * the packet may be half rewritten: callers drop it.
+ *
+ * One L4 checksum helper call where the address changes (it alone knows
+ * CHECKSUM_PARTIAL from a full checksum, and keeps skb->csum of a
+ * CHECKSUM_COMPLETE skb right); the port's update is then arithmetic written in
+ * place, for a full checksum only (a partial one does not cover the ports yet),
+ * told apart by how the helper changed the field (l4_csum_kind). The port's
+ * helper call stays where that cannot tell, or no address changes. */
 static __always_inline int rewrite_l3l4(struct __sk_buff *skb, struct pkt *p, int src,
 					__be32 new_addr, __be16 new_port)
 {
@@ -87,16 +147,33 @@ static __always_inline int rewrite_l3l4(struct __sk_buff *skb, struct pkt *p, in
 	int addr_changed = old_addr != new_addr;
 	int port_changed = old_port != new_port && p->has_ports && p->frag != FRAG_LATER;
 	int csum_off = l4_csum_off(p);
+	int udp = p->proto == IPPROTO_UDP;
 	__u64 l4f = l4_csum_flags(p);
+	int kind = L4_UNKNOWN;
 	struct iphdr *ip;
 	__be16 *ports;
+	__u16 *check;
+	__u16 f0 = 0;
 
 	/* Helpers first: they move packet data, so pointers are taken after. */
-	if (addr_changed && csum_off >= 0 &&
-	    bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-				l4f | BPF_F_PSEUDO_HDR | sizeof(new_addr)) < 0)
-		return -1;
-	if (port_changed &&
+	if (addr_changed && csum_off >= 0) {
+		if (port_changed) {
+			check = pkt_ptr(skb, csum_off, sizeof(*check));
+			if (!check)
+				return -1;
+			f0 = *check;
+		}
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+					l4f | BPF_F_PSEUDO_HDR | sizeof(new_addr)) < 0)
+			return -1;
+		if (port_changed) {
+			check = pkt_ptr(skb, csum_off, sizeof(*check));
+			if (!check)
+				return -1;
+			kind = l4_csum_kind(f0, *check, old_addr, new_addr, udp);
+		}
+	}
+	if (port_changed && kind == L4_UNKNOWN &&
 	    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4f | sizeof(new_port)) < 0)
 		return -1;
 	if (addr_changed) {
@@ -120,6 +197,12 @@ static __always_inline int rewrite_l3l4(struct __sk_buff *skb, struct pkt *p, in
 			p->dport = new_port;
 	}
 	if (port_changed) {
+		if (kind == L4_FULL) {
+			check = pkt_ptr(skb, csum_off, sizeof(*check));
+			if (!check)
+				return -1;
+			*check = l4_csum_replace16(*check, old_port, new_port, udp);
+		}
 		/* TCP and UDP keep their ports at the same offsets: source, dest. */
 		ports = pkt_ptr(skb, p->l4_off, 2 * sizeof(__be16));
 		if (!ports)

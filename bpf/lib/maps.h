@@ -178,6 +178,19 @@ struct ct_value {
 #endif
 BPF_TABLE_PINNED(CT_MAP_TYPE, struct ct_key, struct ct_value, ct, MAX_CT, PIN(ct), CT_MAP_FLAGS);
 
+/* ---- the conntrack clock -------------------------------------------------- */
+
+struct ct_clock_cache {
+	__u64 jiffies;        /* bpf_jiffies64() when ns was read */
+	__u64 ns;             /* ct_clock_ns() then */
+};
+
+/* Per CPU: the conntrack clock as last read and the jiffy it was read in (parse.h pkt_now).
+ * The coarse clock only moves on a tick, which is when jiffies moves, so a run in the same
+ * jiffy reuses the reading: bpf_jiffies64() is inlined by the verifier, the clock helper is
+ * a call (31-40 ns here, docs/bench.md Round 2). */
+BPF_TABLE_PINNED("percpu_array", __u32, struct ct_clock_cache, ct_clock, 1, PIN(ct_clock));
+
 /* ---- observability -------------------------------------------------------- */
 
 /* Packets per (hook, reason): exactly one increment per program run. */

@@ -14,6 +14,7 @@
 #define NP_PARSE_H
 
 #include "lib/compat.h"
+#include "lib/maps.h"
 
 /* Deepest offset a header read starts at: the inner TCP header of a
  * tunnelled packet with IPv4 options is at most 14 + 50 + 60. A constant
@@ -98,6 +99,32 @@ static __always_inline void *pkt_ptr(struct __sk_buff *skb, __u32 off, const __u
 	return data + off;
 }
 
+/* The conntrack clock as of this jiffy: one helper call per jiffy and CPU
+ * (ct_clock, maps.h), not per packet. The coarse clock changes only on a tick,
+ * so the cached reading is the value a call would return, or (a run between the
+ * tick's jiffies increment and its clock update) the previous tick's: never
+ * ahead of user space's clock, at most a tick behind it, against timeouts of
+ * 5 s and more. The fine clock (no coarse helper, before 5.11) moves between
+ * ticks and user space reads it fine too: read per run there. */
+static __always_inline __u64 ct_clock_now(void)
+{
+#ifdef HAVE_KTIME_COARSE
+	__u32 zero = 0;
+	struct ct_clock_cache *c = ct_clock.lookup(&zero);
+	__u64 j = bpf_jiffies64();
+
+	if (!c)
+		return ct_clock_ns();
+	if (c->jiffies != j) {
+		c->ns = ct_clock_ns();   /* ns before jiffies: a nested run sees the pair or the old one */
+		c->jiffies = j;
+	}
+	return c->ns;
+#else
+	return ct_clock_ns();
+#endif
+}
+
 /* One clock read per program run, and the coarse clock (a tick, a few ms,
  * of resolution) where the kernel has it (ct_clock_ns, compat.h) since the
  * fine one costs twice as much here and the shortest conntrack timeout is 5 s.
@@ -105,7 +132,7 @@ static __always_inline void *pkt_ptr(struct __sk_buff *skb, __u32 off, const __u
 static __always_inline __u64 pkt_now(struct pkt *p)
 {
 	if (!p->now)
-		p->now = ct_clock_ns();
+		p->now = ct_clock_now();
 	return p->now;
 }
 

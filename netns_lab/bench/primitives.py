@@ -97,6 +97,22 @@ int prim_atomic4(struct __sk_buff *skb) {
     return 0;
 }
 
+/* One L4 checksum helper call (an address, pseudo-header): what rewrite_l3l4 now makes per NAT. */
+int prim_l4_csum1(struct __sk_buff *skb) {
+    return bpf_l4_csum_replace(skb, 50, 0x0a000001, 0x0a000001, BPF_F_PSEUDO_HDR | 4) < 0;
+}
+
+/* The conntrack clock as pkt_now() reads it: bpf_jiffies64() (inlined) and a per-CPU cache, the
+ * coarse clock called only when the jiffy changed. */
+struct clk { u64 j; u64 ns; };
+BPF_TABLE("percpu_array", u32, struct clk, p_clk, 1);
+int prim_clock_cached(struct __sk_buff *skb) {
+    u32 i = 0; struct clk *c = p_clk.lookup(&i); u64 j = bpf_jiffies64();
+    if (!c) return 2;
+    if (c->j != j) { c->ns = bpf_ktime_get_coarse_ns(); c->j = j; }
+    return c->ns == 0;
+}
+
 /* A DNAT rewrite of address and port as rewrite_l3l4 does it, writing back the same values. */
 int prim_rewrite(struct __sk_buff *skb) {
     u32 addr; u16 port;
@@ -138,12 +154,14 @@ PRIMITIVES = {
     "prim_lpm": ("LPM trie lookup, /32 in 3 prefixes (routes)", 1),
     "prim_percpu_inc": ("per-CPU array lookup + increment (counters)", 1),
     "prim_atomic4": ("4 atomic adds (conntrack packet/byte counters)", 4),
+    "prim_l4_csum1": ("bpf_l4_csum_replace() x1 (an address: what a NAT rewrite calls now)", 1),
+    "prim_clock_cached": ("conntrack clock as read now: bpf_jiffies64() + per-CPU cache (coarse clock once per jiffy)", 1),
     "prim_rewrite": ("DNAT rewrite: 2 loads, 2 l4_csum + 1 l3_csum + 2 store_bytes", 7),
     "prim_rewrite_direct": ("DNAT rewrite: 2 l4_csum, address/port/IPv4 checksum written in place", 2),
 }
 
 # Primitives only some kernels have (ebpf_nodeport/kernel.py): left out, and named, elsewhere.
-NEEDS = {"prim_ktime_coarse": "HAVE_KTIME_COARSE"}
+NEEDS = {"prim_ktime_coarse": "HAVE_KTIME_COARSE", "prim_clock_cached": "HAVE_KTIME_COARSE"}
 
 
 def available() -> dict[str, tuple[str, int]]:
