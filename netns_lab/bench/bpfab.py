@@ -1,8 +1,9 @@
 """Per-packet cost of two source trees, interleaved: before/after tables for datapath changes.
 
-`python -m netns_lab.bench.bpfab BEFORE_TREE AFTER_TREE [--reps N] [--runs N]` runs bpfcost.run()
-(the bench's own BPF_PROG_TEST_RUN method, primitives included) alternately from each tree, in a
-fresh process each time, N times each, so both builds meet the same machine load; per path it
+`python -m netns_lab.bench.bpfab BEFORE_TREE AFTER_TREE [MORE_TREES...] [--names a,b,...] [--reps N]
+[--runs N]` runs bpfcost.run() (the bench's own BPF_PROG_TEST_RUN method, primitives included)
+alternately from each tree (the order reversed every other rep), in a fresh process each time, N
+times each, so every build meets the same machine load; per path it
 prints the median ns per run and the median multiple of one conntrack LRU hit measured in the
 same process (the primitives' `prim_lru_hit`, a hot loop), and of the same LRU hit timed the
 paths' way (repeat=1 runs after warm-up, minus the empty program). A tree is a checkout of this repository (e.g.
@@ -26,7 +27,9 @@ def child(lab: str, runs: int) -> None:
 
     r = bpfcost.run(lab, runs)
     print(json.dumps({"lru": r["primitives"]["primitives"]["prim_lru_hit"]["ns"], "lru1": lru_hit_repeat1(runs),
-                      "paths": [[p["program"], p["node"], p["flow"], p["path"], p["ns_per_packet"]]
+                      "paths": [[p["program"], p["node"], p["flow"], p["path"], p["ns_per_packet"],
+                                 p["raw_repeat1_ns"]["mean"] - p["empty_program_repeat1_ns"]["mean"],
+                                 p["raw_repeat1_ns"]["p99"]]
                                 for p in r["paths"]]}))
 
 
@@ -70,20 +73,41 @@ def one(tree: str, lab: str, runs: int) -> dict:
 
 
 def table(res: dict[str, list[dict]]) -> str:
-    """Markdown: per path, median ns and median multiple of the LRU hit, before and after."""
+    """Markdown: per path, median ns and median multiple of the LRU hit, per tree (paths matched by name)."""
     names = list(res)
     rows = ["| program | node | path | " + " | ".join(f"{n} ns | {n} x LRU hit | {n} x LRU hit (repeat=1)"
                                                    for n in names) + " |",
             "|---|---|---|" + "---|---|---|" * len(names)]
-    first = res[names[0]][0]["paths"]
-    for i, (prog, node, flow, path, _) in enumerate(first):
+    keys: list[tuple[str, str, str, str]] = []
+    for n in names:   # every path of every tree, in the order the trees list them
+        for prog, node, flow, path, *_ in res[n][0]["paths"]:
+            if (prog, node, flow, path) not in keys:
+                keys.append((prog, node, flow, path))
+    for key in keys:
         cells = []
         for n in names:
-            ns = [r["paths"][i][4] for r in res[n]]
-            x = [r["paths"][i][4] / r["lru"] for r in res[n]]
-            x1 = [r["paths"][i][4] / r["lru1"] for r in res[n] if r["lru1"] > 0]
-            cells += [f"{median(ns):.0f}", f"{median(x):.1f}", f"{median(x1):.1f}" if x1 else "-"]
-        rows.append(f"| {prog} | {node} | {flow}: {path} | " + " | ".join(cells) + " |")
+            runs = [(r, next((p[4] for p in r["paths"] if tuple(p[:4]) == key), None)) for r in res[n]]
+            runs = [(r, ns) for r, ns in runs if ns is not None]
+            if not runs:
+                cells += ["-", "-", "-"]
+                continue
+            x1 = [ns / r["lru1"] for r, ns in runs if r["lru1"] > 0]
+            cells += [f"{median(ns for _, ns in runs):.0f}", f"{median(ns / r['lru'] for r, ns in runs):.1f}",
+                      f"{median(x1):.1f}" if x1 else "-"]
+        rows.append(f"| {key[0]} | {key[1]} | {key[2]}: {key[3]} | " + " | ".join(cells) + " |")
+    rows += ["", "New flows, the whole distribution: the median above leaves out what a map type pays once per"
+             " batch of inserts (the LRU refills a CPU's free list 128 elements at a time), the mean and p99"
+             " do not (mean: the path's mean duration minus the empty program's; p99: the path's raw"
+             " duration; medians of the runs):", "",
+             "| program | node | path | " + " | ".join(f"{n} p50 ns | {n} mean ns | {n} p99 ns" for n in names) + " |",
+             "|---|---|---|" + "---|---|---|" * len(names)]
+    for key in (k for k in keys if k[2] == "new"):
+        cells = []
+        for n in names:
+            ps = [p for r in res[n] for p in r["paths"] if tuple(p[:4]) == key and len(p) > 6]
+            cells += [f"{median(p[4] for p in ps):.0f}", f"{median(p[5] for p in ps):.0f}",
+                      f"{median(p[6] for p in ps):.0f}"] if ps else ["-", "-", "-"]
+        rows.append(f"| {key[0]} | {key[1]} | {key[3]} | " + " | ".join(cells) + " |")
     lru = " / ".join(f"{n} {median(r['lru'] for r in res[n]):.0f} ns" for n in names)
     lru1 = " / ".join(f"{n} {median(r['lru1'] for r in res[n]):.0f} ns" for n in names)
     return ("\n".join(rows) + f"\n\nconntrack LRU hit, the bench's primitive (hot loop, median of the runs): {lru}"
@@ -91,23 +115,27 @@ def table(res: dict[str, list[dict]]) -> str:
 
 
 def main() -> None:
-    """Run both trees alternately and print the table (and the raw runs as JSON with --json)."""
+    """Run the trees alternately and print the table (and the raw runs as JSON with --json)."""
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], int(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("before")
-    ap.add_argument("after")
+    ap.add_argument("trees", nargs="+", metavar="TREE", help="two or more source trees")
+    ap.add_argument("--names", default=None, help="comma-separated column names (default: before,after)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--lab", default=f"ab{os.getpid()}")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    res: dict[str, list[dict]] = {"before": [], "after": []}
+    names = a.names.split(",") if a.names else (["before", "after"] if len(a.trees) == 2 else
+                                                [f"t{i}" for i in range(len(a.trees))])
+    if len(a.trees) < 2 or len(names) != len(a.trees):
+        ap.error(f"need two or more trees and one name per tree (got {len(a.trees)} trees, {len(names)} names)")
+    res: dict[str, list[dict]] = {n: [] for n in names}
     for i in range(a.reps):
-        order = [("before", a.before), ("after", a.after)][:: 1 if i % 2 == 0 else -1]
-        for name, tree in order:
-            res[name].append(one(tree, f"{a.lab}{name[0]}", a.runs))
+        order = list(zip(range(len(names)), names, a.trees))[:: 1 if i % 2 == 0 else -1]
+        for j, name, tree in order:
+            res[name].append(one(tree, f"{a.lab}{j}", a.runs))
             print(f"rep {i + 1}/{a.reps} {name} done", file=sys.stderr)
     if a.json:
         with open(a.json, "w") as f:

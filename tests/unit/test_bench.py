@@ -481,3 +481,52 @@ def test_scale_tables_and_up_target(capsys, tmp_path: Path, up_s: float, verdict
     assert f"| 20 nodes, 500 pods | {up_s:.1f} (60) | 9.0 (60) | 5.0 (60) | 2.0 (60) | +1000 |" in out
     assert "| kube-proxy-nft | nft -f, one transaction | failed: not done after 600 s |" in out
     assert f"| {verdict} |" in out.split("scale targets")[1]
+
+
+# --------------------------------------------------------------------------- bpfab / ctinsert (map-type comparisons)
+
+
+def _ab_run(lru: float, paths: list[list]) -> dict:
+    return {"lru": lru, "lru1": lru, "paths": paths}
+
+
+def test_bpfab_table_matches_paths_by_name_across_trees() -> None:
+    from netns_lab.bench import bpfab
+
+    syn = ["from_hep", "control", "new", "SYN"]
+    est = ["from_hep", "control", "established", "request"]
+    extra = ["from_wep", "control", "new", "SYN, conntrack just emptied from full"]
+    res = {"lru": [_ab_run(28, [est + [300, 310, 400], syn + [900, 1200, 9000]])],
+           # another tree measures one more path and lists them in another order
+           "hash": [_ab_run(28, [syn + [1000, 1000, 2000], extra + [1300, 1350, 2500], est + [280, 290, 380]])]}
+    out = bpfab.table(res)
+    rows = {line.split(" | ")[2]: line for line in out.splitlines() if line.startswith("| from_")}
+    assert "| 900 | 32.1 | 32.1 | 1000 | 35.7 | 35.7 |" in rows["new: SYN"]
+    assert "| 300 | 10.7 | 10.7 | 280 | 10.0 | 10.0 |" in rows["established: request"]
+    assert "| - | - | - | 1300 |" in rows["new: SYN, conntrack just emptied from full"]
+    # the new flows' distribution: median, mean, p99 per tree; no established path in it
+    dist = out.split("New flows, the whole distribution")[1]
+    assert "| from_hep | control | SYN | 900 | 1200 | 9000 | 1000 | 1000 | 2000 |" in dist
+    assert "request" not in dist
+
+
+def test_bpfab_needs_two_trees_and_a_name_each(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from netns_lab.bench import bpfab
+
+    for argv in (["bpfab", "/tmp/one"], ["bpfab", "/tmp/a", "/tmp/b", "/tmp/c", "--names", "x,y"]):
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as e:
+            bpfab.main()
+        assert e.value.code == 2
+        assert "need two or more trees and one name per tree" in capsys.readouterr().err
+
+
+def test_ctinsert_batch_peak_finds_the_refilling_insert() -> None:
+    from netns_lab.bench import ctinsert
+
+    # an LRU-like map: every 128th insert refills the CPU's free list
+    batched = [9000 if i % 128 == 5 else 400 for i in range(128 * 8)]
+    per_insert = [400 + (i * 37) % 50 for i in range(128 * 8)]
+    assert ctinsert.batch_peak([batched, batched]) == 9000
+    assert ctinsert.batch_peak([per_insert]) < 450
