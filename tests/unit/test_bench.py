@@ -265,7 +265,7 @@ def _rr(rate: float, us: float) -> dict:
 
 
 def result(tunnel_local: float = 9.5, dsr_remote: float = 7.5, tunnel_remote: float = 8.0, ebpf_big_rtt: float = 12.0,
-           est_ns: float = 80.0, program_s: float = 0.5, dsr_download: float = 1.0) -> dict:
+           est_ns: float = 80.0, program_s: float = 0.5, dsr_download: float = 1.0, new_ns: float = 400.0) -> dict:
     """A bench result document as runner.Run builds it, with chosen numbers (one round)."""
     cfg = dataclasses.replace(config.preset(True, (1, 10000)), streams=(1, 4))
     modes = cfg.modes
@@ -299,7 +299,9 @@ def result(tunnel_local: float = 9.5, dsr_remote: float = 7.5, tunnel_remote: fl
                        "paths": [{"program": p, "node": "control", "path": f"{p} path", "flow": "established",
                                   "reason": "NAT_EST", "ns_per_packet": est_ns} for p in ("from_hep", "from_wep", "to_wep")]
                        + [{"program": "from_hep", "node": "control", "path": "syn", "flow": "new", "reason": "NAT_NEW",
-                           "ns_per_packet": 5000.0}]}
+                           "ns_per_packet": new_ns}],
+                       "primitives": {"repeat": 20000, "primitives": {
+                           "prim_lru_hit": {"what": "LRU hash lookup, 16-byte key, hit (conntrack)", "ops": 1, "ns": 25.0}}}}
     return res
 
 
@@ -353,12 +355,27 @@ def test_targets_met() -> None:
 
 def test_targets_missed() -> None:
     v = _verdicts(report.document(result(tunnel_local=8.0, dsr_download=0.0, ebpf_big_rtt=14.0, est_ns=150.0,
-                                         program_s=1.5)))
+                                         program_s=1.5, new_ns=600.0)))
     assert v["tunnel: NodePort throughput, local backend >= 0.9x direct"] == "missed"
     assert v[DSR_TARGET] == "missed"
     assert v["tunnel: new-connection (first-packet) latency at 10000 services within 1.1x of 1"] == "missed"
     assert v["from_wep: established-flow cost < 100 ns/packet"] == "missed"
     assert v["dsr: programming 10000 services < 1 s (per node)"] == "missed"
+    assert v["from_hep: new-flow cost < 500 ns/packet"] == "missed"
+    assert v["to_wep: established-flow cost <= 3.5x one conntrack LRU hit"] == "missed"
+
+
+def test_per_packet_target_in_lru_hits_judged_apart_from_nanoseconds() -> None:
+    """95 ns is under 100 ns but 3.8x a 25 ns LRU hit: the two forms of the target disagree, and both are shown."""
+    doc = report.document(result(est_ns=95.0))
+    v = _verdicts(doc)
+    assert v["from_wep: established-flow cost < 100 ns/packet"] == "met"
+    assert v["from_wep: established-flow cost <= 3.5x one conntrack LRU hit"] == "missed"
+    measured = {t["target"]: t["measured"] for t in doc["targets"]}
+    assert "3.8-3.8x" in measured["from_wep: established-flow cost <= 3.5x one conntrack LRU hit"]
+    out = Console(record=True, width=250)
+    report.render(out, doc)
+    assert "x LRU hit" in out.export_text()
 
 
 def _with_pairs(res: dict, dsr: float, tunnel: float) -> dict:
@@ -407,8 +424,8 @@ def test_render_markdown_has_every_table_and_no_markup() -> None:
     text = md.text()
     assert "| target | measured | verdict |" in text and "| met |" in text
     # throughput, CPU, new connections, UDP rate / cost / loss, TCP_RR+CRR, eBPF vs kube-proxy, scaling, programming,
-    # BPF, targets
-    assert text.count("\n|---|") == 12
+    # BPF paths, BPF building blocks, targets
+    assert text.count("\n|---|") == 13
     assert "[green]" not in text and "[bold]" not in text
     assert "0.95x" in text
     assert "kube-proxy -> tunnel: 8.00 s" in text
