@@ -160,18 +160,18 @@ struct ct_value {
 	__u64  bytes_ba;
 };
 
-/* Connections, both directions in one normalised entry. A plain preallocated
- * hash, as Calico's: an insert never waits on LRU eviction (the LRU's common
- * free list made ~1% of inserts cost ~100 us once entries had been deleted,
- * docs/datapath.md), and no live entry is ever evicted, so a SYN flood larger
- * than the table cannot push established connections out. The price: a full
- * map refuses inserts (the new connection is dropped, DROP_CT_FULL), and
- * expired entries leave it only when their key is looked up again or the
- * lab's cleaner runs (netns_lab/apps/ctclean.py, the GC of every node every
- * few seconds, as Felix scans its map). "lru_hash" still builds, for
- * netns_lab/bench/cttail.py's comparison. */
+/* Connections, both directions in one normalised entry. An LRU hash by
+ * default: a full map evicts the least recently used entry (a closed
+ * connection's, in practice) instead of refusing the new one. A plain
+ * preallocated hash, as Calico's, builds too (CT_MAP_TYPE "hash"): it has no
+ * insert tail (the LRU's common free list makes ~1% of inserts cost tens of
+ * us once entries have been deleted) and never evicts a live entry, but at
+ * this size it refuses new connections (DROP_CT_FULL) once closed ones fill
+ * it: 65536 entries hold 30 s of FIN timeouts at ~1,000 connections/s, and
+ * the bench's TCP_CRR opens 8,000/s (docs/datapath.md). Either way the lab's
+ * cleaner (netns_lab/apps/ctclean.py) reclaims expired entries. */
 #ifndef CT_MAP_TYPE
-#define CT_MAP_TYPE "hash"
+#define CT_MAP_TYPE "lru_hash"
 #endif
 #ifndef CT_MAP_FLAGS
 #define CT_MAP_FLAGS 0

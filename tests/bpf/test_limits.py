@@ -1,7 +1,8 @@
-"""Map limits: conntrack full (a plain hash: a new connection that does not fit is dropped with
-DROP_CT_FULL and leaves nothing, established ones are never evicted, a SYN flood larger than the
-table does not touch them, and the GC makes room again) and 10,000 services in the frontend map
-(every one still resolves)."""
+"""Map limits of the plain-hash conntrack build (CT_MAP_TYPE "hash", Calico's map kind: a new
+connection that does not fit is dropped with DROP_CT_FULL and leaves nothing, established ones are
+never evicted, a SYN flood larger than the table does not touch them, and the GC makes room
+again) and 10,000 services in the frontend map (every one still resolves). The default LRU
+build's full map: test_limits_lru.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,34 @@ from .topo import (CLIENT, CONTROL, CUSTOMER, CUSTOMER_CIP, MAC_CALI, MAC_POD, N
                    WEB, WEB_CIP, base_view, cport, reply, tcp, vxlan)
 
 FILLER = int(ipaddress.IPv4Address("203.0.113.0"))   # made-up external clients of the filler entries
+
+
+@pytest.fixture(scope="module")
+def _hash_cluster(netns):
+    """The table's cluster built with the plain-hash conntrack map (its own pins)."""
+    from ebpf_nodeport.testrun import SimCluster
+
+    from .topo import pin_root
+
+    cl = SimCluster(base_view(), pin_root=pin_root(), defines={"CT_MAP_TYPE": '"hash"'})
+    try:
+        with netns.inside():
+            cl.load()
+        assert cl["control"].maps.ct.info.type == abi.BPF_MAP_TYPE_HASH
+        yield cl
+    finally:
+        cl.close()
+
+
+@pytest.fixture
+def cluster(_hash_cluster, netns):
+    """This module's cluster: the plain-hash build, reset to the base view with empty conntrack."""
+    from .conftest import _reset
+
+    with netns.inside():
+        _reset(_hash_cluster, base_view())
+        yield _hash_cluster
+        _reset(_hash_cluster, base_view())
 
 
 def _filler(i: int) -> abi.CtKey:
