@@ -8,6 +8,7 @@ the lab API underneath); the tests then drive them through the real CLI in a sub
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -324,6 +325,16 @@ def sandbox() -> Iterator[Sandbox]:
                     pass
         holder.kill()
         holder.wait()
+
+
+@functools.lru_cache(maxsize=None)
+def time_scale() -> float:
+    """How much slower than this project's CI machine the CLI runs here (1.0 or more): one `--help`
+    takes ~0.5 s there and several seconds in a TCG VM. Tests whose scenario must outlast a few CLI
+    calls (a grace period, a client's run) stretch those periods by it; what they assert stays."""
+    t0 = time.monotonic()
+    subprocess.run([*CLI, "--help"], capture_output=True, check=True)
+    return max(1.0, (time.monotonic() - t0) / 0.6)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20, interval: float = 0.002) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, Lab, lab_namespaces, processes_with_lab_arg, running_lab, wait_for
+from .conftest import CLI, Lab, lab_namespaces, processes_with_lab_arg, running_lab, time_scale, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -67,7 +67,7 @@ def glab(request: pytest.FixtureRequest) -> Iterator[Lab]:
 def new_connections(lab: Lab, port: int, n: int, member: str = "host1", addr: str = CONTROL) -> list[str]:
     """`n` requests from `member` to addr:port (default: host1 to control's NodePort), each on a new
     connection: who answered."""
-    return json.loads(lab.exec(member, "python3", "-c", NEW_CONNECTIONS, addr, str(port), str(n), timeout=120).stdout)
+    return json.loads(lab.exec(member, "python3", "-c", NEW_CONNECTIONS, addr, str(port), str(n), timeout=120 * time_scale()).stdout)
 
 
 def cluster_ip(lab: Lab, service: str) -> str:
@@ -97,20 +97,26 @@ def reapers(lab: Lab) -> list[int]:
     return [p for p in processes_with_lab_arg(lab.name) if b"netns_lab.apps.grace" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
+def grace(seconds: int) -> str:
+    """A grace period long enough for the test's own CLI calls on this machine (time_scale)."""
+    return str(round(seconds * time_scale()))
+
+
 def test_open_connection_survives_termination(glab: Lab) -> None:
     """(1) A keep-alive connection to a pod goes on exchanging requests after the pod is marked terminating."""
     client = subprocess.Popen([*CLI, "exec", "--name", glab.name, "host1", "--", "python3", "-c", KEEPALIVE,
-                               CONTROL, str(WEB), "15"], stdout=subprocess.PIPE, text=True)
+                               CONTROL, str(WEB), grace(15)], stdout=subprocess.PIPE, text=True)
     try:
         # the pod the connection landed on, from the pods' own socket tables
-        assert wait_for(lambda: len(connection_pods(glab)) == 1, timeout=30, interval=0.3), "no keep-alive connection"
+        assert wait_for(lambda: len(connection_pods(glab)) == 1, timeout=30 * time_scale(), interval=0.3), \
+            "no keep-alive connection"
         target = connection_pods(glab)[0]
-        out = glab.run("delete", "pod", target, "--grace-period", "20").stdout
+        out = glab.run("delete", "pod", target, "--grace-period", grace(20)).stdout
         t_marked = time.time()
         assert "Terminating until" in out, out
         assert pods(glab)[target]["metadata"]["deletionTimestamp"]
     finally:
-        stdout, _ = client.communicate(timeout=120)
+        stdout, _ = client.communicate(timeout=120 * time_scale())
     lines = [line.split(" ", 1) for line in stdout.splitlines()]
     assert not any(who.startswith("ERR") for _, who in lines), ("the open connection broke", lines[-3:])
     after = [(float(t), who) for t, who in lines if float(t) > t_marked]
@@ -127,7 +133,7 @@ def connection_pods(lab: Lab) -> list[str]:
 def test_new_connections_avoid_a_terminating_pod(glab: Lab) -> None:
     """(2) During the grace period, new connections never reach the terminating pod; the others serve them."""
     victim = web_pods(glab)[0]
-    glab.run("delete", "pod", victim, "--grace-period", "15")
+    glab.run("delete", "pod", victim, "--grace-period", grace(15))
     conditions = endpoints(glab, "web")
     assert conditions[victim] == {"ready": False, "serving": True, "terminating": True}
     assert all(conditions[n] == {"ready": True, "serving": True, "terminating": False} for n in web_pods(glab))
@@ -145,13 +151,13 @@ def test_new_connections_avoid_a_terminating_pod(glab: Lab) -> None:
 def test_only_terminating_endpoints_still_serve(glab: Lab) -> None:
     """(3) A service whose only endpoint is terminating still answers: kube-proxy's fallback."""
     old_ip = glab.pod_ip("solo")
-    glab.run("delete", "pod", "solo", "--grace-period", "12")
+    glab.run("delete", "pod", "solo", "--grace-period", grace(12))
     assert endpoints(glab, "solo") == {"solo": {"ready": False, "serving": True, "terminating": True}}
     answers = new_connections(glab, SOLO, 10)
     assert answers == ["solo"] * 10, answers
     assert glab.pod_ip("solo") == old_ip  # the terminating pod itself served
     # then the bare pod goes as `delete pod` does here: recreated under its name with a new address
-    assert wait_for(lambda: glab.pod_ip("solo") != old_ip, timeout=90, interval=0.5), "solo was not recreated"
+    assert wait_for(lambda: glab.pod_ip("solo") != old_ip, timeout=90 * time_scale(), interval=0.5), "solo was not recreated"
     assert endpoints(glab, "solo") == {"solo": {"ready": True, "serving": True, "terminating": False}}
     assert new_connections(glab, SOLO, 3) == ["solo"] * 3
 
@@ -160,12 +166,14 @@ def test_pod_goes_after_its_grace_period_and_nothing_is_left(glab: Lab) -> None:
     """(4) The pod goes without another command; no reaper is left; `down` mid-grace leaves no process."""
     victim = web_pods(glab)[0]
     netns = glab.netns(victim)
-    glab.run("delete", "pod", victim, "--grace-period", "5")
+    glab.run("delete", "pod", victim, "--grace-period", grace(5))
     assert victim in pods(glab)
-    assert wait_for(lambda: victim not in pods(glab), timeout=90, interval=0.5), "the pod outlived its grace period"
+    assert wait_for(lambda: victim not in pods(glab), timeout=90 * time_scale(), interval=0.5), \
+        "the pod outlived its grace period"
     assert netns not in lab_namespaces(glab.name)
     assert victim not in endpoints(glab, "web")
-    assert wait_for(lambda: not reapers(glab), timeout=30, interval=0.2), "the reaper outlived the last terminating pod"
+    assert wait_for(lambda: not reapers(glab), timeout=30 * time_scale(), interval=0.2), \
+        "the reaper outlived the last terminating pod"
     assert len(web_pods(glab)) == 2 and set(new_connections(glab, WEB, 5)) <= set(web_pods(glab))
     # a pod already terminating, deleted with --force --grace-period 0, goes at once
     going = web_pods(glab)[0]
@@ -174,7 +182,8 @@ def test_pod_goes_after_its_grace_period_and_nothing_is_left(glab: Lab) -> None:
     assert "Terminating" in glab.run("get", "pods", going).stdout
     glab.run("delete", "pod", going, "--force", "--grace-period", "0")
     assert going not in pods(glab) and going_ns not in lab_namespaces(glab.name)
-    assert wait_for(lambda: not reapers(glab), timeout=30, interval=0.2), "the reaper outlived the last terminating pod"
+    assert wait_for(lambda: not reapers(glab), timeout=30 * time_scale(), interval=0.2), \
+        "the reaper outlived the last terminating pod"
     # a lab taken down while a pod terminates leaves no process (its reaper included)
     glab.run("delete", "pod", web_pods(glab)[0], "--grace-period", "300")
     assert reapers(glab), "no grace reaper runs during a grace period"
