@@ -20,6 +20,7 @@ by reason name and the conntrack entries added, changed and removed.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import os
 import secrets
@@ -515,6 +516,8 @@ class SimCluster:
                 errors.append(exc)
         if os.path.isdir(self.pin_root):
             shutil.rmtree(self.pin_root, ignore_errors=True)
+            with contextlib.suppress(OSError):   # a root made for it (the lab pin root) goes when empty
+                os.rmdir(os.path.dirname(self.pin_root))
         if self.own_root:
             try:
                 os.rmdir(SIM_PIN_ROOT)      # once no other cluster uses it

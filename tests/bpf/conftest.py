@@ -9,6 +9,7 @@ happen in a private, empty network namespace (ebpf_nodeport.netns.Netns.private)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -45,13 +46,14 @@ def netns():
     ns.close()
 
 
-@pytest.fixture(scope="session")
-def _cluster(netns):
+@contextlib.contextmanager
+def loaded_cluster(netns, defines: dict | None = None):
+    """The table's cluster compiled with `defines`, loaded in netns under its own pins; closed after."""
     from ebpf_nodeport.testrun import SimCluster
 
     from .topo import base_view, pin_root
 
-    cluster = SimCluster(base_view(), pin_root=pin_root())
+    cluster = SimCluster(base_view(), pin_root=pin_root(), defines=defines)
     try:
         with netns.inside():
             cluster.load()
@@ -60,15 +62,28 @@ def _cluster(netns):
         cluster.close()
 
 
-@pytest.fixture
-def cluster(_cluster, netns):
-    """The session cluster, reset to the base view with empty conntrack, entered netns."""
+@contextlib.contextmanager
+def reset_cluster(cluster, netns):
+    """A loaded cluster at the base view with empty conntrack, netns entered; reset again after."""
     from .topo import base_view
 
     with netns.inside():
-        _reset(_cluster, base_view())
-        yield _cluster
-        _reset(_cluster, base_view())
+        _reset(cluster, base_view())
+        yield cluster
+        _reset(cluster, base_view())
+
+
+@pytest.fixture(scope="session")
+def _cluster(netns):
+    with loaded_cluster(netns) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(_cluster, netns):
+    """The session cluster, reset to the base view with empty conntrack, entered netns."""
+    with reset_cluster(_cluster, netns) as cl:
+        yield cl
 
 
 def _reset(cluster, view) -> None:

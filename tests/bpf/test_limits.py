@@ -19,6 +19,7 @@ from ebpf_nodeport.sync import Backend, Service
 from ebpf_nodeport.testrun import run_prog
 from netns_lab.bench.bpfcost import with_client, with_sport
 
+from .conftest import loaded_cluster, reset_cluster
 from .expect import Encap, Nat, check_result
 from .paths import hop, reply_local, reply_tunnel, request_local, request_tunnel, routed
 from .test_flows import _pod_frame
@@ -31,29 +32,16 @@ FILLER = int(ipaddress.IPv4Address("203.0.113.0"))   # made-up external clients 
 @pytest.fixture(scope="module")
 def _hash_cluster(netns):
     """The table's cluster built with the plain-hash conntrack map (its own pins)."""
-    from ebpf_nodeport.testrun import SimCluster
-
-    from .topo import pin_root
-
-    cl = SimCluster(base_view(), pin_root=pin_root(), defines={"CT_MAP_TYPE": '"hash"'})
-    try:
-        with netns.inside():
-            cl.load()
+    with loaded_cluster(netns, {"CT_MAP_TYPE": '"hash"'}) as cl:
         assert cl["control"].maps.ct.info.type == abi.BPF_MAP_TYPE_HASH
         yield cl
-    finally:
-        cl.close()
 
 
 @pytest.fixture
 def cluster(_hash_cluster, netns):
     """This module's cluster: the plain-hash build, reset to the base view with empty conntrack."""
-    from .conftest import _reset
-
-    with netns.inside():
-        _reset(_hash_cluster, base_view())
-        yield _hash_cluster
-        _reset(_hash_cluster, base_view())
+    with reset_cluster(_hash_cluster, netns) as cl:
+        yield cl
 
 
 def _filler(i: int) -> abi.CtKey:
