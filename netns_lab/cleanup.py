@@ -80,6 +80,11 @@ def _all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
 
+def lab_app_pids(lab: str, app: str) -> list[int]:
+    """The lab's live processes of one app (`-m <app> ... --lab LAB` on the command line)."""
+    return [pid for pid in _all_pids() if app in _cmdline(pid) and is_lab_app(pid, lab) and _alive(pid)]
+
+
 def lab_processes(lab: str, recorded: list[int] | tuple[int, ...] = ()) -> list[int]:
     """Processes of the lab: inside one of its namespaces, `recorded` in its state, or its app command lines."""
     ids = {i for n in lab_namespaces(lab) if (i := netns_inode(str(naming.netns_path(n))))}

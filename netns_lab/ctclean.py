@@ -1,7 +1,8 @@
 """Start and stop a lab's conntrack cleaner (netns_lab/apps/ctclean.py), the process an eBPF mode needs.
 
-The datapath's `ct` map is a plain hash that never evicts (bpf/lib/maps.h), so while a lab is in an
-eBPF mode a per-lab process deletes expired entries every few seconds, as Felix does. The lab's
+Expired conntrack entries otherwise leave the datapath's `ct` map only when their own key is looked up
+again (an LRU by default; the plain-hash build never evicts, bpf/lib/maps.h), so while a lab is in an
+eBPF mode a per-lab process deletes them every few seconds, as Felix does. The lab's
 dataplane switch starts it on the way into an eBPF mode (`up --mode`, `mode`, a felix patch) and stops
 it on the way out; `down` (and `down --all`) kill it like every app of the lab, found by its command
 line (`-m netns_lab.apps.ctclean --lab LAB`). Its log: /run/netns-lab/LAB/logs/ctclean.log.
@@ -28,12 +29,7 @@ def log_path(lab: str) -> Path:
 
 def cleaner_pids(lab: str) -> list[int]:
     """The lab's running cleaner(s), by command line (normally one)."""
-    out = []
-    for pid in cleanup._all_pids():
-        argv = cleanup._cmdline(pid)
-        if APP in argv and cleanup.is_lab_app(pid, lab) and cleanup._alive(pid):
-            out.append(pid)
-    return out
+    return cleanup.lab_app_pids(lab, APP)
 
 
 def ensure(lab: str) -> int:

@@ -3,9 +3,9 @@
  * Timeouts are Calico's defaults. An entry idle longer than its timeout is
  * treated as absent and deleted on lookup, so correctness never depends on
  * the user-space GC (which applies the same rules, ebpf_nodeport/datapath.py,
- * run every few seconds by the lab's cleaner). The map never evicts: a new
- * connection that does not fit is dropped (REASON_DROP_CT_FULL), nothing of
- * it left behind (maps.h).
+ * run every few seconds by the lab's cleaner). A full LRU map evicts; the
+ * plain-hash build drops a new connection that does not fit
+ * (REASON_DROP_CT_FULL), nothing of it left behind (maps.h).
  */
 #ifndef NP_CONNTRACK_H
 #define NP_CONNTRACK_H

@@ -1,8 +1,8 @@
 """A lab's conntrack cleaner: `python -m netns_lab.apps.ctclean --lab LAB [--interval S]`, Felix's conntrack scan.
 
-The `ct` map is a plain hash (bpf/lib/maps.h): it never evicts, so an entry that expired without its
-key being looked up again stays until someone deletes it, and a map full of such entries refuses new
-connections (DROP_CT_FULL). Every `--interval` seconds (10 by default, Felix's scan period) this
+An entry that expired without its key being looked up again stays in the `ct` map (bpf/lib/maps.h)
+until someone deletes it: the default LRU map evicts it only when full, and the plain-hash build never
+does, so a map full of such entries refuses new connections there (DROP_CT_FULL). Every `--interval` seconds (10 by default, Felix's scan period) this
 process runs the datapath's GC (ebpf_nodeport.datapath.gc_conntrack: the C's own expiry rules) on
 every loaded node's pinned map, and logs a line for each pass that deleted anything. netns_lab/ctclean.py
 starts it when the lab enters an eBPF mode and stops it when the lab leaves; it also exits by itself
