@@ -631,20 +631,23 @@ def ct_key(saddr: str | int, sport: int, daddr: str | int, dport: int,
     return k, from_a
 
 
-def ct_timeout_ns(key: CtKey, v: CtValue, timeouts: dict[str, int] | None = None) -> int:
-    """conntrack.h ct_timeout(): idle time after which the entry is dead."""
-    t = dict(CT_TIMEOUTS_NS)
-    t.update(timeouts or {})
-    if key.proto == 17:
+def ct_timeouts(overrides: dict[str, int] | None = None) -> dict[str, int]:
+    """conntrack.h's timeouts with some replaced (tests pass short ones): what ct_timeout_of() reads."""
+    return {**CT_TIMEOUTS_NS, **overrides} if overrides else CT_TIMEOUTS_NS
+
+
+def ct_timeout_of(proto: int, flags: int, tcp_a: int, tcp_b: int, t: dict[str, int]) -> int:
+    """conntrack.h ct_timeout() on the fields it reads: idle time after which the entry is dead."""
+    if proto == 17:
         return t["CT_TIMEOUT_UDP"]
-    if key.proto == 1:
+    if proto == 1:
         return t["CT_TIMEOUT_ICMP"]
-    if key.proto != 6:
+    if proto != 6:
         return t["CT_TIMEOUT_OTHER"]
-    client, server = (v.tcp_b, v.tcp_a) if v.flags & CT_F_CLIENT_IS_B else (v.tcp_a, v.tcp_b)
+    client, server = (tcp_b, tcp_a) if flags & CT_F_CLIENT_IS_B else (tcp_a, tcp_b)
     if (client | server) & TCPF_RST:
         return t["CT_TIMEOUT_TCP_RST"]
-    if (v.flags & CT_F_DSR) and not (v.flags & CT_F_FROM_TUNNEL):
+    if (flags & CT_F_DSR) and not (flags & CT_F_FROM_TUNNEL):
         # Ingress node of a DSR flow: it sees the client's half only.
         if client & TCPF_FIN:
             return t["CT_TIMEOUT_TCP_FIN"]
@@ -656,6 +659,11 @@ def ct_timeout_ns(key: CtKey, v: CtValue, timeouts: dict[str, int] | None = None
     if client & TCPF_SYN and server & TCPF_SYN and (client | server) & TCPF_ACK:
         return t["CT_TIMEOUT_TCP_EST"]
     return t["CT_TIMEOUT_TCP_SYN"]
+
+
+def ct_timeout_ns(key: CtKey, v: CtValue, timeouts: dict[str, int] | None = None) -> int:
+    """conntrack.h ct_timeout(): idle time after which the entry is dead."""
+    return ct_timeout_of(key.proto, v.flags, v.tcp_a, v.tcp_b, ct_timeouts(timeouts))
 
 
 def ct_expired(key: CtKey, v: CtValue, now_ns: int, timeouts: dict[str, int] | None = None) -> bool:
@@ -681,19 +689,60 @@ def ct_client_side(v: CtValue) -> str:
     return "b" if v.flags & CT_F_CLIENT_IS_B else "a"
 
 
+# The conntrack GC reads whole maps as bytes (a pass over 512k entries must not build a ctypes
+# object each): the fields it judges by, read off CtKey's and CtValue's bytes (checked below). A key's
+# bytes are addr_a [0:4], addr_b [4:8], port_a [8:10], port_b [10:12] (network order), proto [12].
+CT_VALUE_RAW = struct.Struct("=8xQBBBB4s2s2s")          # last_seen_ns, type, flags, tcp_a, tcp_b, nat_addr,
+#                                                         nat_port, cl_port (network order)
+CT_VALUE_TYPE_OFFSET = CtValue.type.offset
+
+
+def _check_ct_raw() -> None:
+    """The formats above read the mirrors' fields: a struct with a distinct value in each reads back."""
+    k = CtKey(addr_a=0x01020304, addr_b=0x05060708, port_a=0x090A, port_b=0x0B0C, proto=13)
+    v = CtValue(created_ns=1, last_seen_ns=2, type=3, flags=4, tcp_a=5, tcp_b=6, nat_addr=0x0708090A,
+                nat_port=0x0B0C, cl_port=0x0D0E, tun_peer=15, packets_ab=16)
+    kb = bytes(k)
+    assert (kb[0:4], kb[4:8], kb[8:10], kb[10:12], kb[12]) == (b"\1\2\3\4", b"\5\6\7\x08", b"\x09\x0a", b"\x0b\x0c", 13)
+    assert CT_VALUE_RAW.unpack_from(bytes(v)) == (2, 3, 4, 5, 6, b"\7\x08\x09\x0a", b"\x0b\x0c", b"\x0d\x0e")
+    assert bytes(v)[CT_VALUE_TYPE_OFFSET] == 3
+
+
+_check_ct_raw()
+
+
+def ct_key_raw(saddr: bytes, sport: bytes, daddr: bytes, dport: bytes, proto: int) -> bytes:
+    """ct_key() on network-order bytes, giving the key's bytes. Big-endian bytes compare as the
+    numbers they hold, so the normalisation is conntrack.h's."""
+    if saddr < daddr or (saddr == daddr and sport <= dport):
+        return saddr + daddr + sport + dport + bytes((proto, 0, 0, 0))
+    return daddr + saddr + dport + sport + bytes((proto, 0, 0, 0))
+
+
+def ct_rev_key_raw(key: bytes, flags: int, nat_addr: bytes, nat_port: bytes, cl_port: bytes) -> bytes:
+    """ct_rev_key_of_fwd() on a NAT_FWD entry's key bytes and value fields (CT_VALUE_RAW's)."""
+    if flags & CT_F_CLIENT_IS_B:
+        client, cport = key[4:8], key[10:12]
+    else:
+        client, cport = key[0:4], key[8:10]
+    return ct_key_raw(client, cl_port if cl_port != b"\0\0" else cport, nat_addr, nat_port, key[12])
+
+
 def ct_rev_key_of_fwd(key: CtKey, v: CtValue) -> CtKey:
     """The key (client, backend) of the entry a NAT_FWD entry (client, frontend) belongs to.
 
     That entry is a NAT_REV, or on a backend node (FROM_TUNNEL) the NORMAL entry of a flow
     whose client port it replaced; with CT_F_PSNAT the client has port cl_port toward the backend."""
-    if v.flags & CT_F_CLIENT_IS_B:
-        client, cport = key.addr_b, key.port_b
-    else:
-        client, cport = key.addr_a, key.port_a
-    rk, _ = ct_key(client, v.cl_port or cport, v.nat_addr, v.nat_port, key.proto)
-    return rk
+    _, flags, _, _, nat_addr, nat_port, cl_port = CT_VALUE_RAW.unpack_from(bytes(v))[1:]
+    return CtKey.from_bytes(ct_rev_key_raw(bytes(key), flags, nat_addr, nat_port, cl_port))
+
+
+def ct_partner_type_of(flags: int) -> int:
+    """Type of the entry a NAT_FWD with these flags follows: NORMAL for a backend node's (FROM_TUNNEL),
+    else NAT_REV."""
+    return CT_NORMAL if flags & CT_F_FROM_TUNNEL else CT_NAT_REV
 
 
 def ct_partner_type(v: CtValue) -> int:
-    """Type of the entry a NAT_FWD follows: NORMAL for a backend node's (FROM_TUNNEL), else NAT_REV."""
-    return CT_NORMAL if v.flags & CT_F_FROM_TUNNEL else CT_NAT_REV
+    """ct_partner_type_of() a NAT_FWD entry."""
+    return ct_partner_type_of(v.flags)
