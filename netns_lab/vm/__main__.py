@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import image, matrix, qemu, summary
+from . import image, matrix, progress, qemu, summary
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = Path("/var/cache/netns-lab/vm")
@@ -123,8 +123,12 @@ def run_kernel(paths: image.Paths, k: matrix.Kernel, accel: str, out_root: Path,
                        bpf_cache=bpf_cache)
     say(f"kernel {k.name}: booting ({accel}, {spec.cpus} vCPUs, {spec.mem_mib} MiB); console: {out}/console.log")
     t0 = time.monotonic()
-    with open(out / "console.log", "w") as console:
-        rc = qemu.boot(spec, console, timeout_s, on_line=_echo(k))
+    _, stop = progress.ticker(out / "pytest.log", lambda text: say(f"kernel {k.name}: {text}"), t0, time.monotonic)
+    try:
+        with open(out / "console.log", "w") as console:
+            rc = qemu.boot(spec, console, timeout_s, on_line=_echo(k))
+    finally:
+        stop.set()
     seconds = time.monotonic() - t0
     note = "" if rc is not None else f"timed out after {timeout_s / 60:.0f} min"
     result = summary.load(k.name, out, seconds, note)

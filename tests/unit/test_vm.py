@@ -1,11 +1,12 @@
 """The kernel-matrix runner's pure parts: kernel selection, image key, mirror, JUnit summary."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from netns_lab.vm import image, matrix, qemu, summary
+from netns_lab.vm import image, matrix, progress, qemu, summary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,3 +139,46 @@ def test_bpf_cache_is_shared_only_when_given() -> None:
     spec.bpf_cache = Path("/c/bpf-6.1")
     share = next(a for a in qemu.qemu_argv(spec, Path("/o"), "qcow2") if "mount_tag=bpfcache" in a)
     assert share.startswith("local,path=/c/bpf-6.1,") and "readonly" not in share
+
+
+# --------------------------------------------------------------------------- progress while pytest runs
+RUNNING_LOG = """============================= test session starts ==============================
+platform linux -- Python 3.11.2, pytest-9.2.0, pluggy-1.7.0
+collected 567 items
+
+tests/bpf/test_abi.py ..........................                         [  4%]
+tests/bpf/test_conntrack.py ....F.....                                   [ 12%]
+tests/lab/test_graceful_lab.py ...........E...........................................
+..F.....                                                                 [ 31%]
+tests/lab/test_dsr_lab.py ..s"""
+
+
+@pytest.mark.parametrize("log, want", [
+    ("", None),
+    ("============================= test session starts ==============================\ncollecting ...",
+     progress.Progress(None, None, 0)),
+    (RUNNING_LOG, progress.Progress(31, "tests/lab/test_dsr_lab.py", 3)),
+    (RUNNING_LOG + "\n\n========== 3 failed, 560 passed, 4 skipped in 6530.12s (1:48:50) ==========\n", None),
+])
+def test_pytest_progress(log: str, want: progress.Progress | None) -> None:
+    assert progress.pytest_progress(log) == want
+
+
+def test_progress_line_says_where_and_how_long() -> None:
+    assert (progress.Progress(31, "tests/lab/test_dsr_lab.py", 3).line(14.4)
+            == "pytest 31%, in tests/lab/test_dsr_lab.py, 14 min in, 3 failed so far")
+    assert progress.Progress(None, None, 0).line(0.2) == "pytest starting, 0 min in"
+
+
+def test_ticker_reports_until_stopped(tmp_path: Path) -> None:
+    log = tmp_path / "pytest.log"
+    log.write_text(RUNNING_LOG)
+    lines: list[str] = []
+    thread, stop = progress.ticker(log, lines.append, started=0.0, clock=lambda: 600.0, interval_s=0.01)
+    deadline = time.monotonic() + 5
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert lines and lines[0] == "pytest 31%, in tests/lab/test_dsr_lab.py, 10 min in, 3 failed so far"
