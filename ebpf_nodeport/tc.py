@@ -5,18 +5,21 @@ detach. One filter per (interface, direction) at a fixed priority/handle:
 attaching again replaces it atomically (no window without a program). Netlink goes
 through the namespace handle's own rtnetlink socket (Netns.rtnl: opened inside the
 namespace by a thread, cached on the handle), never a forked pyroute2 helper.
+pyroute2 is imported by the functions that talk netlink: importing it costs about a third of
+the CLI's start-up, and most commands never attach anything.
 """
 from __future__ import annotations
 
 import errno
 import os
 from dataclasses import dataclass
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from . import libbpf
 from .netns import Netns
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 INGRESS = "ingress"
 EGRESS = "egress"
@@ -86,6 +89,8 @@ def _check_dir(direction: str) -> int:
 
 def attach(netns: Netns, ifname: str, direction: str, prog_path: str, name: str) -> None:
     """Attach (or replace) the pinned program at prog_path on ifname's clsact hook."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     parent = _check_dir(direction)
     fd = libbpf.obj_get(prog_path)
     try:
@@ -112,6 +117,8 @@ def detach(netns: Netns, ifname: str, direction: str, name: str | None = None) -
     With `name`, only a filter carrying that program name is removed, so a
     filter someone else put at our priority is never touched.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     parent = _check_dir(direction)
     if name is not None:
         try:
@@ -140,6 +147,8 @@ def detach(netns: Netns, ifname: str, direction: str, name: str | None = None) -
 
 def filters(netns: Netns, ifname: str) -> list[AttachedFilter]:
     """bpf filters on ifname's clsact hooks (empty when none or no clsact)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     out: list[AttachedFilter] = []
     ipr = _ipr(netns)
     found = ipr.link_lookup(ifname=ifname)
@@ -163,6 +172,8 @@ def filters(netns: Netns, ifname: str) -> list[AttachedFilter]:
 
 def remove_clsact(netns: Netns, ifname: str) -> bool:
     """Delete the clsact qdisc (and every filter on it); False when absent."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         ipr = _ipr(netns)
         found = ipr.link_lookup(ifname=ifname)

@@ -19,14 +19,15 @@ import contextlib
 import errno
 import time
 from collections.abc import Callable
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from netns_lab import loadbalancer, naming
 from netns_lab.errors import LabError
 from netns_lab.nsexec import create_netns, list_netns, remove_netns, rtnl_socket, sysctl
 from netns_lab.topology import AddressPlan, Pod, Topology
+
+if TYPE_CHECKING:    # pyroute2 itself is imported where a lab is built: it is a third of the CLI's start-up
+    from pyroute2 import IPRoute
 
 RTNH_F_ONLINK = 4
 SCOPE_LINK = 253
@@ -58,6 +59,8 @@ class Builder:
     def ipr(self, member: str) -> IPRoute:
         """The (cached) rtnetlink socket bound to a member's namespace."""
         if member not in self._ipr:
+            from pyroute2 import IPRoute
+
             # The socket is opened by a thread inside the namespace and handed over, instead of
             # IPRoute(netns=...), which forks a helper per socket (see nsexec.create_netns).
             # groups=0: no multicast subscriptions; we never read notifications, and unread ones
@@ -239,6 +242,8 @@ def cali_sysctls(ifname: str) -> dict[str, str]:
 
 def build(lab: str, topo: Topology, plan: AddressPlan, progress: Progress = lambda msg: None) -> dict[str, str]:
     """Build the lab's namespaces; returns {pod: cali interface}."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         return Builder(lab, topo, plan).build(progress)
     except NetlinkError as exc:
@@ -251,6 +256,8 @@ def build(lab: str, topo: Topology, plan: AddressPlan, progress: Progress = lamb
 
 def recreate_pod(lab: str, topo: Topology, plan: AddressPlan, pod: Pod, ip: str) -> str:
     """Build one pod again (namespace, veth, address, routes) with address `ip`; returns its cali interface."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     b = Builder(lab, topo, plan)
     try:
         return b.recreate_pod(pod, ip)
@@ -262,6 +269,8 @@ def recreate_pod(lab: str, topo: Topology, plan: AddressPlan, pod: Pod, ip: str)
 
 def remove_pod(lab: str, pod: Pod) -> None:
     """Delete a pod's veth pair (from the node side: synchronous, unlike a namespace's teardown) and its namespace."""
+    from pyroute2 import IPRoute
+
     cali = naming.cali_ifname(lab, pod.name)
     with contextlib.closing(IPRoute(use_socket=rtnl_socket(naming.netns(lab, pod.node)), groups=0)) as ipr:
         idx = ipr.link_lookup(ifname=cali)
