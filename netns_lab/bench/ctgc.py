@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from netns_lab import naming
@@ -50,22 +51,33 @@ def fill(libbpf, abi, fd: int, flows: int, expired: float, now: int, seed: int =
     return written
 
 
-def load_tree(repo: Path | None):
-    """`ebpf_nodeport` of a checkout (fresh import), as (libbpf, abi, maps, datapath) modules."""
-    for name in [m for m in sys.modules if m == "ebpf_nodeport" or m.startswith("ebpf_nodeport.")]:
-        del sys.modules[name]
-    if repo is not None:
-        sys.path.insert(0, str(repo))
+@contextlib.contextmanager
+def tree(repo: Path | None) -> Iterator[tuple]:
+    """`ebpf_nodeport` of a checkout as (libbpf, abi, maps, datapath) modules; None: the one imported
+    here. Another checkout's is imported afresh and this process's own is put back afterwards, so
+    callers holding its classes (a test run) keep working."""
+    names = ("libbpf", "abi", "maps", "datapath")
+    if repo is None:
+        yield tuple(importlib.import_module(f"ebpf_nodeport.{m}") for m in names)
+        return
+    ours = {m: sys.modules.pop(m) for m in list(sys.modules) if m == "ebpf_nodeport" or m.startswith("ebpf_nodeport.")}
+    sys.path.insert(0, str(repo))
     try:
-        return tuple(importlib.import_module(f"ebpf_nodeport.{m}") for m in ("libbpf", "abi", "maps", "datapath"))
+        yield tuple(importlib.import_module(f"ebpf_nodeport.{m}") for m in names)
     finally:
-        if repo is not None:
-            sys.path.remove(str(repo))
+        sys.path.remove(str(repo))
+        for m in [m for m in sys.modules if m == "ebpf_nodeport" or m.startswith("ebpf_nodeport.")]:
+            del sys.modules[m]
+        sys.modules.update(ours)
 
 
 def time_tree(repo: Path | None, args: argparse.Namespace) -> dict[str, float]:
     """Fill a fresh map, then time the tree's GC passes over it: seconds per pass."""
-    libbpf, abi, maps, datapath = load_tree(repo)
+    with tree(repo) as (libbpf, abi, maps, datapath):
+        return _time(libbpf, abi, maps, datapath, args)
+
+
+def _time(libbpf, abi, maps, datapath, args: argparse.Namespace) -> dict[str, float]:
     map_type = {"hash": 1, "lru_hash": 9}[args.map_type]
     fd = libbpf.map_create(map_type, "ct", 16, 64, 2 * args.flows + 1024)
     pin = naming.bpf_dir(PIN_LAB) / "ct"     # under the lab pin root: `down --all` finds it after a crash
@@ -106,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.flows < 1 or not 0 <= args.expired <= 1 or args.passes < 1:
         p.error("--flows and --passes must be at least 1, --expired within 0..1")
+    for repo in args.repo or []:
+        if not (repo / "ebpf_nodeport" / "datapath.py").is_file():
+            p.error(f"--repo {repo}: not a checkout of this project (no ebpf_nodeport/datapath.py)")
     print(f"{'tree':<28} {'entries':>8} {'deleted':>8} {'first pass s':>13} {'quiet pass s':>13}")
     for repo in args.repo or [None]:
         r = time_tree(repo, args)

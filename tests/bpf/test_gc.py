@@ -145,8 +145,11 @@ def test_gc_applies_shorter_timeouts_given():
 
 def test_gc_bench_deletes_the_expired_flows_and_leaves_no_pin(capsys):
     """`python -m netns_lab.bench.ctgc` (the GC's cost at a map size): its first pass deletes exactly the
-    flows it made expired, both entries each, later passes nothing; its pin goes with it."""
+    flows it made expired, both entries each; its pin goes with it; timing another checkout's GC (here
+    this one's, by path) leaves this process's own modules in place (the rest of the test run uses them)."""
     import random
+    import sys
+    from pathlib import Path
 
     from netns_lab import naming
     from netns_lab.bench import ctgc
@@ -154,7 +157,18 @@ def test_gc_bench_deletes_the_expired_flows_and_leaves_no_pin(capsys):
     flows, share = 3000, 0.25
     rng = random.Random(1)                      # ctgc.fill's draws
     expired = sum(rng.random() < share for _ in range(flows))
-    assert ctgc.main(["--flows", str(flows), "--expired", str(share), "--passes", "1"]) == 0
+    ours = sys.modules["ebpf_nodeport.sync"]
+    repo = Path(__file__).resolve().parents[2]
+    assert ctgc.main(["--flows", str(flows), "--expired", str(share), "--passes", "1", "--repo", str(repo)]) == 0
     row = capsys.readouterr().out.splitlines()[1].split()
     assert row[-4:-2] == [str(2 * flows), str(2 * expired)]
     assert not (naming.bpf_dir(ctgc.PIN_LAB)).exists()
+    assert sys.modules["ebpf_nodeport.sync"] is ours
+
+
+def test_gc_bench_refuses_a_path_that_is_no_checkout(tmp_path, capsys):
+    from netns_lab.bench import ctgc
+
+    with pytest.raises(SystemExit) as exc:
+        ctgc.main(["--repo", str(tmp_path)])
+    assert exc.value.code == 2 and "not a checkout" in capsys.readouterr().err
