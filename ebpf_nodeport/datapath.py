@@ -14,8 +14,8 @@ from typing import Sequence
 
 from . import loader, tc
 from .abi import (CFG_F_DSR, CFG_F_ENABLED, CFG_F_TRACE, CT_NAT_FWD, CT_VALUE_RAW, CT_VALUE_TYPE_OFFSET, PROGRAMS,
-                  TUNNEL_PORT, TUNNEL_VNI, NodeCfg, ct_partner_type_of, ct_rev_key_raw, ct_timeout_of, ct_timeouts,
-                  CtKey, CtValue, ip2int, ktime_ns)
+                  TUNNEL_PORT, TUNNEL_VNI, CtKey, CtValue, NodeCfg, ct_partner_type_of, ct_rev_key_raw, ct_timeout_of,
+                  ct_timeouts, ip2int, ktime_ns)
 from .maps import MapView, NodeMaps
 from .netns import Netns
 from .sync import ClusterView, ServiceSyncer, SyncStats
@@ -39,10 +39,9 @@ def gc_conntrack(ct_view: MapView, now_ns: int | None = None,
     belongs to (its NAT_REV, or a backend node's NORMAL): the reply direction refreshes
     only the latter. Entries judged expired are read again before they go (a packet may
     have refreshed one meanwhile): key by key, or the whole map in bulk when they are a
-    large share of it (BPF_MAP_LOOKUP_BATCH). Keys and values stay
-    bytes, read by field offset (abi.CT_VALUE_RAW): a pass is over the whole map, every
-    few seconds, and a ctypes object per entry made it 8x slower. Deleted in bulk
-    (BPF_MAP_DELETE_BATCH).
+    large share of it (BPF_MAP_LOOKUP_BATCH). Keys and values stay bytes, read by field
+    offset (abi.CT_VALUE_RAW): a pass covers the whole map every few seconds, and a ctypes
+    object per entry made it about 3x slower. Deleted in bulk (BPF_MAP_DELETE_BATCH).
     """
     now = ktime_ns() if now_ns is None else now_ns
     t = ct_timeouts(timeouts)
