@@ -92,8 +92,3 @@ def _reset(cluster, view) -> None:
         node.set_cfg(fabric_mtu=1500)
         node.dp.set_flags(trace=False, enabled=True)
     cluster.clear_ct()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # BCC 0.26 warns on every str it is given (compile text, function names): noise here.
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:bcc")

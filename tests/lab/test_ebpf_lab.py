@@ -156,18 +156,19 @@ print(len(seq), len(conc), len(bad), bad[:3])
 
 
 CAPTURE_SCRIPT = r"""
-import json, socket, struct, sys, time
-peer, secs = sys.argv[1], float(sys.argv[2])
+import json, select, socket, struct, sys, time
+peer, limit = sys.argv[1], float(sys.argv[2])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
 s.setsockopt(263, 8, 1)   # SOL_PACKET, PACKET_AUXDATA: tp_status tells a CHECKSUM_PARTIAL skb
-s.settimeout(0.2)
 print("ready", flush=True)
-out, end = [], time.time() + secs
-while time.time() < end:
-    try:
-        data, anc, _, addr = s.recvmsg(65535, socket.CMSG_SPACE(20))
-    except socket.timeout:
+out, end = [], time.time() + limit
+while time.time() < end:   # until stdin closes (the action is done), or the limit
+    ready, _, _ = select.select([s, sys.stdin], [], [], 0.2)
+    if sys.stdin in ready and not sys.stdin.read(1):
+        break
+    if s not in ready:
         continue
+    data, anc, _, addr = s.recvmsg(65535, socket.CMSG_SPACE(20))
     ip = data[14:]
     if addr[2] == socket.PACKET_OUTGOING or ip[9] not in (6, 17) or socket.inet_aton(peer) not in (ip[12:16], ip[16:20]):
         continue
@@ -178,17 +179,20 @@ print(json.dumps(out))
 TP_STATUS_CSUMNOTREADY = 0x8   # the skb is CHECKSUM_PARTIAL: its L4 checksum field holds the pseudo-header sum
 
 
-def capture(lab: Lab, member: str, peer: str, action, secs: float = 4.0) -> list[tuple[bytes, bool]]:
-    """TCP and UDP frames from or to `peer` a member receives while `action()` runs: (frame, CHECKSUM_PARTIAL?)."""
+def capture(lab: Lab, member: str, peer: str, action, limit_s: float = 300.0) -> list[tuple[bytes, bool]]:
+    """TCP and UDP frames from or to `peer` a member receives while `action()` runs: (frame, CHECKSUM_PARTIAL?).
+    The capture lasts as long as the action (its stdin is closed after it), however slow the machine: a
+    fixed window ended before the traffic under TCG, where each CLI call of the action takes seconds."""
     import subprocess
     import sys
 
     proc = subprocess.Popen(["ip", "netns", "exec", lab.netns(member), sys.executable, "-c", CAPTURE_SCRIPT,
-                             peer, str(secs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             peer, str(limit_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         action()
-        out, err = proc.communicate(timeout=secs + 30)
+        out, err = proc.communicate(input="", timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
