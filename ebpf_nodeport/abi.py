@@ -536,7 +536,7 @@ _SPECS = (
     MapSpec("nat_fe", BPF_MAP_TYPE_HASH, FeKey, FeValue, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("nat_be", BPF_MAP_TYPE_HASH, BeKey, BeValue, 262144, "MAX_BACKENDS", BPF_F_NO_PREALLOC),
     MapSpec("svc_meta", BPF_MAP_TYPE_HASH, U32, SvcMeta, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
-    MapSpec("ct", BPF_MAP_TYPE_LRU_HASH, CtKey, CtValue, 65536, "MAX_CT"),
+    MapSpec("ct", BPF_MAP_TYPE_HASH, CtKey, CtValue, 512000, "MAX_CT"),
     MapSpec("lb_svc", BPF_MAP_TYPE_HASH, U32, LbSvc, 65536, "MAX_SERVICES", BPF_F_NO_PREALLOC),
     MapSpec("lb_src", BPF_MAP_TYPE_LPM_TRIE, LbSrcKey, U32, 1024, "MAX_LB_SRC_RANGES", BPF_F_NO_PREALLOC),
     MapSpec("affinity", BPF_MAP_TYPE_LRU_HASH, AffinityKey, AffinityValue, 65536, "MAX_AFFINITY"),

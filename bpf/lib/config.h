@@ -31,7 +31,7 @@
 #define MAX_BACKENDS 262144
 #endif
 #ifndef MAX_CT
-#define MAX_CT 65536
+#define MAX_CT 512000   /* Calico's default conntrack size (BPFMapSizeConntrack) */
 #endif
 #ifndef MAX_REASONS
 #define MAX_REASONS 32

@@ -145,9 +145,9 @@ CTK = abi.ct_key("203.0.113.7", 40000, "198.19.16.65", 8080, "tcp")[0]
 CTV = abi.CtValue(created_ns=1, last_seen_ns=2, type=abi.CT_NAT_REV, flags=abi.CT_F_NODEPORT,
                   tcp_a=abi.TCPF_SYN, nat_addr=abi.ip2int("198.19.0.1"), nat_port=30180, packets_ab=1)
 OLD_PINS.append(
-    # the conntrack map as the plain hash it was for a while (CT_MAP_TYPE "hash"): entries kept in the LRU
+    # the conntrack map as the 65,536-entry LRU it was until issue 17: entries kept in the plain hash
     OldPin("ct", _c_struct("ct_key") + "\n" + _c_struct("ct_value") + "\n"
-           "BPF_TABLE_PINNED(\"hash\", struct ct_key, struct ct_value, ct, 65536, PIN(ct));",
+           "BPF_TABLE_PINNED(\"lru_hash\", struct ct_key, struct ct_value, ct, 65536, PIN(ct));",
            bytes(CTK), bytes(CTV), "upgraded", CTV))
 VIEWS = {"svc_meta": (abi.U32, abi.SvcMeta), "nat_be": (abi.BeKey, abi.BeValue),
          "nat_fe": (abi.FeKey, abi.FeValue), "nodes": (abi.Addr, abi.NodeInfo), "ct": (abi.CtKey, abi.CtValue)}

@@ -1,8 +1,9 @@
-"""Map limits of the plain-hash conntrack build (CT_MAP_TYPE "hash", Calico's map kind: a new
-connection that does not fit is dropped with DROP_CT_FULL and leaves nothing, established ones are
-never evicted, a SYN flood larger than the table does not touch them, and the GC makes room
-again) and 10,000 services in the frontend map (every one still resolves). The default LRU
-build's full map: test_limits_lru.py."""
+"""Map limits of the default conntrack build, a plain hash (Calico's map kind: a new connection
+that does not fit is dropped with DROP_CT_FULL and leaves nothing, established ones are never
+evicted, a SYN flood larger than the table does not touch them, and the GC makes room again),
+and 10,000 services in the frontend map (every one still resolves). The map is built at 65,536
+entries instead of MAX_CT's 512,000 so that filling it stays quick; the contract is the same.
+The LRU build's full map: test_limits_lru.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,8 @@ FILLER = int(ipaddress.IPv4Address("203.0.113.0"))   # made-up external clients 
 
 @pytest.fixture(scope="module")
 def _hash_cluster(netns):
-    """The table's cluster built with the plain-hash conntrack map (its own pins)."""
-    with loaded_cluster(netns, {"CT_MAP_TYPE": '"hash"'}) as cl:
+    """The table's cluster, the default (plain-hash) conntrack map at 65,536 entries (its own pins)."""
+    with loaded_cluster(netns, {"MAX_CT": 65536}) as cl:
         assert cl["control"].maps.ct.info.type == abi.BPF_MAP_TYPE_HASH
         yield cl
 

@@ -1,16 +1,34 @@
-"""The default conntrack build (an LRU hash) when full: the LRU evicts, and a new connection still
-works end to end. The plain-hash build's contract: test_limits.py."""
+"""The LRU conntrack build (CT_MAP_TYPE "lru_hash", the default before issue 17) when full: the
+LRU evicts, and a new connection still works end to end. The default plain hash's contract:
+test_limits.py."""
 from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ebpf_nodeport import abi, libbpf
 
+from .conftest import loaded_cluster, reset_cluster
 from .expect import Encap, Nat, check_result
 from .topo import CLIENT, CONTROL, CUSTOMER, NODE1, NP_CUSTOMER, cport, reply, tcp
+
+
+@pytest.fixture(scope="module")
+def _lru_cluster(netns):
+    """The table's cluster built with an LRU conntrack map of 65,536 entries (its own pins)."""
+    with loaded_cluster(netns, {"CT_MAP_TYPE": '"lru_hash"', "MAX_CT": 65536}) as cl:
+        assert cl["control"].maps.ct.info.type == abi.BPF_MAP_TYPE_LRU_HASH
+        yield cl
+
+
+@pytest.fixture
+def cluster(_lru_cluster, netns):
+    """This module's cluster: the LRU build, reset to the base view with empty conntrack."""
+    with reset_cluster(_lru_cluster, netns) as cl:
+        yield cl
 
 
 def _fill_ct(node, n: int) -> None:
