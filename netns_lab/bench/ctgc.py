@@ -84,7 +84,11 @@ def _time(libbpf, abi, maps, datapath, args: argparse.Namespace) -> dict[str, fl
     try:
         pin.parent.mkdir(parents=True, exist_ok=True)
         libbpf.obj_pin(fd, str(pin))
-        now = abi.ktime_ns()
+        # The GC's clock, past every stamp fill() writes: an expired entry is stamped an hour and
+        # more before it, and a machine booted less than that ago (a test VM) has a smaller
+        # monotonic clock, which a u64 stamp would wrap into the future. This map is the tool's
+        # own (no program stamps it), so its clock need not be the kernel's.
+        now = abi.ktime_ns() + abi.CT_TIMEOUTS_NS["CT_TIMEOUT_TCP_EST"] + 2 * abi.SEC_NS
         entries = fill(libbpf, abi, fd, args.flows, args.expired, now)
         view = maps.MapView(str(pin), abi.CtKey, abi.CtValue)
         try:

@@ -166,6 +166,22 @@ def test_gc_bench_deletes_the_expired_flows_and_leaves_no_pin(capsys):
     assert sys.modules["ebpf_nodeport.sync"] is ours
 
 
+def test_gc_bench_counts_right_on_a_freshly_booted_machine(capsys, monkeypatch):
+    """A machine up for less than the established timeout (an hour; a test VM 20 minutes after boot):
+    the tool's expired stamps must not wrap below zero into the future, where the GC keeps them."""
+    import random
+
+    from netns_lab.bench import ctgc
+
+    monkeypatch.setattr(abi, "ktime_ns", lambda: 20 * 60 * SEC_NS)   # CLOCK_MONOTONIC 20 min after boot
+    flows, share = 500, 0.5
+    rng = random.Random(1)
+    expired = sum(rng.random() < share for _ in range(flows))
+    assert ctgc.main(["--flows", str(flows), "--expired", str(share), "--passes", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[-4:-2] == [str(2 * flows), str(2 * expired)]
+
+
 def test_gc_bench_refuses_a_path_that_is_no_checkout(tmp_path, capsys):
     from netns_lab.bench import ctgc
 
