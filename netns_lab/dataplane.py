@@ -114,12 +114,27 @@ def external_fields(svc: Any) -> dict[str, Any]:
             "source_ranges": list(svc.source_ranges), "affinity_timeout": svc.affinity_timeout, "maglev": svc.maglev}
 
 
-def datapath(st: LabState, node: str, keep_state: bool = False) -> NodeDatapath:
+def datapath(st: LabState, node: str, keep_state: bool = False, felix: FelixConfig | None = None) -> NodeDatapath:
     """The eBPF datapath handle of one node, the one place netns_lab makes one (state lives in its pins,
-    so this is cheap); keep_state for a long-running programmer (see NodeDatapath)."""
+    so this is cheap); keep_state for a long-running programmer (see NodeDatapath); felix: the settings
+    a load compiles with (default: the lab's)."""
     n = st.nodes()[node]
     return NodeDatapath(naming.pin_dir(st.lab, node), netns_handle(n.netns), str(n.address), naming.UPLINK,
-                        name=node, keep_state=keep_state)
+                        name=node, keep_state=keep_state, defines=datapath_defines(felix or st.felix))
+
+
+def datapath_defines(felix: FelixConfig) -> dict[str, object]:
+    """The compile's defines the felix settings ask for: MAX_CT from bpfMapSizeConntrack (none at the
+    C's default, so a default lab shares its compile cache entry with every other load)."""
+    if felix.bpfMapSizeConntrack == felix_model.CT_SIZE_DEFAULT:
+        return {}
+    return {"MAX_CT": felix.bpfMapSizeConntrack}
+
+
+def ct_size(st: LabState, node: str) -> int:
+    """Entries of a loaded node's pinned conntrack map."""
+    with datapath(st, node).maps() as m:
+        return m.ct.info.max_entries
 
 
 def is_loaded(st: LabState, node: str) -> bool:
@@ -324,6 +339,9 @@ def apply(st: LabState, felix: FelixConfig, progress: Progress = _quiet, proxy_m
             raise
         if stopped:
             say("conntrack cleaner stopped")
+        if felix.bpfMapSizeConntrack != st.felix.bpfMapSizeConntrack:
+            say(f"bpfMapSizeConntrack {felix.bpfMapSizeConntrack}: kept for the eBPF modes "
+                "(kube-proxy uses the kernel's conntrack)")
     st.felix = felix
     dp = st.dataplane
     dp.loaded = loaded_nodes(st)
@@ -368,7 +386,7 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
             "(kube-proxy's INVALID drop stays in place)")
     try:
         if fresh:
-            dps = [datapath(st, node) for node in fresh]
+            dps = [datapath(st, node, felix=felix) for node in fresh]
             t = time.monotonic()
             results = NodeDatapath.load_all(dps, attach=False)   # one BCC compile for all of them
             for dp in dps:
@@ -376,6 +394,7 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
             ch.load_s.update({node: round(res.total_s, 3) for node, res in results.items()})
             for line in _load_lines(results, time.monotonic() - t):
                 say(line)
+        _resize_ct(st, felix, [n for n in nodes if n not in fresh], say)
         unbalanced = [n for n in nodes if not ctlb.is_loaded(naming.pin_dir(st.lab, n))]
         if unbalanced:
             secs = ctlb.load_nodes({n: naming.pin_dir(st.lab, n) for n in unbalanced})
@@ -428,6 +447,22 @@ def _to_ebpf(st: LabState, felix: FelixConfig, ch: Change, say: Progress) -> Non
     if not notrack and any_notrack(st):
         set_notrack(st, False)
         say("NOTRACK rule for the bypass mark removed (no kube-proxy iptables rules left to bypass)")
+
+
+def _resize_ct(st: LabState, felix: FelixConfig, loaded: list[str], say: Progress) -> None:
+    """Reload the loaded nodes whose conntrack map is not bpfMapSizeConntrack entries, as Felix resizes its
+    maps at start: the new map is created and the old one's entries copied in (pins.check), the programs
+    replaced and attached again. A packet between the copy and the new programs' attach writes into the
+    old map and is lost with it."""
+    want = felix.bpfMapSizeConntrack
+    resized = [n for n in loaded if ct_size(st, n) != want]
+    if not resized:
+        return
+    t = time.monotonic()
+    results = NodeDatapath.load_all([datapath(st, n, felix=felix) for n in resized], attach=True)
+    lost = [n for n, res in results.items() if "ct" in res.replaced_maps]
+    say(f"conntrack map resized to {want} entries on {', '.join(resized)} in {time.monotonic() - t:.2f}s"
+        + (f" (entries dropped on {', '.join(lost)})" if lost else " (entries carried over)"))
 
 
 def _settle_ctlb(st: LabState, felix: FelixConfig, say: Progress) -> None:

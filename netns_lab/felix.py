@@ -10,13 +10,18 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ebpf_nodeport.abi import EBPF_MODES
+from ebpf_nodeport.abi import EBPF_MODES, MAP_SPECS
 
 MODES = ("kube-proxy",) + EBPF_MODES
 EXTERNAL_SERVICE_MODES = ("Tunnel", "DSR")
 # bpfConnectTimeLoadBalancing: which sockets of a node are given a backend at connect()
 # (Calico's default TCP; the rest of a node's service traffic is NATed per packet)
 CTLB_SETTINGS = ("TCP", "Enabled", "Disabled")
+# bpfMapSizeConntrack: entries of each node's conntrack map (Calico's default 512000, which is the
+# datapath's MAX_CT). The map is preallocated, ~144 bytes an entry with its bucket: 74 MB per node at
+# the default, so a smaller lab can ask for less; the bounds keep a typo from asking for gigabytes.
+CT_SIZE_DEFAULT = MAP_SPECS["ct"].max_entries
+CT_SIZE_MIN, CT_SIZE_MAX = 1024, 4_194_304
 
 
 class FelixConfigError(ValueError):
@@ -31,6 +36,7 @@ class FelixConfig:
     bpfKubeProxyIptablesCleanupEnabled: bool = True
     bpfDSROptoutCIDRs: tuple[str, ...] = field(default_factory=tuple)
     bpfConnectTimeLoadBalancing: str = "TCP"
+    bpfMapSizeConntrack: int = CT_SIZE_DEFAULT
 
     @property
     def mode(self) -> str:
@@ -95,6 +101,11 @@ def apply_spec(cfg: FelixConfig, spec: dict[str, Any]) -> FelixConfig:
             changes[name] = value
         elif name == "bpfDSROptoutCIDRs":
             changes[name] = _check_cidrs(value)
+        elif name == "bpfMapSizeConntrack":
+            if isinstance(value, bool) or not isinstance(value, int) or not CT_SIZE_MIN <= value <= CT_SIZE_MAX:
+                raise FelixConfigError(f"spec.bpfMapSizeConntrack must be a whole number of entries from "
+                                       f"{CT_SIZE_MIN} to {CT_SIZE_MAX}, not {json.dumps(value)}")
+            changes[name] = value
         else:
             changes[name] = _check_bool(name, value)
     return replace(cfg, **changes)

@@ -47,6 +47,7 @@ Examples (the lesson's calicoctl commands):
   netns-lab patch felixconfiguration default --patch='{"spec": {"bpfExternalServiceMode": "DSR"}}'
   netns-lab patch felixconfiguration default -p '{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/24"]}}'
   netns-lab patch felixconfiguration default -p '{"spec": {"bpfConnectTimeLoadBalancing": "Disabled"}}'
+  netns-lab patch felixconfiguration default -p '{"spec": {"bpfMapSizeConntrack": 65536}}'
   netns-lab patch service customer -n yaobank -p '{"spec": {"externalTrafficPolicy": "Local"}}'
   netns-lab patch svc summary -n yaobank -p '{"spec": {"internalTrafficPolicy": "Local"}}'
 \b
@@ -54,7 +55,9 @@ Fields: bpfEnabled (true: eBPF dataplane), bpfExternalServiceMode (Tunnel | DSR)
 bpfKubeProxyIptablesCleanupEnabled (false: kube-proxy's rules stay, bypassed by BPF),
 bpfDSROptoutCIDRs (clients that keep Tunnel behaviour in DSR mode),
 bpfConnectTimeLoadBalancing (TCP | Enabled | Disabled: which of a node's own sockets get a
-backend at connect(); the rest is NATed per packet).
+backend at connect(); the rest is NATed per packet),
+bpfMapSizeConntrack (conntrack entries per node, 1024-4194304, default 512000: about 74 MB
+per node; a change reloads the eBPF nodes, their entries copied into the new map).
 """
 )
 @lab_option

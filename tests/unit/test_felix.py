@@ -33,6 +33,11 @@ def test_lesson_sequence():
     ('{"spec": {"bpfDSROptoutCIDRs": ["198.19.15.0/33"]}}', "not an IPv4 CIDR"),
     ('{"spec": {"bpfDSROptoutCIDRs": "198.19.15.0/24"}}', "must be a list"),
     ('{"spec": {"bpfConnectTimeLoadBalancing": "tcp"}}', "must be one of TCP, Enabled, Disabled"),
+    ('{"spec": {"bpfMapSizeConntrack": 1023}}', "from 1024 to 4194304, not 1023"),
+    ('{"spec": {"bpfMapSizeConntrack": 4194305}}', "from 1024 to 4194304, not 4194305"),
+    ('{"spec": {"bpfMapSizeConntrack": "512k"}}', "whole number of entries"),
+    ('{"spec": {"bpfMapSizeConntrack": 65536.5}}', "whole number of entries"),
+    ('{"spec": {"bpfMapSizeConntrack": true}}', "whole number of entries"),
     ('{"bpfEnabled": true}', "with a \"spec\" key"),
     ('{"metadata": {"name": "other"}, "spec": {}}', "only FelixConfiguration \"default\""),
 ])
@@ -62,3 +67,16 @@ def test_connect_time_lb_setting(value):
     assert FelixConfig().bpfConnectTimeLoadBalancing == "TCP"   # Calico's default
     cfg = apply_patch(FelixConfig(), '{"spec": {"bpfConnectTimeLoadBalancing": "%s"}}' % value)
     assert cfg.bpfConnectTimeLoadBalancing == value and cfg.to_spec()["bpfConnectTimeLoadBalancing"] == value
+
+
+def test_conntrack_map_size_setting():
+    """Calico's default is the datapath's own MAX_CT, compiled without a define (one compile cache entry
+    for every default lab); another size becomes the MAX_CT define."""
+    from ebpf_nodeport.abi import MAP_SPECS
+    from netns_lab.dataplane import datapath_defines
+
+    assert FelixConfig().bpfMapSizeConntrack == 512000 == MAP_SPECS["ct"].max_entries
+    assert datapath_defines(FelixConfig()) == {}
+    cfg = apply_patch(FelixConfig(), '{"spec": {"bpfMapSizeConntrack": 65536}}')
+    assert cfg.to_spec()["bpfMapSizeConntrack"] == 65536 and FelixConfig.from_spec(cfg.to_spec()) == cfg
+    assert datapath_defines(cfg) == {"MAX_CT": 65536}
