@@ -298,7 +298,7 @@ def test_get_felixconfiguration(tunnel_lab: Lab) -> None:
     assert doc["kind"] == "FelixConfiguration" and doc["metadata"]["name"] == "default"
     assert doc["spec"] == {"bpfEnabled": True, "bpfExternalServiceMode": "Tunnel",
                            "bpfKubeProxyIptablesCleanupEnabled": True, "bpfDSROptoutCIDRs": [],
-                           "bpfConnectTimeLoadBalancing": "TCP"}
+                           "bpfConnectTimeLoadBalancing": "TCP", "bpfMapSizeConntrack": 512000}
     text = tunnel_lab.run("get", "felixconfiguration", "default").stdout
     assert "kind: FelixConfiguration" in text and "bpfEnabled: true" in text
 
