@@ -98,7 +98,7 @@ status lesson_rc "$lrc"
 
 if [ "$rc" -ne 0 ] || [ "$lrc" -ne 0 ]; then
     stage diags
-    say "a step failed: netns-lab diags --all --out diags/ (the lesson's lab is still up)"
+    say "pytest exited $rc, lesson exited $lrc: collecting netns-lab diags --all --out diags/ (the lesson's lab is still up)"
     /opt/netns-lab/venv/bin/python -m netns_lab diags --all --out "$OUT/diags" >"$OUT/diags.log" 2>&1
 fi
 /opt/netns-lab/venv/bin/python -m netns_lab down --name vmlesson >>"$OUT/lesson.log" 2>&1
