@@ -236,6 +236,12 @@ def run(base: str, step: Callable[[str], None], services: int = SCALE_SERVICES_N
 TARGET_UP_S = 30.0
 
 
+def _grown(rec: dict, step: str) -> str:
+    """The machine's memory in use after STEP against before the lab, MB (the eBPF maps show here, not in any RSS)."""
+    r = rec["steps"].get(step)
+    return "-" if not r or r["rc"] != 0 else f"+{r['mem_used_mb'] - rec['mem_before_mb']:.0f}"
+
+
 def render(out: Any, doc: dict[str, Any]) -> None:
     """The scale tables (rich Console or report.Markdown)."""
     from netns_lab.bench.report import _table
@@ -243,16 +249,15 @@ def render(out: Any, doc: dict[str, Any]) -> None:
     out.print(f"lab scale ({doc['elapsed_s']:.0f} s; load average {doc['loadavg_start'][0]:.2f} at start, "
               f"{doc['loadavg_end'][0]:.2f} at the end)", highlight=False)
     t = _table("lab life cycle as the user runs it: seconds (peak RSS of the command, MB)",
-               ["lab", "up", "mode tunnel", "mode kube-proxy", "down", "memory in use with the lab up, MB"])
+               ["lab", "up", "mode tunnel", "mode kube-proxy", "down",
+                "memory in use with the lab up, MB", "in mode tunnel, MB"])
     for rec in doc["labs"]:
         cells = []
         for name in ("up", "mode tunnel", "mode kube-proxy", "down"):
             r = rec["steps"].get(name)
             cells.append("-" if r is None else (f"failed: {r.get('error', '')[:60]}" if r["rc"] != 0
                                                 else f"{r['s']:.1f} ({r['peak_rss_mb']:.0f})"))
-        up = rec["steps"].get("up")
-        grown = "-" if not up or up["rc"] != 0 else f"+{up['mem_used_mb'] - rec['mem_before_mb']:.0f}"
-        t.add_row(rec["lab"], *cells, grown)
+        t.add_row(rec["lab"], *cells, _grown(rec, "up"), _grown(rec, "mode tunnel"))
     out.print(t)
     s = doc.get("services") or {}
     if s:

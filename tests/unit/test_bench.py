@@ -547,3 +547,20 @@ def test_ctinsert_batch_peak_finds_the_refilling_insert() -> None:
     per_insert = [400 + (i * 37) % 50 for i in range(128 * 8)]
     assert ctinsert.batch_peak([batched, batched]) == 9000
     assert ctinsert.batch_peak([per_insert]) < 450
+
+
+def test_scale_table_shows_memory_with_the_lab_up_and_in_mode_tunnel() -> None:
+    """The eBPF maps are kernel memory no RSS shows: the table gives machine memory after `up` and after `mode tunnel`."""
+    from netns_lab.bench import scale
+
+    step = {"rc": 0, "peak_rss_mb": 50.0}
+    doc = {"elapsed_s": 1.0, "loadavg_start": [0.0], "loadavg_end": [0.0],
+           "labs": [{"lab": "tiny", "mem_before_mb": 1000.0,
+                     "steps": {"up": {**step, "s": 1.0, "mem_used_mb": 1100.0},
+                               "mode tunnel": {**step, "s": 2.0, "mem_used_mb": 1600.0},
+                               "mode kube-proxy": {**step, "rc": 1, "s": 1.0, "mem_used_mb": 0.0, "error": "boom"}}}]}
+    md = report.Markdown()
+    scale.render(md, doc)
+    row = next(line for line in md.text().splitlines() if line.startswith("| tiny"))
+    assert row.endswith("| +100 | +600 |"), row
+    assert "failed: boom" in row and row.count("| - |") == 1  # no `down` step recorded
