@@ -12,7 +12,9 @@ import dataclasses
 import json
 import os
 import struct
+import re
 import subprocess
+import threading
 from typing import Any, Iterator
 
 import pytest
@@ -20,6 +22,7 @@ import pytest
 from ebpf_nodeport import bpfcache, libbpf, loader
 from ebpf_nodeport.abi import MAP_SPECS, PROGRAMS, NodeCfg
 from ebpf_nodeport.testrun import SimCluster
+from netns_lab import naming
 
 from .expect import Encap, Nat, check_result
 from .topo import (CLIENT, CONTROL, CUSTOMER, MAC_NODE, NODE1, NP_CUSTOMER, NP_WEB, WEB, base_view,
@@ -235,3 +238,42 @@ def test_run_statistics_count_each_nodes_own_runs(pair, netns):
     with netns.inside():
         pair.run(COMPILED, "from_hep", frame)
     assert counts() == after
+
+
+def test_relocated_loads_run_side_by_side(monkeypatch, tmp_path):
+    """Most of a many-node `mode tunnel` is the verifier, once per node, so the relocated loads
+    run on load_threads() threads at once. Here each of two relocated loads waits at a barrier
+    for the other, which loads made one after another never pass: after a BCC compile and from
+    the compile cache alike. A load that fails among them is still raised, naming its node."""
+    monkeypatch.setenv(bpfcache.ENV, str(tmp_path))
+    monkeypatch.setattr(loader, "load_threads", lambda: 2)
+    real = loader._load_relocated
+    both_loading = threading.Barrier(2, timeout=20)
+    refuse: set[str] = set()
+
+    def meet_then_load(directory: str, build: Any, defines: Any, template: Any, source: str | None,
+                       *args: Any, **kwargs: Any) -> loader.LoadResult:
+        if source is not None:      # a relocated copy, not the first node's own load
+            both_loading.wait()
+            if directory in refuse:
+                raise loader.LoaderError(f"kernel refused a program for {directory}: refused here")
+        return real(directory, build, defines, template, source, *args, **kwargs)
+
+    monkeypatch.setattr(loader, "_load_relocated", meet_then_load)
+    root = pin_root()
+    dirs = {n: os.path.join(root, n) for n in ("control", "node1", "node2")}
+    try:
+        for cached in (False, True):    # the first load compiles and fills the cache, the second hits it
+            results = loader.load_nodes(dirs)
+            assert {n: r.cached for n, r in results.items()} == dict.fromkeys(dirs, cached)
+            assert {n: r.clone_of for n, r in results.items()} == {"control": None, "node1": "control",
+                                                                   "node2": "control"}
+            for n, d in dirs.items():
+                assert all(os.path.exists(loader.prog_pin(d, p)) for p in PROGRAMS), n
+                loader.remove_pins(d)
+        refuse.add(dirs["node2"])
+        with pytest.raises(loader.LoaderError, match=re.escape(dirs["node2"])):
+            loader.load_nodes(dirs)
+    finally:
+        for d in dirs.values():
+            loader.remove_pins(d, prune_up_to=naming.BPF_ROOT)
