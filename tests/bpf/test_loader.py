@@ -8,6 +8,7 @@ tracks in its own conntrack, and that the kernel lists only its own maps for it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -274,6 +275,9 @@ def test_relocated_loads_run_side_by_side(monkeypatch, tmp_path):
         refuse.add(dirs["node2"])
         with pytest.raises(loader.LoaderError, match=re.escape(dirs["node2"])):
             loader.load_nodes(dirs)
-    finally:
+    finally:   # whichever directories a failure left, then the emptied root (and BPF_ROOT if empty)
         for d in dirs.values():
-            loader.remove_pins(d, prune_up_to=naming.BPF_ROOT)
+            loader.remove_pins(d)
+        for d in (root, naming.BPF_ROOT):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
