@@ -4,11 +4,12 @@ BCC binds map fds into the bytecode at compile time and each node has its own
 maps. The maps are declared BPF_TABLE_PINNED, so BCC itself reuses a map already
 pinned in the node's directory (a reload keeps conntrack and services) or creates
 and pins a new one; before that, pins.check() keeps only the pins whose BTF layout
-matches abi.py and carries the entries of the others over into the new maps. load() compiles for one node. load_nodes() compiles once, for
-the first node, and gives every other node a relocated copy: its own maps (reused
-or created like the first node's, BTF included) and the same instructions with each
-map fd swapped for its own map's, loaded through libbpf (a compile is ~1.8 s, a
-relocated load ~50 ms). Programs are pinned as `prog_<entry>` so attach/detach work
+matches abi.py and carries the entries of the others over into the new maps. load()
+compiles for one node. load_nodes() compiles once, for the first node, and gives every
+other node a relocated copy: its own maps (reused or created like the first node's, BTF
+included) and the same instructions with each map fd swapped for its own map's, loaded
+through libbpf (a compile is ~1.8 s; a relocated load ~0.8 s with a new 512,000-entry `ct`
+map, most of it the verifier). Programs are pinned as `prog_<entry>` so attach/detach work
 from any later process without a compile. A compile is kept on disk (bpfcache.py): a
 later load of the same code on the same kernel relocates the cached instructions onto
 every node, the first too, without BCC. connect.c (ctlb.py) goes the same way (a Build).

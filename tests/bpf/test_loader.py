@@ -12,8 +12,8 @@ import contextlib
 import dataclasses
 import json
 import os
-import struct
 import re
+import struct
 import subprocess
 import threading
 from typing import Any, Iterator
